@@ -1,0 +1,110 @@
+"""Phone numbers from the subject: parsed with ``phonenumbers``, output as E.164.
+
+Accepted forms: national for the default region (``0612121515``), international with or
+without ``+`` (``+33612121515``, ``33612121515``), with the ``00`` prefix
+(``0033612121515``); spaces, dots, dashes and brackets are ignored. Duplicates (after
+normalisation) are dropped, order is kept. Only numbers that can receive SMS (mobile, or
+"fixed line or mobile" where a plan cannot tell) are valid.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+from bridge.errors import StatusError
+
+DEFAULT_MAX_RECIPIENTS = 500
+
+_SMS_TYPES = frozenset(
+    {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.PAGER}
+)
+_SEPARATORS = re.compile(r"[\s.\-()/]")
+
+#: Regions whose numbers count as "France" for the STOP rule (metropolitan and overseas).
+FRENCH_REGIONS = frozenset(
+    {"FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "NC", "PF", "WF"}
+)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A number as written and why it was refused."""
+
+    raw: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The valid numbers (E.164, deduplicated) and the refused ones."""
+
+    valid: tuple[str, ...]
+    invalid: tuple[Invalid, ...]
+
+
+def normalise(raw: str, region: str = "FR") -> str:
+    """One number as E.164; raise ``ValueError`` with a reason if it cannot get an SMS."""
+    compact = _SEPARATORS.sub("", raw)
+    if not compact:
+        raise ValueError("empty")
+    if compact.isdigit() and not compact.startswith("0") and len(compact) > 10:
+        # "33612121515": Allmysms' international form without "+".
+        compact = "+" + compact
+    number = _parse(compact, region)
+    if phonenumbers.number_type(number) not in _SMS_TYPES:
+        raise ValueError("not a mobile number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse(compact: str, region: str) -> phonenumbers.PhoneNumber:
+    try:
+        number = phonenumbers.parse(compact, region)
+    except phonenumbers.NumberParseException:
+        raise ValueError("not a phone number") from None
+    if phonenumbers.is_valid_number(number):
+        return number
+    if region == "FR" and compact.startswith("0"):
+        # French overseas departments share the 0 + 9 digits national form (0692... is
+        # Réunion) but have their own country codes.
+        for overseas in ("RE", "GP", "MQ", "GF", "YT"):
+            candidate = phonenumbers.parse(compact, overseas)
+            if phonenumbers.is_valid_number(candidate):
+                return candidate
+    raise ValueError("not a valid number")
+
+
+def parse_numbers(
+    raw: Iterable[str], region: str = "FR", maximum: int = DEFAULT_MAX_RECIPIENTS
+) -> Numbers:
+    """Normalise ``raw``; 114 when none is valid, 120 when more than ``maximum`` remain."""
+    valid: dict[str, None] = {}
+    invalid: list[Invalid] = []
+    for item in raw:
+        try:
+            valid.setdefault(normalise(item, region))
+        except ValueError as exc:
+            invalid.append(Invalid(item, str(exc)))
+    if not valid:
+        listed = ", ".join(f"{i.raw} ({i.reason})" for i in invalid[:20])
+        raise StatusError(114, note=listed)
+    if len(valid) > maximum:
+        raise StatusError(120, note=f"{len(valid)} numbers", maximum=maximum)
+    return Numbers(tuple(valid), tuple(invalid))
+
+
+def region_of(e164: str) -> str | None:
+    """The region code (``FR``, ``RE``, ...) of an E.164 number, or None."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164))
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def is_french(e164: str) -> bool:
+    """True for metropolitan and overseas French numbers."""
+    return region_of(e164) in FRENCH_REGIONS
