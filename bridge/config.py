@@ -203,7 +203,7 @@ def _duration(value: Any) -> float:
 def _address(value: Any) -> Address:
     text = str(value).strip() if isinstance(value, (str, int)) else ""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected host:port")
     return Address(host.strip("[]"), int(port))
 
@@ -361,12 +361,14 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
         "providers", "accounts", "logging",
     )
-    providers = _providers(root.sub("providers"))
+    # One reader for the section: each _Reader built on a non-mapping reports it again.
+    providers_reader = root.sub("providers")
+    providers = _providers(providers_reader)
     if not root.data.get("providers"):
         root.error("providers", "required: at least one provider")
     accounts_reader = root.sub("accounts")
     accounts = {
-        str(login): _account(str(login), accounts_reader.sub(str(login)), root.sub("providers").data)
+        str(login): _account(str(login), accounts_reader.sub(str(login)), providers_reader.data)
         for login in accounts_reader.data
     }
     logging = root.sub("logging")

@@ -1,0 +1,665 @@
+"""The durable store: the bridge's only state (SQLite, WAL, ``synchronous=FULL``).
+
+Every write goes through one writer thread that *group-commits*: the writes queued while
+the previous commit was being fsynced run together, each in its own savepoint, and are
+acknowledged by one ``COMMIT``. Many SMTP sessions committing at once therefore cost one
+fsync per batch, not one per mail, and each caller still gets its answer only after its
+own data is on disk. Reads use a second connection (WAL lets it run beside the writer).
+
+What it keeps (schema version in ``meta``, migrated by ``_migrate``):
+
+- ``messages``  one row per accepted or rejected mail, by idempotency key
+- ``jobs``      one SMS to one number: queued -> sending -> sent | failed | unknown
+- ``ledger``    every credit movement (opening balance, debit, refund, manual credit);
+                ``balances`` is its running sum, updated in the same transaction
+- ``replies``   numbered statuses to mail back: queued -> sent | failed
+
+The public methods are the whole interface a PostgreSQL backend would implement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.errors import StoreError
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_MAX_GROUP = 256
+
+
+class JobState(str, Enum):
+    """Where an SMS job is; ``TERMINAL`` states never change by themselves."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+TERMINAL = frozenset({JobState.SENT, JobState.FAILED, JobState.UNKNOWN})
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """An SMS job to create at intake."""
+
+    number: str
+    text: str
+    sender: str | None
+    parts: int
+    cost: int
+    unicode: bool = False
+    low_cost: bool = False
+    send_at: float | None = None              # epoch seconds; None: now
+
+
+@dataclass(frozen=True)
+class NewReply:
+    """A numbered status to mail back."""
+
+    to: str
+    code: int
+    message: bytes                             # the whole RFC 5322 message
+
+
+@dataclass(frozen=True)
+class Job:
+    """An SMS job as stored."""
+
+    id: int
+    login: str
+    number: str
+    text: str
+    sender: str | None
+    parts: int
+    cost: int
+    unicode: bool
+    low_cost: bool
+    state: JobState
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    provider: str | None = None
+    provider_message_id: str | None = None
+    last_error: str | None = None
+    message_id: str | None = None              # the mail's Message-ID, for replies
+    reply_to: str | None = None                # where the sender's statuses go
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply as stored."""
+
+    id: int
+    to: str
+    code: int
+    message: bytes
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What ``accept`` did: ``accepted``, ``duplicate`` or ``insufficient_credit``."""
+
+    outcome: str
+    job_ids: tuple[int, ...] = ()
+    used: int = 0
+    available: int = 0
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One mail to commit at intake: its jobs, or just its replies when rejected."""
+
+    key: str | None                            # idempotency key; None: never deduplicated
+    login: str | None
+    message_id: str | None
+    reply_to: str | None
+    summary: str                               # redacted subject, for the operator
+    jobs: Sequence[NewJob] = ()
+    replies: Sequence[NewReply] = ()
+    on_insufficient: Callable[[int, int], NewReply | None] | None = field(default=None, repr=False)
+
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE,
+    message_id TEXT,
+    login TEXT,
+    reply_to TEXT,
+    summary TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id),
+    login TEXT NOT NULL,
+    number TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sender TEXT,
+    parts INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    unicode INTEGER NOT NULL,
+    low_cost INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    provider TEXT,
+    provider_message_id TEXT,
+    last_error TEXT
+);
+CREATE INDEX jobs_due ON jobs(state, next_attempt_at);
+CREATE TABLE ledger (
+    id INTEGER PRIMARY KEY,
+    login TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    job INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX ledger_login ON ledger(login);
+CREATE TABLE balances (login TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+CREATE TABLE replies (
+    id INTEGER PRIMARY KEY,
+    to_addr TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX replies_due ON replies(state, next_attempt_at);
+CREATE INDEX replies_to ON replies(to_addr, created_at);
+"""
+
+#: version -> SQL that brings the previous version up to it.
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")   # the promise: 250 only after fsync
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        version = 0
+        if has_meta:
+            version = int(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store schema {version} is newer than this bridge ({SCHEMA_VERSION})")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(target),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class _Writer(threading.Thread):
+    """The one thread that writes; group-commits whatever is queued."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(name="store-writer", daemon=True)
+        self.conn = conn
+        self.jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None] = (
+            queue.SimpleQueue()
+        )
+
+    def run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _MAX_GROUP:
+                try:
+                    item = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.jobs.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future]]) -> None:
+        results: list[tuple[Future, bool, Any]] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for i, (fn, future) in enumerate(batch):
+                self.conn.execute(f"SAVEPOINT w{i}")
+                try:
+                    results.append((future, True, fn(self.conn)))
+                    self.conn.execute(f"RELEASE w{i}")
+                except Exception as exc:  # one bad write must not sink the others
+                    self.conn.execute(f"ROLLBACK TO w{i}")
+                    self.conn.execute(f"RELEASE w{i}")
+                    results.append((future, False, exc))
+            self.conn.execute("COMMIT")
+        except Exception as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        for future, ok, value in results:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+class Store:
+    """The SQLite store. Open with ``await Store.open(path)``; close with ``close()``."""
+
+    def __init__(self, path: Path, writer: _Writer, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._read_lock = threading.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> "Store":
+        """Open (creating and migrating as needed) the store at ``path``."""
+        path = Path(path)
+
+        def setup() -> Store:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(path)
+            _migrate(conn)
+            writer = _Writer(conn)
+            writer.start()
+            return cls(path, writer, _connect(path))
+
+        try:
+            return await asyncio.to_thread(setup)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from None
+
+    async def close(self) -> None:
+        """Finish queued writes and close both connections."""
+        self._writer.jobs.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._writer.conn.close()
+        self._reader.close()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction; return once it is committed to disk."""
+        if not self._writer.is_alive():
+            raise StoreError("store is closed")
+        future: Future = Future()
+        self._writer.jobs.put((fn, future))
+        try:
+            return await asyncio.wrap_future(future)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the read connection in a thread."""
+
+        def locked() -> T:
+            with self._read_lock:
+                return fn(self._reader)
+
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+
+    # --- accounts and credit -----------------------------------------------------------
+
+    async def open_accounts(self, opening: Mapping[str, int], now: float) -> None:
+        """Give each account its opening balance, once (a later config change is ignored)."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            for login, credits in opening.items():
+                if conn.execute("SELECT 1 FROM balances WHERE login=?", (login,)).fetchone():
+                    continue
+                conn.execute("INSERT INTO balances VALUES (?, 0)", (login,))
+                _move(conn, login, credits, "opening", None, now)
+
+        await self.write(apply)
+
+    async def credit(self, login: str, amount: int, reason: str, now: float) -> int:
+        """Add ``amount`` (negative to remove) to ``login``; return the new balance."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT OR IGNORE INTO balances VALUES (?, 0)", (login,))
+            _move(conn, login, amount, reason, None, now)
+            return _balance(conn, login)
+
+        return await self.write(apply)
+
+    async def balances(self) -> dict[str, int]:
+        """Every account's balance."""
+        rows = await self.read(lambda c: c.execute("SELECT login, balance FROM balances").fetchall())
+        return {r["login"]: r["balance"] for r in rows}
+
+    async def ledger(self, login: str) -> list[dict[str, Any]]:
+        """Every credit movement of ``login``, oldest first."""
+        rows = await self.read(
+            lambda c: c.execute(
+                "SELECT amount, reason, job, created_at FROM ledger WHERE login=? ORDER BY id",
+                (login,),
+            ).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    # --- intake ------------------------------------------------------------------------
+
+    async def accept(self, incoming: Incoming, now: float) -> Acceptance:
+        """Commit one mail: dedupe, check credit, create jobs and debit, queue replies."""
+        return await self.write(lambda conn: _accept(conn, incoming, now))
+
+    async def seen(self, key: str) -> bool:
+        """True when a mail with this idempotency key was already committed."""
+        row = await self.read(lambda c: c.execute("SELECT 1 FROM messages WHERE key=?", (key,)).fetchone())
+        return row is not None
+
+    # --- dispatcher --------------------------------------------------------------------
+
+    async def claim_jobs(self, now: float, limit: int) -> list[Job]:
+        """Move up to ``limit`` due queued jobs to ``sending`` and return them."""
+
+        def claim(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"{_JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=? "
+                "ORDER BY j.next_attempt_at, j.id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            conn.executemany(
+                "UPDATE jobs SET state='sending', attempts=attempts+1, updated_at=? WHERE id=?",
+                [(now, i) for i in ids],
+            )
+            return [_job(r, state=JobState.SENDING, attempts=r["attempts"] + 1) for r in rows]
+
+        return await self.write(claim)
+
+    async def next_due(self) -> float | None:
+        """When the next queued job is due (epoch seconds), or None."""
+        row = await self.read(
+            lambda c: c.execute("SELECT MIN(next_attempt_at) FROM jobs WHERE state='queued'").fetchone()
+        )
+        return row[0]
+
+    async def mark_sent(self, job_id: int, provider: str, provider_id: str | None, now: float) -> None:
+        """The provider accepted the job."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE jobs SET state='sent', provider=?, provider_message_id=?, last_error=NULL, "
+                "updated_at=? WHERE id=? AND state='sending'",
+                (provider, provider_id, now, job_id),
+            )
+        )
+
+    async def mark_retry(self, job_id: int, error: str, when: float, now: float) -> None:
+        """Not delivered for sure; try again at ``when``."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE jobs SET state='queued', next_attempt_at=?, last_error=?, updated_at=? "
+                "WHERE id=? AND state='sending'",
+                (when, error, now, job_id),
+            )
+        )
+
+    async def mark_unknown(self, job_id: int, provider: str | None, error: str, now: float) -> None:
+        """The provider may have accepted it: never re-sent without an operator."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE jobs SET state='unknown', provider=?, last_error=?, updated_at=? "
+                "WHERE id=? AND state='sending'",
+                (provider, error, now, job_id),
+            )
+        )
+
+    async def mark_failed(
+        self, job_id: int, error: str, now: float, reply: NewReply | None = None
+    ) -> None:
+        """Refused for good: refund its cost and queue ``reply`` in the same transaction."""
+
+        def fail(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT login, cost FROM jobs WHERE id=? AND state IN ('sending','queued','unknown')",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute(
+                "UPDATE jobs SET state='failed', last_error=?, updated_at=? WHERE id=?",
+                (error, now, job_id),
+            )
+            _move(conn, row["login"], row["cost"], "refund", job_id, now)
+            if reply is not None:
+                _queue_reply(conn, reply, now)
+
+        await self.write(fail)
+
+    async def recover_sending(self, now: float) -> list[int]:
+        """After a crash: jobs left in ``sending`` may have gone out; mark them ``unknown``."""
+
+        def recover(conn: sqlite3.Connection) -> list[int]:
+            ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state='sending'")]
+            conn.execute(
+                "UPDATE jobs SET state='unknown', updated_at=?, last_error=? WHERE state='sending'",
+                (now, "interrupted while sending (bridge restarted); not re-sent"),
+            )
+            return ids
+
+        return await self.write(recover)
+
+    async def requeue(self, job_id: int, now: float) -> bool:
+        """Operator: send a ``failed`` or ``unknown`` job again (re-debiting a refund)."""
+
+        def retry(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT login, cost, state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ("failed", "unknown"):
+                return False
+            if row["state"] == "failed":
+                _move(conn, row["login"], -row["cost"], "debit", job_id, now)
+            conn.execute(
+                "UPDATE jobs SET state='queued', next_attempt_at=?, updated_at=? WHERE id=?",
+                (now, now, job_id),
+            )
+            return True
+
+        return await self.write(retry)
+
+    async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
+        """Jobs, newest first, optionally in one state."""
+        where, args = ("WHERE j.state=?", (state,)) if state else ("", ())
+        rows = await self.read(
+            lambda c: c.execute(f"{_JOB_SELECT} {where} ORDER BY j.id DESC LIMIT ?", (*args, limit)).fetchall()
+        )
+        return [_job(r) for r in rows]
+
+    async def job(self, job_id: int) -> Job | None:
+        """One job by id."""
+        row = await self.read(lambda c: c.execute(f"{_JOB_SELECT} WHERE j.id=?", (job_id,)).fetchone())
+        return _job(row) if row else None
+
+    async def count_jobs(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        rows = await self.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        return {r[0]: r[1] for r in rows}
+
+    # --- replies -----------------------------------------------------------------------
+
+    async def queue_reply(self, reply: NewReply, now: float) -> int:
+        """Queue a reply outside intake (dispatcher outcomes)."""
+        return await self.write(lambda c: _queue_reply(c, reply, now))
+
+    async def replies_since(self, to: str, since: float) -> int:
+        """How many replies were queued for ``to`` since ``since`` (rate limit)."""
+        row = await self.read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM replies WHERE to_addr=? AND created_at>=?", (to.lower(), since)
+            ).fetchone()
+        )
+        return row[0]
+
+    async def claim_replies(self, now: float, limit: int) -> list[Reply]:
+        """Due queued replies (sending one twice is harmless, so no lease is taken)."""
+        rows = await self.read(
+            lambda c: c.execute(
+                "SELECT * FROM replies WHERE state='queued' AND next_attempt_at<=? "
+                "ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+        return [
+            Reply(r["id"], r["to_addr"], r["code"], bytes(r["message"]), r["attempts"], r["created_at"])
+            for r in rows
+        ]
+
+    async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
+        """Record a reply's outcome: ``sent``, ``failed``, or ``queued`` again at ``when``."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE replies SET state=?, attempts=attempts+1, last_error=?, next_attempt_at=? "
+                "WHERE id=?",
+                (state, error, when, reply_id),
+            )
+        )
+
+    async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Replies (for tests and the operator), oldest first."""
+        where, args = ("WHERE state=?", (state,)) if state else ("", ())
+        rows = await self.read(
+            lambda c: c.execute(
+                f"SELECT id, to_addr, code, state, attempts, last_error FROM replies {where} ORDER BY id",
+                args,
+            ).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+
+# --- transaction bodies (run on the writer thread) -------------------------------------
+
+_JOB_SELECT = (
+    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
+    "FROM jobs j JOIN messages m ON m.id = j.message"
+)
+
+
+def _job(row: sqlite3.Row, **override: Any) -> Job:
+    values = dict(
+        id=row["id"],
+        login=row["login"],
+        number=row["number"],
+        text=row["text"],
+        sender=row["sender"],
+        parts=row["parts"],
+        cost=row["cost"],
+        unicode=bool(row["unicode"]),
+        low_cost=bool(row["low_cost"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        provider=row["provider"],
+        provider_message_id=row["provider_message_id"],
+        last_error=row["last_error"],
+        message_id=row["mail_message_id"],
+        reply_to=row["mail_reply_to"],
+    )
+    values.update(override)
+    return Job(**values)
+
+
+def _balance(conn: sqlite3.Connection, login: str) -> int:
+    row = conn.execute("SELECT balance FROM balances WHERE login=?", (login,)).fetchone()
+    return row[0] if row else 0
+
+
+def _move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: int | None, now: float) -> None:
+    conn.execute(
+        "INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, ?, ?, ?, ?)",
+        (login, amount, reason, job, now),
+    )
+    conn.execute(
+        "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?",
+        (login, amount, amount),
+    )
+
+
+def _queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int:
+    return conn.execute(
+        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at) "
+        "VALUES (?, ?, ?, 'queued', ?, ?)",
+        (reply.to.lower(), reply.code, reply.message, now, now),
+    ).lastrowid
+
+
+def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Acceptance:
+    if incoming.key and conn.execute("SELECT 1 FROM messages WHERE key=?", (incoming.key,)).fetchone():
+        return Acceptance("duplicate")
+    used = sum(job.cost for job in incoming.jobs)
+    available = _balance(conn, incoming.login) if incoming.login else 0
+    replies: Iterable[NewReply] = incoming.replies
+    jobs: Sequence[NewJob] = incoming.jobs
+    outcome = "accepted" if jobs else "rejected"
+    if jobs and used > available:
+        jobs, outcome = (), "insufficient_credit"
+        extra = incoming.on_insufficient(used, available) if incoming.on_insufficient else None
+        replies = [extra] if extra else []
+    message = conn.execute(
+        "INSERT INTO messages (key, message_id, login, reply_to, summary, outcome, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (incoming.key, incoming.message_id, incoming.login, incoming.reply_to, incoming.summary, outcome, now),
+    ).lastrowid
+    ids = []
+    for job in jobs:
+        due = job.send_at if job.send_at is not None else now
+        job_id = conn.execute(
+            "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
+            "state, created_at, next_attempt_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (message, incoming.login, job.number, job.text, job.sender, job.parts, job.cost,
+             job.unicode, job.low_cost, now, due, now),
+        ).lastrowid
+        _move(conn, incoming.login, -job.cost, "debit", job_id, now)
+        ids.append(job_id)
+    for reply in replies:
+        _queue_reply(conn, reply, now)
+    if outcome == "insufficient_credit":
+        return Acceptance(outcome, (), used, available)
+    return Acceptance(outcome, tuple(ids), used, available)
+
+
+def dumps(value: Any) -> str:
+    """JSON for store columns (kept here so backends agree on the format)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
