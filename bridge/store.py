@@ -20,7 +20,6 @@ The public methods are the whole interface a PostgreSQL backend would implement.
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import sqlite3
 import threading
@@ -290,6 +289,7 @@ class Store:
         self._writer = writer
         self._reader = reader
         self._read_lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str | Path) -> "Store":
@@ -310,7 +310,10 @@ class Store:
             raise StoreError(f"cannot open {path}: {exc}") from None
 
     async def close(self) -> None:
-        """Finish queued writes and close both connections."""
+        """Finish queued writes and close both connections (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self._writer.jobs.put(None)
         await asyncio.to_thread(self._writer.join)
         self._writer.conn.close()
@@ -318,7 +321,7 @@ class Store:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction; return once it is committed to disk."""
-        if not self._writer.is_alive():
+        if self._closed or not self._writer.is_alive():
             raise StoreError("store is closed")
         future: Future = Future()
         self._writer.jobs.put((fn, future))
@@ -659,7 +662,3 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Accepta
         return Acceptance(outcome, (), used, available)
     return Acceptance(outcome, tuple(ids), used, available)
 
-
-def dumps(value: Any) -> str:
-    """JSON for store columns (kept here so backends agree on the format)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -211,7 +211,6 @@ class TestSmtpAnswers:
         await bridge.store.close()
         code, text = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515"))
         assert code == 451 and "4.3.0" in text
-        bridge.store = None  # already closed
 
 
 class TestProviderFaults:
