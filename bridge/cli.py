@@ -95,7 +95,9 @@ def _count(args: argparse.Namespace) -> int:
     from bridge.encoding import count_report
 
     text = args.text if args.text is not None else sys.stdin.read()
-    print(count_report(text, args.language))
+    # Count what the bridge would send: build_request drops leading and trailing line
+    # breaks, so the newline `echo` or a heredoc adds must not cost a character (or a part).
+    print(count_report(text.strip("\n"), args.language))
     return EXIT_OK
 
 

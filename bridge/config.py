@@ -337,7 +337,7 @@ def _account(login: str, r: _Reader, providers: Mapping[str, Any]) -> AccountCon
     return account
 
 
-def _providers(r: _Reader) -> dict[str, Mapping[str, Any]]:
+def _providers(r: _Reader, folder: Path | None) -> dict[str, Mapping[str, Any]]:
     from bridge.providers.registry import build_provider
 
     providers: dict[str, Mapping[str, Any]] = {}
@@ -345,12 +345,22 @@ def _providers(r: _Reader) -> dict[str, Mapping[str, Any]]:
         try:
             if not isinstance(settings, Mapping):
                 raise ConfigError(r.key(str(name)), "must be a mapping")
+            settings = _resolve_paths(settings, folder)
             build_provider(str(name), settings)   # validates, builds nothing that lasts
         except ConfigError as exc:
             r.errors.append(exc)
             continue
         providers[str(name)] = MappingProxyType(dict(settings))
     return providers
+
+
+def _resolve_paths(settings: Mapping[str, Any], folder: Path | None) -> dict[str, Any]:
+    """Relative ``path`` settings are relative to the config file's folder, as ``store``."""
+    settings = dict(settings)
+    value = settings.get("path")
+    if folder is not None and isinstance(value, str) and value and not Path(value).is_absolute():
+        settings["path"] = str(folder / value)
+    return settings
 
 
 def parse_config(data: Any, path: Path | None = None) -> Config:
@@ -363,7 +373,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     )
     # One reader for the section: each _Reader built on a non-mapping reports it again.
     providers_reader = root.sub("providers")
-    providers = _providers(providers_reader)
+    providers = _providers(providers_reader, path.parent if path else None)
     if not root.data.get("providers"):
         root.error("providers", "required: at least one provider")
     accounts_reader = root.sub("accounts")

@@ -2,7 +2,8 @@
 
 Accepted forms: national for the default region (``0612121515``), international with or
 without ``+`` (``+33612121515``, ``33612121515``), with the ``00`` prefix
-(``0033612121515``); spaces, dots, dashes and brackets are ignored. Duplicates (after
+(``0033612121515``); spaces, dots, dashes and brackets are ignored, anything else but
+digits and a leading ``+`` is refused (no vanity letters, no extensions). Duplicates (after
 normalisation) are dropped, order is kept. Only numbers that can receive SMS (mobile, or
 "fixed line or mobile" where a plan cannot tell) are valid.
 """
@@ -24,6 +25,10 @@ _SMS_TYPES = frozenset(
     {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE, PhoneNumberType.PAGER}
 )
 _SEPARATORS = re.compile(r"[\s.\-()/]")
+# What is left once separators are gone: phonenumbers would otherwise read letters as a
+# vanity number ("06 12 CALL ME") and "x..." as an extension, sending to a number
+# nobody wrote.
+_DIALLABLE = re.compile(r"\+?[0-9]+")
 
 #: Regions whose numbers count as "France" for the STOP rule (metropolitan and overseas).
 FRENCH_REGIONS = frozenset(
@@ -52,6 +57,8 @@ def normalise(raw: str, region: str = "FR") -> str:
     compact = _SEPARATORS.sub("", raw)
     if not compact:
         raise ValueError("empty")
+    if not _DIALLABLE.fullmatch(compact):
+        raise ValueError("not a phone number")
     if compact.isdigit() and not compact.startswith("0") and len(compact) > 10:
         # "33612121515": Allmysms' international form without "+".
         compact = "+" + compact
@@ -91,7 +98,7 @@ def parse_numbers(
             invalid.append(Invalid(item, str(exc)))
     if not valid:
         listed = ", ".join(f"{i.raw} ({i.reason})" for i in invalid[:20])
-        raise StatusError(114, note=listed)
+        raise StatusError(114, note=listed or "no number given")
     if len(valid) > maximum:
         raise StatusError(120, note=f"{len(valid)} numbers", maximum=maximum)
     return Numbers(tuple(valid), tuple(invalid))
