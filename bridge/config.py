@@ -294,7 +294,7 @@ def _replies(r: _Reader) -> RepliesConfig:
         relay=r.get("relay", RepliesConfig.relay, _address),
         sender=r.get("from", RepliesConfig.sender, _email),
         enabled=r.get("enabled", True, _bool),
-        rate_per_hour=r.get("rate_per_hour", RepliesConfig.rate_per_hour, _int(0)),
+        rate_per_hour=r.get("rate_per_hour", RepliesConfig.rate_per_hour, _int(1)),
         timeout=r.get("timeout", RepliesConfig.timeout, _duration),
         starttls=r.get("starttls", False, _bool),
         username=r.get("username", None, _str),

@@ -104,6 +104,8 @@ class Dispatcher:
                 waiter.cancel()
 
     async def _next_wait(self) -> float:
+        if self._wake.is_set():
+            return 0.0  # work arrived while claiming: no need to ask the store when
         if len(self._inflight) >= self.settings.concurrency:
             return self.settings.poll_interval
         due = await self.store.next_due()
@@ -216,6 +218,7 @@ class Dispatcher:
                 note=error,
                 in_reply_to=job.message_id,
                 received=[("Number" if language == "en" else "Numéro", job.number)],
+                max_per_hour=self.config.replies.rate_per_hour,
             )
         await self.store.mark_failed(job.id, error, self.clock(), reply)
         bound.warning("job_failed", error=error, refunded=job.cost)

@@ -152,7 +152,7 @@ class Intake:
         verdict = evaluate(mail, envelope, self.config, datetime.fromtimestamp(now, timezone.utc))
         reply_to = mail.sender or envelope.mail_from or None
         language = verdict.account.language if verdict.account else "fr"
-        refusal = await self._refusal(mail, envelope, reply_to, now)
+        refusal = self._refusal(mail, envelope, reply_to)
         replies: list[NewReply] = []
         jobs: list[NewJob] = []
         status, note = 100, ""
@@ -203,8 +203,8 @@ class Intake:
             status, status_text(status, "en"), result.job_ids, replied=bool(replies), note=note
         )
 
-    async def _refusal(self, mail: ParsedMail, envelope: Envelope, to: str | None, now: float) -> str | None:
-        """Why this mail must not get a reply, or None."""
+    def _refusal(self, mail: ParsedMail, envelope: Envelope, to: str | None) -> str | None:
+        """Why this mail must not get a reply, or None (the hourly cap is the store's)."""
         reason = may_reply(
             to,
             null_sender=not envelope.mail_from and envelope.source == "smtp",
@@ -213,10 +213,6 @@ class Intake:
         )
         if reason is None and not self.config.replies.enabled:
             reason = "replies_disabled"
-        if reason is None and to:
-            limit = self.config.replies.rate_per_hour
-            if await self.store.replies_since(to, now - 3600) >= limit:
-                reason = "reply_rate_exceeded"
         return reason
 
     def _reply(
@@ -248,6 +244,7 @@ class Intake:
             in_reply_to=mail.message_id,
             references=mail.references,
             received=received,
+            max_per_hour=self.config.replies.rate_per_hour,
         )
 
 

@@ -56,11 +56,13 @@ def compose_status(
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
     received: Sequence[tuple[str, str]] = (),
+    max_per_hour: int = 0,
 ) -> NewReply:
     """The status mail for ``code``: ``Status:``/``StatusText:`` lines, then what was received.
 
     ``received`` holds (label, value) lines such as the redacted subject, the numbers and
-    the part count; values are printed in the body only.
+    the part count; values are printed in the body only. ``max_per_hour`` caps the
+    replies to ``to`` (checked when the reply is committed).
     """
     text = status_text(code, language, **(details or {}))
     lines = [f"Status: {code}", f"StatusText: {text}"]
@@ -83,7 +85,7 @@ def compose_status(
         chain = [m for m in (_msgid(r) for r in references) if m]
         message["References"] = " ".join(dict.fromkeys([*chain, parent]))
     message.set_content("\n".join(lines) + "\n", charset="utf-8")
-    return NewReply(to=to, code=code, message=bytes(message))
+    return NewReply(to=to, code=code, message=bytes(message), max_per_hour=max_per_hour)
 
 
 def _msgid(value: str | None) -> str | None:

@@ -24,7 +24,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -71,6 +70,7 @@ class NewReply:
     to: str
     code: int
     message: bytes                             # the whole RFC 5322 message
+    max_per_hour: int = 0                      # drop it past this many to ``to`` (0: no cap)
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class _Writer(threading.Thread):
     def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(name="store-writer", daemon=True)
         self.conn = conn
-        self.jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future] | None] = (
+        self.jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future] | None] = (
             queue.SimpleQueue()
         )
 
@@ -253,8 +253,8 @@ class _Writer(threading.Thread):
                 batch.append(item)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Future]]) -> None:
-        results: list[tuple[Future, bool, Any]] = []
+    def _commit(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]]) -> None:
+        results: list[tuple[asyncio.Future, bool, Any]] = []
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             for i, (fn, future) in enumerate(batch):
@@ -271,14 +271,26 @@ class _Writer(threading.Thread):
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             error = StoreError(f"commit failed: {exc}")
-            for _, future in batch:
-                future.set_exception(error)
-            return
-        for future, ok, value in results:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            results = [(future, False, error) for _, future in batch]
+        # One wake-up per event loop for the whole batch, not one per write.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+        for item in results:
+            by_loop.setdefault(item[0].get_loop(), []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting any more
+
+
+def _resolve(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue  # the data is committed all the same
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class Store:
@@ -323,10 +335,11 @@ class Store:
         """Run ``fn`` in a transaction; return once it is committed to disk."""
         if self._closed or not self._writer.is_alive():
             raise StoreError("store is closed")
-        future: Future = Future()
+        future = asyncio.get_running_loop().create_future()
         self._writer.jobs.put((fn, future))
         try:
-            return await asyncio.wrap_future(future)
+            # shield: a cancelled caller must not lose track of a write that may commit.
+            return await asyncio.shield(future)
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
@@ -521,7 +534,7 @@ class Store:
 
     # --- replies -----------------------------------------------------------------------
 
-    async def queue_reply(self, reply: NewReply, now: float) -> int:
+    async def queue_reply(self, reply: NewReply, now: float) -> int | None:
         """Queue a reply outside intake (dispatcher outcomes)."""
         return await self.write(lambda c: _queue_reply(c, reply, now))
 
@@ -619,7 +632,18 @@ def _move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: i
     )
 
 
-def _queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int:
+def _queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | None:
+    """Queue ``reply`` unless its address had ``max_per_hour`` replies in the last hour.
+
+    Counted inside the transaction, so concurrent mails cannot overshoot the cap.
+    """
+    if reply.max_per_hour:
+        (recent,) = conn.execute(
+            "SELECT COUNT(*) FROM replies WHERE to_addr=? AND created_at>=?",
+            (reply.to.lower(), now - 3600),
+        ).fetchone()
+        if recent >= reply.max_per_hour:
+            return None
     return conn.execute(
         "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at) "
         "VALUES (?, ?, ?, 'queued', ?, ?)",
