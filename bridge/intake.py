@@ -9,7 +9,8 @@ racing for the last credits cannot both pass.
 Idempotency: a mail with a Message-ID gets the key sha256(Message-ID, subject, body); a
 second delivery with the same key is recognised and dropped. A mail without a Message-ID
 is never deduplicated over SMTP (two identical alerts a minute apart are two alerts); the
-IMAP poller adds the mailbox's UIDVALIDITY/UID instead.
+IMAP poller adds a second key from the mailbox's UIDVALIDITY/UID; either key seen
+before makes the mail a duplicate.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Envelope:
     rcpt_tos: tuple[str, ...] = ()
     source: str = "smtp"                      # smtp | imap | cli
     auth_account: str | None = None           # account bound by SMTP AUTH, if any
-    key: str | None = None                    # adapter's own idempotency key (IMAP UID)
+    key: str | None = None                    # adapter's own key, e.g. imap:box:UIDVALIDITY:UID
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,7 @@ def _allowed(account: AccountConfig, mail: ParsedMail, envelope: Envelope) -> bo
 
 
 def idempotency_key(mail: ParsedMail, envelope: Envelope) -> str | None:
-    """The key a re-delivery of this mail would have, or None when it has none."""
-    if envelope.key:
-        return envelope.key
+    """The content key a re-delivery of this mail would have, or None without Message-ID."""
     if not mail.message_id:
         return None
     digest = hashlib.sha256()
@@ -178,6 +177,7 @@ class Intake:
             summary=verdict.subject.redacted() if verdict.subject else mail.subject[:200],
             jobs=jobs,
             replies=replies,
+            extra_keys=(envelope.key,) if envelope.key else (),
             on_insufficient=None if inline or refusal else (
                 lambda used, available: self._reply(
                     verdict, reply_to, 104, language, "", {"used": used, "available": available}

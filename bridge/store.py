@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from bridge.errors import StoreError
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAX_GROUP = 256
 
 
@@ -131,6 +131,7 @@ class Incoming:
     jobs: Sequence[NewJob] = ()
     replies: Sequence[NewReply] = ()
     on_insufficient: Callable[[int, int], NewReply | None] | None = field(default=None, repr=False)
+    extra_keys: tuple[str, ...] = ()           # more keys meaning "the same mail" (IMAP UID)
 
 
 _SCHEMA = """
@@ -191,8 +192,24 @@ CREATE INDEX replies_due ON replies(state, next_attempt_at);
 CREATE INDEX replies_to ON replies(to_addr, created_at);
 """
 
+_V2 = """
+CREATE TABLE message_keys (key TEXT PRIMARY KEY, message INTEGER NOT NULL REFERENCES messages(id));
+INSERT INTO message_keys (key, message) SELECT key, id FROM messages WHERE key IS NOT NULL;
+CREATE TABLE mailboxes (name TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL);
+CREATE TABLE optouts (
+    number TEXT NOT NULL,
+    sender TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (number, sender)
+);
+ALTER TABLE jobs ADD COLUMN category TEXT NOT NULL DEFAULT 'transactional';
+CREATE INDEX jobs_number_created ON jobs(number, created_at);
+CREATE INDEX jobs_login_created ON jobs(login, created_at)
+"""
+
 #: version -> SQL that brings the previous version up to it.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _V2}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -402,8 +419,29 @@ class Store:
 
     async def seen(self, key: str) -> bool:
         """True when a mail with this idempotency key was already committed."""
-        row = await self.read(lambda c: c.execute("SELECT 1 FROM messages WHERE key=?", (key,)).fetchone())
+        row = await self.read(lambda c: c.execute("SELECT 1 FROM message_keys WHERE key=?", (key,)).fetchone())
         return row is not None
+
+    # --- IMAP mailboxes ----------------------------------------------------------------
+
+    async def mailbox_state(self, name: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, last UID processed) of mailbox ``name``, or None if never seen."""
+        row = await self.read(
+            lambda c: c.execute("SELECT uidvalidity, last_uid FROM mailboxes WHERE name=?", (name,)).fetchone()
+        )
+        return (row[0], row[1]) if row else None
+
+    async def set_mailbox_state(self, name: str, uidvalidity: int, last_uid: int) -> None:
+        """Remember how far mailbox ``name`` was processed (a UIDVALIDITY change resets it)."""
+        await self.write(
+            lambda c: c.execute(
+                "INSERT INTO mailboxes VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "uidvalidity=excluded.uidvalidity, last_uid=CASE WHEN mailboxes.uidvalidity="
+                "excluded.uidvalidity THEN MAX(mailboxes.last_uid, excluded.last_uid) "
+                "ELSE excluded.last_uid END",
+                (name, uidvalidity, last_uid),
+            )
+        )
 
     # --- dispatcher --------------------------------------------------------------------
 
@@ -652,8 +690,10 @@ def _queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int |
 
 
 def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Acceptance:
-    if incoming.key and conn.execute("SELECT 1 FROM messages WHERE key=?", (incoming.key,)).fetchone():
-        return Acceptance("duplicate")
+    keys = [k for k in (incoming.key, *incoming.extra_keys) if k]
+    for key in keys:
+        if conn.execute("SELECT 1 FROM message_keys WHERE key=?", (key,)).fetchone():
+            return Acceptance("duplicate")
     used = sum(job.cost for job in incoming.jobs)
     available = _balance(conn, incoming.login) if incoming.login else 0
     replies: Iterable[NewReply] = incoming.replies
@@ -668,6 +708,7 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Accepta
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (incoming.key, incoming.message_id, incoming.login, incoming.reply_to, incoming.summary, outcome, now),
     ).lastrowid
+    conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
     ids = []
     for job in jobs:
         due = job.send_at if job.send_at is not None else now

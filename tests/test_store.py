@@ -160,3 +160,43 @@ class TestReplies:
         await store.finish_reply(reply.id, "sent", None, 51, 51)
         assert await store.replies_since("bob@example.org", 0) == 1
         assert (await store.replies())[0]["state"] == "sent"
+
+
+class TestMigrationAndKeys:
+    async def test_v1_store_is_migrated(self, tmp_path):
+        """A version-1 store gets the new tables and keeps its dedup keys."""
+        from bridge import store as store_module
+
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as conn:
+            for statement in store_module._SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema', '1')")
+            conn.execute(
+                "INSERT INTO messages (key, summary, outcome, received_at) VALUES ('old', '', 'accepted', 0)"
+            )
+        migrated = await Store.open(path)
+        try:
+            assert await migrated.seen("old")
+            assert (await migrated.accept(incoming("old"), 1)).outcome == "duplicate"
+            assert await migrated.mailbox_state("INBOX") is None
+        finally:
+            await migrated.close()
+
+    async def test_any_key_makes_a_duplicate(self, store):
+        """A mail is a duplicate when any of its keys (content or IMAP UID) was seen."""
+        first = Incoming(key="content", login="a", message_id=None, reply_to=None, summary="",
+                         jobs=incoming(None).jobs, extra_keys=("imap:INBOX:1:7",))
+        again = Incoming(key=None, login="a", message_id=None, reply_to=None, summary="",
+                         jobs=incoming(None).jobs, extra_keys=("imap:INBOX:1:7",))
+        assert (await store.accept(first, 1)).outcome == "accepted"
+        assert (await store.accept(again, 2)).outcome == "duplicate"
+
+    async def test_mailbox_state(self, store):
+        """The last UID only grows within one UIDVALIDITY and resets with a new one."""
+        await store.set_mailbox_state("INBOX", 10, 5)
+        await store.set_mailbox_state("INBOX", 10, 3)
+        assert await store.mailbox_state("INBOX") == (10, 5)
+        await store.set_mailbox_state("INBOX", 11, 1)
+        assert await store.mailbox_state("INBOX") == (11, 1)
