@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, json_body, post
+from bridge.providers.base import Provider, Receipt, Settings, Sms, as_cost, as_int, json_body, post, scrub
 
 DEFAULT_URL = "https://api.allmysms.com"
 
@@ -121,7 +121,7 @@ class AllmysmsProvider(Provider):
                 f"login or API key refused (HTTP {status})", provider=self.name, code=status
             )
         body = json_body(response, self.name)
-        code = _int(body.get("code")) if isinstance(body, dict) else None
+        code = as_int(body.get("code")) if isinstance(body, dict) else None
         if code is None:
             if response.is_success:  # accepted by the server, but we cannot tell what happened
                 raise AmbiguousError(f"answer without a code (HTTP {status})", provider=self.name)
@@ -130,7 +130,7 @@ class AllmysmsProvider(Provider):
             sms_id = body.get("smsId")
             return Receipt(
                 message_ids={} if sms_id in (None, "") else {number: str(sms_id)},
-                cost=_cost(body.get("cost")),
+                cost=as_cost(body.get("cost")),
                 raw=body,
             )
         raise self._refusal(code, body.get("description"))
@@ -140,15 +140,5 @@ class AllmysmsProvider(Provider):
         if isinstance(description, str) and description:
             text += f" - {description}"
         # Never let the key out, even if the provider echoes it back.
-        return PermanentError(text.replace(self._api_key, "***"), provider=self.name, code=code)
+        return PermanentError(scrub(text, self._api_key), provider=self.name, code=code)
 
-
-def _cost(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

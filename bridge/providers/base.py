@@ -50,9 +50,12 @@ class Provider:
     """Base class: settings validated once in ``from_config``; ``send`` does one call."""
 
     type: ClassVar[str] = ""
+    # Capabilities, checked by routing before a provider is chosen for a job.
     max_batch: ClassVar[int] = 1          # numbers per call for the same text
     unicode: ClassVar[bool] = True        # can send UCS-2 text
     alphanumeric_sender: ClassVar[bool] = True
+    max_parts: ClassVar[int] = 8          # concatenated parts it accepts
+    default_rate: ClassVar[float] = 10.0  # messages per second unless `rate` is configured
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -67,6 +70,22 @@ class Provider:
     async def send(self, sms: Sms) -> Receipt:
         """Hand ``sms`` to the provider; raise a ``ProviderError`` subclass on failure."""
         raise NotImplementedError
+
+    async def status(self, message_id: str, number: str) -> str | None:
+        """Delivery state of an accepted SMS: ``delivered``, ``sent``, ``failed`` or None.
+
+        None means the provider has no status API or does not know the message; the
+        dispatcher uses this to reconcile ``unknown`` jobs.
+        """
+        return None
+
+    async def check(self) -> str:
+        """A harmless call (balance, auth) proving the settings work; a one-line verdict.
+
+        Raises a ``ProviderError`` when the provider is unreachable or refuses the
+        credentials. The default only says that no check exists.
+        """
+        return "no check available for this provider"
 
     async def close(self) -> None:
         """Release what the provider holds (files); the shared HTTP client is not closed."""
@@ -115,6 +134,13 @@ class Settings:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
             raise ConfigError(self.path(key), f"must be a number >= {minimum}")
         return float(value)
+
+    def optional_url(self, key: str) -> str | None:
+        """An optional http(s) URL setting, passed on exactly as written."""
+        if self.settings.get(key) is None:
+            return None
+        self.url(key)  # validates
+        return self.settings[key]
 
     def bool(self, key: str, default: bool) -> bool:
         """A yes/no setting."""
@@ -189,6 +215,27 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def scrub(text: str, *secrets: str | None) -> str:
+    """``text`` with every secret replaced by ``***`` (providers may echo keys back)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def as_cost(value: Any) -> float | None:
+    """A cost from a provider answer: a number, or None for anything else."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def as_int(value: Any) -> int | None:
+    """An int from a provider answer (``"100"`` or ``100``), or None."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def json_body(response: httpx.Response, provider: str) -> Any:
     """The response parsed as JSON; an unparsable 2xx body is ambiguous (it may have sent)."""
     try:
@@ -212,8 +259,11 @@ __all__ = [
     "Settings",
     "Sms",
     "TransientError",
+    "as_cost",
+    "as_int",
     "json_body",
     "post",
     "request",
     "retry_after",
+    "scrub",
 ]

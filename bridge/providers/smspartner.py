@@ -17,7 +17,18 @@ from typing import Any
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, json_body, post, request
+from bridge.providers.base import (
+    Provider,
+    Receipt,
+    Settings,
+    Sms,
+    as_cost,
+    as_int,
+    json_body,
+    post,
+    request,
+    scrub,
+)
 
 DEFAULT_URL = "https://api.smspartner.fr/v1"
 
@@ -93,8 +104,8 @@ class SmsPartnerProvider(Provider):
             timeout=s.number("timeout", 10, minimum=0.1),
             sandbox=s.bool("sandbox", False),
             stop_sms=s.bool("stop_sms", False),
-            dlr_url=_optional_url(s, "dlr_url"),
-            response_url=_optional_url(s, "response_url"),
+            dlr_url=s.optional_url("dlr_url"),
+            response_url=s.optional_url("response_url"),
         )
 
     async def send(self, sms: Sms) -> Receipt:
@@ -109,7 +120,7 @@ class SmsPartnerProvider(Provider):
         message_id = body.get("message_id")
         return Receipt(
             message_ids={} if message_id is None else {n: str(message_id) for n in sms.to},
-            cost=_cost(body.get("cost")),
+            cost=as_cost(body.get("cost")),
             raw=body,
         )
 
@@ -132,7 +143,7 @@ class SmsPartnerProvider(Provider):
         if not isinstance(body, dict):
             return None
         if body.get("success") is not True:
-            if response.status_code in (401, 403) or _int(body.get("code")) in (1, 10):
+            if response.status_code in (401, 403) or as_int(body.get("code")) in (1, 10):
                 raise self._refusal(body, response.status_code)
             return None  # 4: message not found (yet)
         return _STATES.get(str(body.get("statut", "")).strip().lower())
@@ -173,7 +184,7 @@ class SmsPartnerProvider(Provider):
         raise PermanentError(f"refused (HTTP {status})", provider=self.name, code=status)
 
     def _refusal(self, body: Mapping[str, Any], status: int) -> PermanentError:
-        code = _int(body.get("code"))
+        code = as_int(body.get("code"))
         errors = body.get("errors")
         details = [
             e["message"] for e in (errors if isinstance(errors, list) else [])
@@ -188,24 +199,6 @@ class SmsPartnerProvider(Provider):
         if details:
             text += " - " + "; ".join(details)
         # Never let the key out, even if the provider echoes it back.
-        text = text.replace(self._api_key, "***")
+        text = scrub(text, self._api_key)
         return PermanentError(text, provider=self.name, code=code if code is not None else status)
 
-
-def _optional_url(s: Settings, key: str) -> str | None:
-    """An optional http(s) URL setting, passed on exactly as written."""
-    if s.settings.get(key) is None:
-        return None
-    s.url(key)  # validates
-    return s.settings[key]
-
-
-def _cost(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
