@@ -100,6 +100,20 @@ class AccountConfig:
     transliterate: bool = False
     allowed_senders: tuple[str, ...] = ()        # empty: any sender address
     receipts: bool = False                       # also mail 100/101 on success
+    lowcost_route: tuple[str, ...] = ()          # for lc=1; empty: `route`
+    country_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # FR -> [...], "*"
+    pricing: Mapping[str, int] = field(default_factory=dict)  # credits per part by country, "*"
+    rate_per_minute: int | None = None           # SMS sent per minute, queued beyond
+    rate_per_day: int | None = None              # SMS sent per 24 hours, queued beyond
+
+
+@dataclass(frozen=True)
+class ProviderPolicy:
+    """What the dispatcher applies around a provider, whatever its type."""
+
+    rate: float | None = None                    # messages per second; None: the type's default
+    breaker_failures: int = 5                    # consecutive failures that open the circuit
+    breaker_cooldown: float = 30.0               # seconds before a half-open probe
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,8 @@ class Config:
     replies: RepliesConfig = RepliesConfig()
     dispatcher: DispatcherConfig = DispatcherConfig()
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    provider_policies: Mapping[str, ProviderPolicy] = field(default_factory=dict)
+    pricing: Mapping[str, int] = field(default_factory=lambda: {"*": 1})  # credits per part
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
@@ -316,7 +332,10 @@ def _dispatcher(r: _Reader) -> DispatcherConfig:
 
 
 def _account(login: str, r: _Reader, providers: Mapping[str, Any]) -> AccountConfig:
-    r.only("api_key", "credits", "route", "language", "transliterate", "allowed_senders", "receipts")
+    r.only(
+        "api_key", "credits", "route", "language", "transliterate", "allowed_senders", "receipts",
+        "lowcost_route", "country_routes", "pricing", "rate_per_minute", "rate_per_day",
+    )
     if "api_key" not in r.data:
         r.error("api_key", "required")
     account = AccountConfig(
@@ -328,13 +347,76 @@ def _account(login: str, r: _Reader, providers: Mapping[str, Any]) -> AccountCon
         transliterate=r.get("transliterate", False, _bool),
         allowed_senders=r.get("allowed_senders", (), _list(_email)),
         receipts=r.get("receipts", False, _bool),
+        lowcost_route=r.get("lowcost_route", (), _list(_str)),
+        country_routes=_country_routes(r.sub("country_routes")),
+        pricing=_pricing(r.sub("pricing")),
+        rate_per_minute=r.get("rate_per_minute", None, _int(1)),
+        rate_per_day=r.get("rate_per_day", None, _int(1)),
     )
     if not account.route:
         r.error("route", "required: the providers to try, in order")
-    for name in account.route:
-        if name not in providers:
-            r.error("route", f"unknown provider {name!r}")
+    routes = [("route", account.route), ("lowcost_route", account.lowcost_route)]
+    routes += [(f"country_routes.{c}", names) for c, names in account.country_routes.items()]
+    for key, names in routes:
+        for name in names:
+            if name not in providers:
+                r.error(key, f"unknown provider {name!r}")
     return account
+
+
+def _country(value: Any) -> str:
+    """An ISO 3166 region code (``FR``) or ``*`` for "any other country"."""
+    import phonenumbers
+
+    text = str(value).strip().upper()
+    if text != "*" and text not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown country code {value!r} (ISO 3166, e.g. FR, or *)")
+    return text
+
+
+def _country_routes(r: _Reader) -> Mapping[str, tuple[str, ...]]:
+    routes = {}
+    for key in r.data:
+        try:
+            country = _country(key)
+        except ValueError as exc:
+            r.error(str(key), str(exc))
+            continue
+        routes[country] = r.get(key, (), _list(_str))
+    return MappingProxyType(routes)
+
+
+def _pricing(r: _Reader) -> Mapping[str, int]:
+    prices = {}
+    for key in r.data:
+        try:
+            country = _country(key)
+        except ValueError as exc:
+            r.error(str(key), str(exc))
+            continue
+        prices[country] = r.get(key, 1, _int(0))
+    return MappingProxyType(prices)
+
+
+#: Settings every provider takes, read by the dispatcher rather than the provider module.
+_POLICY_KEYS = ("rate", "circuit")
+
+
+def _policy(r: _Reader) -> ProviderPolicy:
+    circuit = r.sub("circuit")
+    circuit.only("failures", "cooldown")
+    rate = r.get("rate", None, _positive)
+    return ProviderPolicy(
+        rate=rate,
+        breaker_failures=circuit.get("failures", ProviderPolicy.breaker_failures, _int(1)),
+        breaker_cooldown=circuit.get("cooldown", ProviderPolicy.breaker_cooldown, _duration),
+    )
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be a number > 0")
+    return float(value)
 
 
 def _providers(r: _Reader, folder: Path | None) -> dict[str, Mapping[str, Any]]:
@@ -346,6 +428,7 @@ def _providers(r: _Reader, folder: Path | None) -> dict[str, Mapping[str, Any]]:
             if not isinstance(settings, Mapping):
                 raise ConfigError(r.key(str(name)), "must be a mapping")
             settings = _resolve_paths(settings, folder)
+            settings = {k: v for k, v in settings.items() if k not in _POLICY_KEYS}
             build_provider(str(name), settings)   # validates, builds nothing that lasts
         except ConfigError as exc:
             r.errors.append(exc)
@@ -369,7 +452,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     root = _Reader(data, "", errors)
     root.only(
         "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
-        "providers", "accounts", "logging",
+        "providers", "accounts", "logging", "pricing",
     )
     # One reader for the section: each _Reader built on a non-mapping reports it again.
     providers_reader = root.sub("providers")
@@ -396,6 +479,10 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         replies=_replies(root.sub("replies")),
         dispatcher=_dispatcher(root.sub("dispatcher")),
         providers=MappingProxyType(providers),
+        provider_policies=MappingProxyType(
+            {name: _policy(providers_reader.sub(name)) for name in providers}
+        ),
+        pricing=MappingProxyType({"*": 1, **_pricing(root.sub("pricing"))}),
         accounts=MappingProxyType(accounts),
         log_format=logging.get("format", "auto", _choice("auto", "json", "console")),
         log_level=logging.get("level", "info", _choice("debug", "info", "warning", "error")),

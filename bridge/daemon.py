@@ -68,6 +68,7 @@ class Bridge:
         replies = ReplySender(config.replies, self.store, self.clock)
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(self.stopping), name="dispatcher"),
+            asyncio.create_task(self.dispatcher.run_reconciler(self.stopping), name="reconciler"),
             asyncio.create_task(replies.run(self.stopping), name="replies"),
         ]
         self.servers = await start_smtp(config.smtp, self.intake)

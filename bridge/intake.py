@@ -29,13 +29,13 @@ from bridge.errors import StatusError
 from bridge.mail import ParsedMail, parse_mail
 from bridge.replies import compose_status, may_reply
 from bridge.request import RequestPolicy, SmsRequest, build_request
+from bridge.routing import price_per_part
 from bridge.statuses import status_text
 from bridge.store import Incoming, NewJob, NewReply, Store
 from bridge.subject import Subject, parse_subject
 
 log = structlog.get_logger("bridge.intake")
 _DUMMY_KEY = b"\x00" * 32
-PRICE_PER_PART = 1
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class Intake:
                 replies.append(self._reply(verdict, reply_to, verdict.error.code, language, note, verdict.error.details))
         else:
             request = verdict.request
-            jobs = _jobs(request)
+            jobs = _jobs(request, verdict.account, self.config)
             status = 101 if request.send_at else 100
             if request.invalid:
                 status = 113
@@ -248,7 +248,7 @@ class Intake:
         )
 
 
-def _jobs(request: SmsRequest) -> list[NewJob]:
+def _jobs(request: SmsRequest, account: AccountConfig, config: Config) -> list[NewJob]:
     send_at = request.send_at.timestamp() if request.send_at else None
     seg = request.segmentation
     return [
@@ -257,7 +257,7 @@ def _jobs(request: SmsRequest) -> list[NewJob]:
             text=request.text,
             sender=request.sender_for(number),
             parts=seg.count,
-            cost=seg.count * PRICE_PER_PART,
+            cost=seg.count * price_per_part(account, config.pricing, number),
             unicode=seg.unicode,
             low_cost=request.low_cost,
             send_at=send_at,

@@ -61,6 +61,7 @@ class NewJob:
     unicode: bool = False
     low_cost: bool = False
     send_at: float | None = None              # epoch seconds; None: now
+    category: str = "transactional"           # or "marketing" (quiet hours, STOP)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class Job:
     last_error: str | None = None
     message_id: str | None = None              # the mail's Message-ID, for replies
     reply_to: str | None = None                # where the sender's statuses go
+    category: str = "transactional"
 
 
 @dataclass(frozen=True)
@@ -471,14 +473,38 @@ class Store:
         return row[0]
 
     async def mark_sent(self, job_id: int, provider: str, provider_id: str | None, now: float) -> None:
-        """The provider accepted the job."""
+        """The provider accepted the job (or reconciliation found it did)."""
         await self.write(
             lambda c: c.execute(
                 "UPDATE jobs SET state='sent', provider=?, provider_message_id=?, last_error=NULL, "
-                "updated_at=? WHERE id=? AND state='sending'",
+                "updated_at=? WHERE id=? AND state IN ('sending', 'unknown')",
                 (provider, provider_id, now, job_id),
             )
         )
+
+    async def defer(self, job_id: int, when: float, reason: str, now: float) -> None:
+        """Not tried (rate limit, quiet hours): back to the queue, the attempt not counted."""
+        await self.write(
+            lambda c: c.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), next_attempt_at=?, "
+                "last_error=?, updated_at=? WHERE id=? AND state='sending'",
+                (when, reason, now, job_id),
+            )
+        )
+
+    async def sent_times(self, since: float) -> dict[str, list[float]]:
+        """When each account's jobs were sent since ``since`` (rebuilds rate windows)."""
+        rows = await self.read(
+            lambda c: c.execute(
+                "SELECT login, updated_at FROM jobs WHERE state='sent' AND updated_at>=? "
+                "ORDER BY updated_at",
+                (since,),
+            ).fetchall()
+        )
+        times: dict[str, list[float]] = {}
+        for login, when in rows:
+            times.setdefault(login, []).append(when)
+        return times
 
     async def mark_retry(self, job_id: int, error: str, when: float, now: float) -> None:
         """Not delivered for sure; try again at ``when``."""
@@ -490,13 +516,15 @@ class Store:
             )
         )
 
-    async def mark_unknown(self, job_id: int, provider: str | None, error: str, now: float) -> None:
+    async def mark_unknown(
+        self, job_id: int, provider: str | None, error: str, now: float, provider_id: str | None = None
+    ) -> None:
         """The provider may have accepted it: never re-sent without an operator."""
         await self.write(
             lambda c: c.execute(
-                "UPDATE jobs SET state='unknown', provider=?, last_error=?, updated_at=? "
-                "WHERE id=? AND state='sending'",
-                (provider, error, now, job_id),
+                "UPDATE jobs SET state='unknown', provider=?, provider_message_id=?, last_error=?, "
+                "updated_at=? WHERE id=? AND state='sending'",
+                (provider, provider_id, error, now, job_id),
             )
         )
 
@@ -649,6 +677,7 @@ def _job(row: sqlite3.Row, **override: Any) -> Job:
         last_error=row["last_error"],
         message_id=row["mail_message_id"],
         reply_to=row["mail_reply_to"],
+        category=row["category"],
     )
     values.update(override)
     return Job(**values)
@@ -714,10 +743,10 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Accepta
         due = job.send_at if job.send_at is not None else now
         job_id = conn.execute(
             "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
-            "state, created_at, next_attempt_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            "state, created_at, next_attempt_at, updated_at, category) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
             (message, incoming.login, job.number, job.text, job.sender, job.parts, job.cost,
-             job.unicode, job.low_cost, now, due, now),
+             job.unicode, job.low_cost, now, due, now, job.category),
         ).lastrowid
         _move(conn, incoming.login, -job.cost, "debit", job_id, now)
         ids.append(job_id)

@@ -42,6 +42,7 @@ class Receipt:
     """What the provider said when it accepted an SMS."""
 
     message_ids: Mapping[str, str] = field(default_factory=dict)  # number -> provider id
+    rejected: Mapping[str, str] = field(default_factory=dict)     # number -> why it was refused
     cost: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)          # parsed answer, for logs
 
@@ -78,6 +79,18 @@ class Provider:
         dispatcher uses this to reconcile ``unknown`` jobs.
         """
         return None
+
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> tuple[str, str | None] | None:
+        """Find out what became of an SMS whose outcome was ambiguous.
+
+        Returns (state, provider message id) with state ``delivered``, ``sent`` or
+        ``failed``, or None when the provider cannot tell. The default asks ``status()``
+        when the provider message id is known.
+        """
+        if message_id is None:
+            return None
+        state = await self.status(message_id, sms.to[0])
+        return (state, message_id) if state else None
 
     async def check(self) -> str:
         """A harmless call (balance, auth) proving the settings work; a one-line verdict.

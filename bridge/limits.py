@@ -1,0 +1,107 @@
+"""Rate limits and circuit breakers the dispatcher applies around providers.
+
+- ``RateLimiter``: at most ``rate`` messages per second, evenly spaced (one every
+  ``1/rate`` seconds), so no one-second window ever holds more than ``rate`` sends.
+- ``SlidingWindow``: at most ``limit`` events per ``period`` (per-account caps per minute
+  and per day); says when the next event may happen instead of blocking.
+- ``CircuitBreaker``: opens after ``failures`` consecutive failures, lets one probe
+  through after ``cooldown`` (half-open), closes on a success. A dead provider is then
+  skipped at once instead of costing every job a timeout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from enum import Enum
+
+
+class RateLimiter:
+    """Evenly spaced sends: slot k is at ``start + k / rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = -math.inf
+
+    def next_free(self, now: float) -> float:
+        """When the next send may go (``now`` if it may go at once)."""
+        return max(now, self._next)
+
+    def take(self, now: float) -> float:
+        """Reserve the next slot; return its time (the caller waits until then)."""
+        slot = self.next_free(now)
+        self._next = slot + self.interval
+        return slot
+
+
+class SlidingWindow:
+    """At most ``limit`` events in any ``period`` seconds."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self._events: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0] <= now - self.period:
+            self._events.popleft()
+
+    def next_free(self, now: float) -> float:
+        """When the next event may happen (``now`` if the window has room)."""
+        self._trim(now)
+        if len(self._events) < self.limit:
+            return now
+        return self._events[len(self._events) - self.limit] + self.period
+
+    def record(self, when: float) -> None:
+        """Count one event at ``when``."""
+        self._events.append(when)
+
+
+class BreakerState(str, Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Consecutive failures open it; after ``cooldown`` one probe decides."""
+
+    def __init__(self, failures: int = 5, cooldown: float = 30.0) -> None:
+        self.threshold = failures
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+
+    def state(self, now: float) -> BreakerState:
+        """The breaker's state at ``now``."""
+        if self.opened_at is None:
+            return BreakerState.CLOSED
+        if now - self.opened_at >= self.cooldown:
+            return BreakerState.HALF_OPEN
+        return BreakerState.OPEN
+
+    def allow(self, now: float) -> bool:
+        """True when a call may go through (closed, or the one half-open probe)."""
+        state = self.state(now)
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        """A call succeeded: close."""
+        self.failures, self.opened_at, self._probing = 0, None, False
+
+    def failure(self, now: float) -> bool:
+        """A call failed; return True when this opened (or re-opened) the circuit."""
+        self.failures += 1
+        was_probe, self._probing = self._probing, False
+        if was_probe or self.failures >= self.threshold:
+            reopened = self.opened_at is None or was_probe
+            self.opened_at = now
+            return reopened
+        return False
