@@ -17,20 +17,32 @@ from enum import Enum
 
 
 class RateLimiter:
-    """Evenly spaced sends: slot k is at ``start + k / rate``."""
+    """Evenly spaced sends: slot k of a busy spell is at ``start + k / rate``.
+
+    Slots are computed from the spell's start rather than by adding the interval again
+    and again, so float rounding on epoch seconds never squeezes one slot too many
+    into a second.
+    """
 
     def __init__(self, rate: float) -> None:
+        self.rate = rate
         self.interval = 1.0 / rate
-        self._next = -math.inf
+        self._start = -math.inf
+        self._taken = 0
+
+    def _slot(self, k: int) -> float:
+        return self._start + k / self.rate
 
     def next_free(self, now: float) -> float:
         """When the next send may go (``now`` if it may go at once)."""
-        return max(now, self._next)
+        return max(now, self._slot(self._taken))
 
     def take(self, now: float) -> float:
         """Reserve the next slot; return its time (the caller waits until then)."""
-        slot = self.next_free(now)
-        self._next = slot + self.interval
+        if self._slot(self._taken) <= now:
+            self._start, self._taken = now, 0  # idle time is not banked: a new spell
+        slot = self._slot(self._taken)
+        self._taken += 1
         return slot
 
 
