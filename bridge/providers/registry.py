@@ -16,6 +16,9 @@ PROVIDER_TYPES: dict[str, str] = {
     "file": "bridge.providers.file:FileProvider",
     "smspartner": "bridge.providers.smspartner:SmsPartnerProvider",
     "allmysms": "bridge.providers.allmysms:AllmysmsProvider",
+    "allo": "bridge.providers.allo:AlloProvider",
+    "orange": "bridge.providers.orange:OrangeProvider",
+    "octopush": "bridge.providers.octopush:OctopushProvider",
 }
 
 
