@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from bridge.calendar_rules import QuietHours, parse_windows
 from bridge.errors import ConfigError, ConfigErrors
 
 T = TypeVar("T")
@@ -105,6 +106,14 @@ class AccountConfig:
     pricing: Mapping[str, int] = field(default_factory=dict)  # credits per part by country, "*"
     rate_per_minute: int | None = None           # SMS sent per minute, queued beyond
     rate_per_day: int | None = None              # SMS sent per 24 hours, queued beyond
+    category: str = "transactional"              # or marketing (quiet hours, STOP)
+    quiet_hours: QuietHours | None = None        # None: the global quiet_hours
+    stop: str = "append"                         # marketing to France without STOP: append | reject
+    stop_text: str = "STOP au 36180"
+    allowed_countries: frozenset[str] = frozenset({"FR"})  # FR covers the overseas departments
+    max_per_number_per_hour: int | None = 30     # anti-pumping caps: refused beyond (status 127)
+    max_sms_per_day: int | None = None
+    max_spend_per_day: int | None = None         # credits per 24 hours
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class Config:
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     provider_policies: Mapping[str, ProviderPolicy] = field(default_factory=dict)
     pricing: Mapping[str, int] = field(default_factory=lambda: {"*": 1})  # credits per part
+    quiet_hours: QuietHours = field(default_factory=QuietHours)      # for marketing SMS
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
@@ -331,10 +341,41 @@ def _dispatcher(r: _Reader) -> DispatcherConfig:
     )
 
 
-def _account(login: str, r: _Reader, providers: Mapping[str, Any]) -> AccountConfig:
+def _stop_text(value: Any) -> str:
+    from bridge.sender import has_stop_mention
+
+    text = _str(value)
+    if not has_stop_mention(" " + text):
+        raise ValueError("must read 'STOP au 36xxx' (the opt-out short code)")
+    return text
+
+
+def _quiet_hours(r: _Reader, tz: ZoneInfo) -> QuietHours:
+    """``{windows: ["mon-sat 08:00-20:00"], holidays: true, alsace_moselle: false}``."""
+    r.only("windows", "holidays", "alsace_moselle")
+    defaults = QuietHours(tz=tz)
+    windows = defaults.windows
+    if "windows" in r.data:
+        try:
+            windows = parse_windows(r.data["windows"])
+        except (ValueError, TypeError) as exc:
+            r.error("windows", str(exc))
+    return QuietHours(
+        tz=tz,
+        windows=windows,
+        holidays=r.get("holidays", True, _bool),
+        alsace_moselle=r.get("alsace_moselle", False, _bool),
+    )
+
+
+def _account(
+    login: str, r: _Reader, providers: Mapping[str, Any], timezone: ZoneInfo = ZoneInfo("Europe/Paris")
+) -> AccountConfig:
     r.only(
         "api_key", "credits", "route", "language", "transliterate", "allowed_senders", "receipts",
         "lowcost_route", "country_routes", "pricing", "rate_per_minute", "rate_per_day",
+        "category", "quiet_hours", "stop", "stop_text", "allowed_countries",
+        "max_per_number_per_hour", "max_sms_per_day", "max_spend_per_day",
     )
     if "api_key" not in r.data:
         r.error("api_key", "required")
@@ -352,6 +393,14 @@ def _account(login: str, r: _Reader, providers: Mapping[str, Any]) -> AccountCon
         pricing=_pricing(r.sub("pricing")),
         rate_per_minute=r.get("rate_per_minute", None, _int(1)),
         rate_per_day=r.get("rate_per_day", None, _int(1)),
+        category=r.get("category", "transactional", _choice("transactional", "marketing")),
+        quiet_hours=_quiet_hours(r.sub("quiet_hours"), timezone) if "quiet_hours" in r.data else None,
+        stop=r.get("stop", "append", _choice("append", "reject")),
+        stop_text=r.get("stop_text", "STOP au 36180", _stop_text),
+        allowed_countries=frozenset(r.get("allowed_countries", ("FR",), _list(_country))),
+        max_per_number_per_hour=r.get("max_per_number_per_hour", 30, _int(1)),
+        max_sms_per_day=r.get("max_sms_per_day", None, _int(1)),
+        max_spend_per_day=r.get("max_spend_per_day", None, _int(1)),
     )
     if not account.route:
         r.error("route", "required: the providers to try, in order")
@@ -452,16 +501,17 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     root = _Reader(data, "", errors)
     root.only(
         "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
-        "providers", "accounts", "logging", "pricing",
+        "providers", "accounts", "logging", "pricing", "quiet_hours",
     )
     # One reader for the section: each _Reader built on a non-mapping reports it again.
     providers_reader = root.sub("providers")
     providers = _providers(providers_reader, path.parent if path else None)
     if not root.data.get("providers"):
         root.error("providers", "required: at least one provider")
+    tz = root.get("timezone", ZoneInfo("Europe/Paris"), _timezone)
     accounts_reader = root.sub("accounts")
     accounts = {
-        str(login): _account(str(login), accounts_reader.sub(str(login)), providers_reader.data)
+        str(login): _account(str(login), accounts_reader.sub(str(login)), providers_reader.data, tz)
         for login in accounts_reader.data
     }
     logging = root.sub("logging")
@@ -471,7 +521,8 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         root.error("store", "must be sqlite://PATH (postgresql:// is not supported yet)")
     config = Config(
         path=path,
-        timezone=root.get("timezone", ZoneInfo("Europe/Paris"), _timezone),
+        timezone=tz,
+        quiet_hours=_quiet_hours(root.sub("quiet_hours"), tz),
         region=root.get("region", "FR", _region),
         store=store,
         max_recipients=root.get("max_recipients", 500, _int(1)),

@@ -31,7 +31,8 @@ from bridge.replies import compose_status, may_reply
 from bridge.request import RequestPolicy, SmsRequest, build_request
 from bridge.routing import price_per_part
 from bridge.statuses import status_text
-from bridge.store import Incoming, NewJob, NewReply, Store
+from bridge.numbers import FRENCH_REGIONS, region_of
+from bridge.store import Incoming, Limits, NewJob, NewReply, Refusal, Store
 from bridge.subject import Subject, parse_subject
 
 log = structlog.get_logger("bridge.intake")
@@ -101,6 +102,9 @@ def evaluate(mail: ParsedMail, envelope: Envelope, config: Config, now: datetime
         region=config.region,
         max_recipients=config.max_recipients,
         transliterate=account.transliterate,
+        category=account.category,
+        stop=account.stop,
+        stop_text=account.stop_text,
     )
     try:
         request = build_request(subject, mail.body, policy, now)
@@ -150,58 +154,73 @@ class Intake:
         mail = parse_mail(raw, envelope.mail_from or None)
         verdict = evaluate(mail, envelope, self.config, datetime.fromtimestamp(now, timezone.utc))
         reply_to = mail.sender or envelope.mail_from or None
-        language = verdict.account.language if verdict.account else "fr"
         refusal = self._refusal(mail, envelope, reply_to)
+        may_mail = not inline and refusal is None
         replies: list[NewReply] = []
         jobs: list[NewJob] = []
-        status, note = 100, ""
+        refused: list[Refusal] = []
         if verdict.error is not None:
-            status, note = verdict.error.code, verdict.error.note
-            if not inline and refusal is None:
-                replies.append(self._reply(verdict, reply_to, verdict.error.code, language, note, verdict.error.details))
+            if may_mail:
+                error = verdict.error
+                replies.append(self._reply(verdict, reply_to, error.code, error.note, error.details))
         else:
-            request = verdict.request
-            jobs = _jobs(request, verdict.account, self.config)
-            status = 101 if request.send_at else 100
-            if request.invalid:
-                status = 113
-                note = ", ".join(f"{i.raw} ({i.reason})" for i in request.invalid[:20])
-            wants_receipt = verdict.account.receipts or status == 113
-            if wants_receipt and not inline and refusal is None:
-                replies.append(self._reply(verdict, reply_to, status, language, note, {}))
+            jobs, refused = _jobs(verdict.request, verdict.account, self.config, now)
+        account = verdict.account
         incoming = Incoming(
             key=idempotency_key(mail, envelope),
-            login=verdict.account.login if verdict.account and verdict.request else None,
+            login=account.login if account and verdict.request else None,
             message_id=mail.message_id,
             reply_to=reply_to if refusal is None else None,
             summary=verdict.subject.redacted() if verdict.subject else mail.subject[:200],
             jobs=jobs,
             replies=replies,
             extra_keys=(envelope.key,) if envelope.key else (),
-            on_insufficient=None if inline or refusal else (
-                lambda used, available: self._reply(
-                    verdict, reply_to, 104, language, "", {"used": used, "available": available}
-                )
-            ),
+            refused=tuple(refused),
+            sender=verdict.request.sender if verdict.request else None,
+            limits=_limits(account),
+            on_outcome=(lambda result: self._outcome_replies(verdict, reply_to, result, jobs))
+            if may_mail and verdict.request else None,
         )
         result = await self.store.accept(incoming, now)
         if result.job_ids and self.on_commit is not None:
             self.on_commit()
-        bound = log.bind(message_id=mail.message_id, source=envelope.source)
+        return self._report(verdict, envelope, result, jobs, refusal)
+
+    def _report(self, verdict: Verdict, envelope: Envelope, result, jobs: list[NewJob], refusal) -> Outcome:
+        """Log what happened and say it to the ingress adapter."""
+        bound = log.bind(message_id=verdict.mail.message_id, source=envelope.source)
         if result.outcome == "duplicate":
             bound.info("duplicate_dropped")
-            return Outcome(status, "duplicate: already received", duplicate=True)
+            return Outcome(0, "duplicate: already received", duplicate=True)
+        if verdict.error is not None:
+            code, note = verdict.error.code, verdict.error.note
+            bound.info("rejected", status=code, reply_suppressed=refusal)
+            return Outcome(code, status_text(code, "en"), replied=refusal is None, note=note)
         if result.outcome == "insufficient_credit":
             details = {"used": result.used, "available": result.available}
             bound.info("rejected", status=104, **details)
-            return Outcome(104, status_text(104, "en", **details), replied=not inline and refusal is None)
-        if verdict.error is not None:
-            bound.info("rejected", status=status, reply_suppressed=refusal)
+            return Outcome(104, status_text(104, "en", **details), replied=refusal is None)
+        code, note = _status_of(result, jobs)
+        for item in result.refused:
+            if item.code != 113:
+                bound.info("number_refused", number=item.number, status=item.code, reason=item.reason)
+        if result.job_ids:
+            bound.info("accepted", login=verdict.account.login, jobs=list(result.job_ids), status=code)
         else:
-            bound.info("accepted", login=verdict.account.login, jobs=list(result.job_ids), status=status)
-        return Outcome(
-            status, status_text(status, "en"), result.job_ids, replied=bool(replies), note=note
-        )
+            bound.info("rejected", status=code, note=note)
+        return Outcome(code, status_text(code, "en"), result.job_ids, replied=refusal is None, note=note)
+
+    def _outcome_replies(
+        self, verdict: Verdict, to: str | None, result, jobs: list[NewJob]
+    ) -> list[NewReply]:
+        """The one status mail an accepted request gets, if any (inside the commit)."""
+        if result.outcome == "insufficient_credit":
+            details = {"used": result.used, "available": result.available}
+            return [self._reply(verdict, to, 104, "", details)]
+        code, note = _status_of(result, jobs)
+        if result.refused or (verdict.account.receipts and result.job_ids):
+            return [self._reply(verdict, to, code, note, {})]
+        return []
 
     def _refusal(self, mail: ParsedMail, envelope: Envelope, to: str | None) -> str | None:
         """Why this mail must not get a reply, or None (the hourly cap is the store's)."""
@@ -216,15 +235,10 @@ class Intake:
         return reason
 
     def _reply(
-        self,
-        verdict: Verdict,
-        to: str | None,
-        code: int,
-        language: str,
-        note: str,
-        details: dict[str, object],
+        self, verdict: Verdict, to: str | None, code: int, note: str, details: dict[str, object]
     ) -> NewReply:
         mail = verdict.mail
+        language = verdict.account.language if verdict.account else "fr"
         received = []
         if verdict.subject is not None:
             received.append(("Subject" if language == "en" else "Objet", verdict.subject.redacted()))
@@ -248,19 +262,67 @@ class Intake:
         )
 
 
-def _jobs(request: SmsRequest, account: AccountConfig, config: Config) -> list[NewJob]:
-    send_at = request.send_at.timestamp() if request.send_at else None
+#: When several kinds of refusal hit one mail, the status mailed is the first of these.
+_REFUSAL_ORDER = (126, 125, 127, 113)
+
+
+def _status_of(result, jobs: list[NewJob]) -> tuple[int, str]:
+    """The status for an evaluated request: a refusal code with its numbers, or 100/101."""
+    if result.refused:
+        codes = {r.code for r in result.refused}
+        code = next(c for c in _REFUSAL_ORDER if c in codes)
+        note = ", ".join(f"{r.number} ({r.reason})" for r in result.refused[:20])
+        return code, note
+    now_or_later = [job for job in jobs if job.send_at is not None]
+    return (101 if now_or_later else 100), ""
+
+
+def _limits(account: AccountConfig | None) -> Limits:
+    if account is None:
+        return Limits()
+    return Limits(account.max_per_number_per_hour, account.max_sms_per_day, account.max_spend_per_day)
+
+
+def allowed_country(account: AccountConfig, number: str) -> bool:
+    """True when the account may send to ``number``'s country (FR covers overseas France)."""
+    country = region_of(number)
+    if country in account.allowed_countries or "*" in account.allowed_countries:
+        return True
+    return country in FRENCH_REGIONS and "FR" in account.allowed_countries
+
+
+def _jobs(
+    request: SmsRequest, account: AccountConfig, config: Config, now: float
+) -> tuple[list[NewJob], list[Refusal]]:
+    """One job per allowed number; refusals for invalid numbers and forbidden countries.
+
+    Marketing jobs due in quiet hours are held until the next allowed minute.
+    """
+    refused = [Refusal(i.raw, 113, i.reason) for i in request.invalid]
+    due = request.send_at.timestamp() if request.send_at else None
+    if request.category == "marketing":
+        quiet = account.quiet_hours or config.quiet_hours
+        wanted = request.send_at or datetime.fromtimestamp(now, timezone.utc)
+        release = quiet.next_allowed(wanted)
+        if release > wanted:
+            due = release.timestamp()
     seg = request.segmentation
-    return [
-        NewJob(
-            number=number,
-            text=request.text,
-            sender=request.sender_for(number),
-            parts=seg.count,
-            cost=seg.count * price_per_part(account, config.pricing, number),
-            unicode=seg.unicode,
-            low_cost=request.low_cost,
-            send_at=send_at,
+    jobs = []
+    for number in request.numbers:
+        if not allowed_country(account, number):
+            refused.append(Refusal(number, 126, f"country {region_of(number)} not allowed"))
+            continue
+        jobs.append(
+            NewJob(
+                number=number,
+                text=request.text,
+                sender=request.sender_for(number),
+                parts=seg.count,
+                cost=seg.count * price_per_part(account, config.pricing, number),
+                unicode=seg.unicode,
+                low_cost=request.low_cost,
+                send_at=due,
+                category=request.category,
+            )
         )
-        for number in request.numbers
-    ]
+    return jobs, refused

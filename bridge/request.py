@@ -1,7 +1,8 @@
 """From a parsed subject and body to a checked SMS request (pure: no sockets, no store).
 
 Checks run in this order and the first failure wins: sender (123), date (115), numbers
-(114, 120), empty text (110), length (111). Some invalid numbers among valid ones is not a
+(114, 120), empty text (110), marketing STOP mention (124, or the mention is appended),
+length (111). Some invalid numbers among valid ones is not a
 failure: the valid ones go out and the sender is told with status 113.
 """
 
@@ -29,6 +30,9 @@ class RequestPolicy:
     max_parts: int = encoding.MAX_PARTS
     max_ahead: timedelta = DEFAULT_MAX_AHEAD
     transliterate: bool = False
+    category: str = "transactional"          # the account's; the subject's type= wins
+    stop: str = "append"                     # marketing to France without STOP: append | reject
+    stop_text: str = "STOP au 36180"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SmsRequest:
     stop_mention: bool                       # text ends with "STOP au 36xxx"
     send_at: datetime | None                 # UTC; None means now
     warnings: tuple[str, ...] = ()
+    category: str = "transactional"
 
     @property
     def low_cost(self) -> bool:
@@ -69,9 +74,15 @@ def build_request(
         raise StatusError(110)
     if policy.transliterate:
         text = encoding.transliterate(text)
+    category = subject.category or policy.category
+    warnings = []
+    if category == "marketing" and not has_stop_mention(text) and any(is_french(n) for n in numbers.valid):
+        if policy.stop == "reject":
+            raise StatusError(124)
+        text = f"{text}\n{policy.stop_text}"  # counted in the parts below
+        warnings.append(f"'{policy.stop_text}' added at the end (marketing SMS to France)")
     segmentation = encoding.check_length(text, policy.max_parts)
     stop = has_stop_mention(segmentation.text)
-    warnings = []
     if sender and not stop and any(is_french(n) for n in numbers.valid):
         warnings.append(SENDER_DROPPED_WARNING.format(sender=sender))
     return SmsRequest(
@@ -84,4 +95,5 @@ def build_request(
         stop_mention=stop,
         send_at=send_at,
         warnings=tuple(warnings),
+        category=category,
     )

@@ -69,8 +69,8 @@ class Handler:
             return "250 2.0.0 OK: already received (duplicate dropped)"
         if outcome.accepted:
             text = f"250 2.0.0 OK: {len(outcome.job_ids)} SMS queued"
-            if outcome.status == 113:
-                text += f"; Status 113: {_clean(outcome.note)}"
+            if outcome.status not in (100, 101):  # some numbers refused (113, 125-127)
+                text += f"; Status {outcome.status}: {_clean(outcome.note)}"
             return text
         if self.config.reject_inline:
             return f"550 5.6.0 Status {outcome.status}: {_clean(outcome.text)}"

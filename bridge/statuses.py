@@ -90,6 +90,28 @@ CATALOGUE: dict[int, Status] = {
             "alphanumériques ou espaces",
             "Invalid sender (from=): must start with a letter, 3 to 11 letters, digits or spaces",
         ),
+        Status(
+            124,
+            "SMS marketing vers la France sans mention STOP (le texte doit finir par "
+            "« STOP au 36xxx »)",
+            "Marketing SMS to France without an opt-out mention (the text must end with "
+            "'STOP au 36xxx')",
+        ),
+        Status(
+            125,
+            "Numéro(s) désinscrit(s) (STOP) : non envoyé(s), non facturé(s)",
+            "Number(s) opted out (STOP): not sent, not charged",
+        ),
+        Status(
+            126,
+            "Pays de destination non autorisé pour ce compte",
+            "Destination country not allowed for this account",
+        ),
+        Status(
+            127,
+            "Limite d'envoi atteinte (par numéro, par jour ou budget quotidien)",
+            "Sending limit reached (per number, per day or daily spend)",
+        ),
     ]
 }
 

@@ -112,13 +112,32 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A number of the mail that gets no SMS, with the status that explains why."""
+
+    number: str
+    code: int                                  # 113 invalid, 125 opted out, 126 country, 127 cap
+    reason: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Anti-pumping caps checked inside the commit (None: no cap)."""
+
+    per_number_per_hour: int | None = None
+    sms_per_day: int | None = None
+    spend_per_day: int | None = None
+
+
+@dataclass(frozen=True)
 class Acceptance:
-    """What ``accept`` did: ``accepted``, ``duplicate`` or ``insufficient_credit``."""
+    """What ``accept`` did: ``accepted``, ``rejected``, ``duplicate`` or ``insufficient_credit``."""
 
     outcome: str
     job_ids: tuple[int, ...] = ()
     used: int = 0
     available: int = 0
+    refused: tuple[Refusal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,8 +151,13 @@ class Incoming:
     summary: str                               # redacted subject, for the operator
     jobs: Sequence[NewJob] = ()
     replies: Sequence[NewReply] = ()
-    on_insufficient: Callable[[int, int], NewReply | None] | None = field(default=None, repr=False)
     extra_keys: tuple[str, ...] = ()           # more keys meaning "the same mail" (IMAP UID)
+    refused: tuple[Refusal, ...] = ()          # numbers refused before the commit
+    sender: str | None = None                  # the SMS sender, for per-sender opt-outs
+    limits: Limits = Limits()
+    # Builds the replies once the outcome is known (credit, opt-outs and caps are only
+    # known inside the transaction).
+    on_outcome: Callable[[Acceptance], Sequence[NewReply]] | None = field(default=None, repr=False)
 
 
 _SCHEMA = """
@@ -445,6 +469,39 @@ class Store:
             )
         )
 
+    # --- opt-outs ----------------------------------------------------------------------
+
+    async def optout_add(self, number: str, sender: str | None, source: str, now: float) -> bool:
+        """Suppress ``number`` (for ``sender`` only, or globally); False if it already was.
+
+        ``source`` says who asked: ``cli``, ``import``, or later ``sms`` for inbound STOP.
+        """
+        return await self.write(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO optouts VALUES (?, ?, ?, ?)",
+                (number, (sender or "").lower(), source, now),
+            ).rowcount == 1
+        )
+
+    async def optout_remove(self, number: str, sender: str | None) -> bool:
+        """Lift a suppression (inbound START/REABO later); False if there was none."""
+        return await self.write(
+            lambda c: c.execute(
+                "DELETE FROM optouts WHERE number=? AND sender=?", (number, (sender or "").lower())
+            ).rowcount == 1
+        )
+
+    async def optouts(self) -> list[dict[str, Any]]:
+        """Every suppression, oldest first."""
+        rows = await self.read(
+            lambda c: c.execute("SELECT number, sender, source, created_at FROM optouts ORDER BY created_at").fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    async def is_opted_out(self, number: str, sender: str | None) -> str | None:
+        """Why ``number`` must not get SMS from ``sender``, or None."""
+        return await self.read(lambda c: _opted_out(c, number, sender))
+
     # --- dispatcher --------------------------------------------------------------------
 
     async def claim_jobs(self, now: float, limit: int) -> list[Job]:
@@ -723,15 +780,12 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Accepta
     for key in keys:
         if conn.execute("SELECT 1 FROM message_keys WHERE key=?", (key,)).fetchone():
             return Acceptance("duplicate")
-    used = sum(job.cost for job in incoming.jobs)
+    jobs, refused = _screen(conn, incoming, now)
+    used = sum(job.cost for job in jobs)
     available = _balance(conn, incoming.login) if incoming.login else 0
-    replies: Iterable[NewReply] = incoming.replies
-    jobs: Sequence[NewJob] = incoming.jobs
     outcome = "accepted" if jobs else "rejected"
     if jobs and used > available:
-        jobs, outcome = (), "insufficient_credit"
-        extra = incoming.on_insufficient(used, available) if incoming.on_insufficient else None
-        replies = [extra] if extra else []
+        jobs, outcome = [], "insufficient_credit"
     message = conn.execute(
         "INSERT INTO messages (key, message_id, login, reply_to, summary, outcome, received_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -750,9 +804,70 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Accepta
         ).lastrowid
         _move(conn, incoming.login, -job.cost, "debit", job_id, now)
         ids.append(job_id)
+    acceptance = Acceptance(outcome, tuple(ids), used, available, tuple(refused))
+    replies = list(incoming.replies)
+    if incoming.on_outcome is not None:
+        replies += incoming.on_outcome(acceptance)
     for reply in replies:
         _queue_reply(conn, reply, now)
-    if outcome == "insufficient_credit":
-        return Acceptance(outcome, (), used, available)
-    return Acceptance(outcome, tuple(ids), used, available)
+    return acceptance
+
+
+def _screen(conn: sqlite3.Connection, incoming: Incoming, now: float) -> tuple[list[NewJob], list[Refusal]]:
+    """Drop jobs to opted-out numbers and beyond the anti-pumping caps (never charged)."""
+    refused = list(incoming.refused)
+    if not incoming.jobs:
+        return [], refused
+    limits, login = incoming.limits, incoming.login
+    day_ago, hour_ago = now - 86400, now - 3600
+    sent_today = spent_today = 0
+    if limits.sms_per_day:
+        (sent_today,) = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE login=? AND created_at>=? AND state!='failed'", (login, day_ago)
+        ).fetchone()
+    if limits.spend_per_day:
+        (spent_today,) = conn.execute(
+            "SELECT -COALESCE(SUM(amount), 0) FROM ledger WHERE login=? AND created_at>=? "
+            "AND reason IN ('debit', 'refund')",
+            (login, day_ago),
+        ).fetchone()
+    kept: list[NewJob] = []
+    for job in incoming.jobs:
+        reason = _opted_out(conn, job.number, incoming.sender)
+        code = 125
+        if reason is None:
+            code, reason = 127, _over_cap(conn, incoming, job, kept, hour_ago, sent_today, spent_today)
+        if reason:
+            refused.append(Refusal(job.number, code, reason))
+            continue
+        kept.append(job)
+    return kept, refused
+
+
+def _opted_out(conn: sqlite3.Connection, number: str, sender: str | None) -> str | None:
+    row = conn.execute(
+        "SELECT sender FROM optouts WHERE number=? AND sender IN ('', ?) ORDER BY sender LIMIT 1",
+        (number, (sender or "").lower()),
+    ).fetchone()
+    if row is None:
+        return None
+    return "opted out (STOP)" if row[0] == "" else f"opted out of sender {sender}"
+
+
+def _over_cap(conn, incoming: Incoming, job: NewJob, kept: list[NewJob], hour_ago: float,
+              sent_today: int, spent_today: int) -> str | None:
+    limits = incoming.limits
+    if limits.per_number_per_hour:
+        (recent,) = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE login=? AND number=? AND created_at>=? AND state!='failed'",
+            (incoming.login, job.number, hour_ago),
+        ).fetchone()
+        recent += sum(1 for k in kept if k.number == job.number)
+        if recent >= limits.per_number_per_hour:
+            return f"at most {limits.per_number_per_hour} SMS per hour to one number"
+    if limits.sms_per_day and sent_today + len(kept) >= limits.sms_per_day:
+        return f"at most {limits.sms_per_day} SMS per day for this account"
+    if limits.spend_per_day and spent_today + sum(k.cost for k in kept) + job.cost > limits.spend_per_day:
+        return f"at most {limits.spend_per_day} credits per day for this account"
+    return None
 

@@ -15,8 +15,10 @@ from types import MappingProxyType
 
 from bridge.errors import StatusError
 
-#: Options the subject may carry. ``from``, ``date`` and ``lc`` are Allmysms'.
-KNOWN_OPTIONS = frozenset({"from", "date", "lc"})
+#: Options the subject may carry. ``from``, ``date`` and ``lc`` are Allmysms'; ``type``
+#: (``marketing`` or ``transactional``) is the bridge's own extension.
+KNOWN_OPTIONS = frozenset({"from", "date", "lc", "type"})
+CATEGORIES = ("transactional", "marketing")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class Subject:
     def date(self) -> str | None:
         """The ``date=`` value, or None when absent or empty."""
         return self.options.get("date") or None
+
+    @property
+    def category(self) -> str | None:
+        """``marketing`` or ``transactional`` from ``type=``, or None (the account decides)."""
+        return self.options.get("type", "").lower() or None
 
     @property
     def low_cost(self) -> bool:
@@ -83,5 +90,7 @@ def _parse_options(fields: list[str]) -> dict[str, str]:
         value = value.strip()
         if name == "lc" and value not in ("", "0", "1"):
             raise StatusError(109, note="lc= must be 0 or 1")
+        if name == "type" and value.lower() not in ("", *CATEGORIES):
+            raise StatusError(109, note="type= must be marketing or transactional")
         options[name] = value
     return options

@@ -246,7 +246,8 @@ class TestPricing:
         settings = base_settings(
             tmp_path,
             pricing={"BE": 3},
-            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 100, "route": ["outbox"]}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 100, "route": ["outbox"],
+                                   "allowed_countries": ["FR", "BE"]}},
         )
         await open_accounts(settings)
         dispatcher, intake = make(settings, {"outbox": Recorder("outbox", clock)})
