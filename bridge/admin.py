@@ -22,7 +22,9 @@ def run_verb(config: Config, args: argparse.Namespace) -> int:
 
         log.configure(config.log_format, config.log_level)
         return asyncio.run(serve(config))
-    verb = {"accounts": _accounts, "queue": _queue, "send": _send}[args.verb]
+    if args.verb == "providers":
+        return asyncio.run(_providers_check(config))
+    verb = {"accounts": _accounts, "queue": _queue, "send": _send, "optout": _optout}[args.verb]
     return asyncio.run(_with_store(config, verb, args))
 
 
@@ -66,6 +68,79 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
             f"{job.parts}p {job.provider or '-':<10} {job.last_error or ''}"[:200]
         )
     return EXIT_OK
+
+
+async def _optout(config: Config, store, args: argparse.Namespace) -> int:
+    from bridge.numbers import normalise
+
+    now = time.time()
+    if args.action == "list":
+        for row in await store.optouts():
+            when = datetime.fromtimestamp(row["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%M")
+            print(f"{row['number']:<16} {row['sender'] or '(all senders)':<14} {row['source']:<8} {when}")
+        return EXIT_OK
+    if args.action == "import":
+        return await _optout_import(config, store, args.file, now)
+    try:
+        number = normalise(args.number, config.region)
+    except ValueError as exc:
+        print(f"{args.number}: {exc}")
+        return EXIT_USAGE
+    if args.action == "add":
+        added = await store.optout_add(number, args.sender, "cli", now)
+        print(f"{number}: {'opted out' if added else 'already opted out'}")
+    else:
+        removed = await store.optout_remove(number, args.sender)
+        print(f"{number}: {'removed' if removed else 'was not opted out'}")
+    return EXIT_OK
+
+
+async def _optout_import(config: Config, store, path: str, now: float) -> int:
+    """NUMBER[,SENDER] per line; blank lines and # comments skipped; bad lines reported."""
+    from bridge.numbers import normalise
+
+    try:
+        lines = open(path, encoding="utf-8-sig").read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cannot read {path}: {exc}")
+        return EXIT_USAGE
+    added = bad = 0
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        raw, _, sender = (part.strip() for part in line.partition(","))
+        try:
+            number = normalise(raw, config.region)
+        except ValueError as exc:
+            print(f"{path}:{lineno}: {raw!r}: {exc}")
+            bad += 1
+            continue
+        added += await store.optout_add(number, sender or None, "import", now)
+    print(f"{added} added, {bad} refused")
+    return EXIT_OK if not bad else EXIT_RUNTIME
+
+
+async def _providers_check(config: Config) -> int:
+    """One line per provider: ok and what it said, or the error."""
+    import httpx
+
+    from bridge.errors import ProviderError
+    from bridge.providers.registry import build_provider
+
+    failures = 0
+    async with httpx.AsyncClient() as client:
+        for name, settings in config.providers.items():
+            provider = build_provider(name, settings, client)
+            try:
+                verdict = await provider.check()
+                print(f"{name:<14} ok     {verdict}")
+            except ProviderError as exc:
+                failures += 1
+                print(f"{name:<14} FAILED {type(exc).__name__}: {exc}")
+            finally:
+                await provider.close()
+    return EXIT_OK if not failures else EXIT_RUNTIME
 
 
 async def _send(config: Config, store, args: argparse.Namespace) -> int:

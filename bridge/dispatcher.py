@@ -20,6 +20,10 @@ provider (messages per second, evenly spaced) and per account (per minute, per d
 that would wait more than ``_MAX_WAIT`` for a limit goes back to the queue for that time,
 so one busy provider or account never holds the dispatcher's slots.
 
+Just before sending, a marketing job that fell into quiet hours (a retry, a date chosen
+at intake under other settings) goes back to the queue until the next allowed minute, and
+a job whose number opted out since intake fails with status 125 and is refunded.
+
 After a crash, jobs found in ``sending`` are marked ``unknown`` at startup (at-most-once).
 On shutdown the dispatcher stops claiming, gives in-flight calls ``grace_period`` seconds,
 then cancels them; a job cancelled before its provider call started goes back to the queue.
@@ -31,6 +35,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timezone
 from itertools import groupby
 
 import structlog
@@ -172,7 +177,8 @@ class Dispatcher:
         """Deliver a group of like jobs (or one job); record exactly one outcome for each."""
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
         try:
-            jobs = await self._throttle(jobs)
+            jobs = await self._screen(jobs)
+            jobs = await self._throttle(jobs) if jobs else jobs
             routes: dict[tuple[str, ...], list[Job]] = {}
             for job in jobs:
                 route = self._route(job)
@@ -195,6 +201,26 @@ class Dispatcher:
         finally:
             for job in jobs:
                 self._calling.discard(job.id)
+
+    async def _screen(self, jobs: list[Job]) -> list[Job]:
+        """Last checks before sending: quiet hours for marketing, opt-outs since intake."""
+        now = self.clock()
+        kept = []
+        for job in jobs:
+            if job.category == "marketing":
+                account = self.config.accounts.get(job.login)
+                quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
+                release = quiet.next_allowed(datetime.fromtimestamp(now, timezone.utc)).timestamp()
+                if release > now:
+                    await self.store.defer(job.id, release, "quiet hours (marketing)", now)
+                    log.info("job_held", job_id=job.id, reason="quiet_hours", until=release)
+                    continue
+            reason = await self.store.is_opted_out(job.number, job.sender)
+            if reason:
+                await self._fail(job, reason, code=125)
+                continue
+            kept.append(job)
+        return kept
 
     def _route(self, job: Job):
         account = self.config.accounts.get(job.login)
@@ -327,13 +353,13 @@ class Dispatcher:
         await self.store.mark_unknown(job.id, provider, error[:500], self.clock())
         log.warning("job_unknown", job_id=job.id, message_id=job.message_id, provider=provider, error=error)
 
-    async def _fail(self, job: Job, error: str) -> None:
+    async def _fail(self, job: Job, error: str, code: int = 122) -> None:
         reply = None
         if job.reply_to:
             account = self.config.accounts.get(job.login)
             language = account.language if account else "fr"
             reply = compose_status(
-                code=122,
+                code=code,
                 to=job.reply_to,
                 sender=self.config.replies.sender,
                 language=language,

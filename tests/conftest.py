@@ -17,8 +17,16 @@ from aiosmtpd.smtp import SMTP
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ helpers (provider_fakes)
 
+import httpx  # noqa: E402
+
 from bridge.config import Config, parse_config  # noqa: E402
 from bridge.daemon import Bridge  # noqa: E402
+from bridge.dispatcher import Dispatcher  # noqa: E402
+from bridge.errors import TransientError  # noqa: E402
+from bridge.intake import Intake  # noqa: E402
+from bridge.providers.base import Provider, Receipt, Sms  # noqa: E402
+from bridge.providers.registry import build_provider  # noqa: E402
+from bridge.store import Store  # noqa: E402
 
 ACCOUNT_KEY = "de135f8d2a091e4"
 
@@ -156,3 +164,64 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+class FakeClock:
+    """Time that only moves when someone sleeps."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+class Recorder(Provider):
+    """An in-memory provider that notes when (on the fake clock) each SMS was handed over."""
+
+    max_batch = 1
+
+    def __init__(self, name: str, clock: FakeClock, fail_first: int = 0) -> None:
+        super().__init__(name)
+        self.clock = clock
+        self.calls: list[tuple[float, Sms]] = []
+        self.fail_first = fail_first
+
+    async def send(self, sms: Sms) -> Receipt:
+        self.calls.append((self.clock.time(), sms))
+        if len(self.calls) <= self.fail_first:
+            raise TransientError("down", provider=self.name)
+        return Receipt({n: f"{self.name}-{len(self.calls)}" for n in sms.to})
+
+
+@pytest.fixture
+async def world(tmp_path):
+    """A store, an intake and a factory for dispatchers on a fake clock."""
+    clock = FakeClock()
+    store = await Store.open(tmp_path / "bridge.db")
+    created: list[httpx.AsyncClient] = []
+
+    def make(settings: dict, providers: dict | None = None) -> tuple[Dispatcher, Intake]:
+        config = make_config(tmp_path, settings)
+        if providers is None:
+            client = httpx.AsyncClient()
+            created.append(client)
+            providers = {n: build_provider(n, s, client) for n, s in config.providers.items()}
+        dispatcher = Dispatcher(config, store, providers, clock=clock.time, sleep=clock.sleep)
+        return dispatcher, Intake(config, store, clock.time)
+
+    async def open_accounts(settings: dict) -> None:
+        config = make_config(tmp_path, settings)
+        await store.open_accounts({a.login: a.credits for a in config.accounts.values()}, clock.time())
+
+    yield clock, store, make, open_accounts
+    for client in created:
+        await client.aclose()
+    await store.close()
+
+

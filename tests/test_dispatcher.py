@@ -7,50 +7,13 @@ from collections import Counter
 
 import httpx
 import pytest
-from conftest import ACCOUNT_KEY, base_settings, make_config
+from conftest import ACCOUNT_KEY, FakeClock, Recorder, base_settings, make_config
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
-from bridge.dispatcher import Dispatcher
-from bridge.errors import TransientError
 from bridge.intake import Envelope, Intake
-from bridge.providers.base import Provider, Receipt, Sms
-from bridge.providers.registry import build_provider
 from bridge.store import Store
 
 OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
-
-
-class FakeClock:
-    """Time that only moves when someone sleeps."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        target = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
-
-
-class Recorder(Provider):
-    """An in-memory provider that notes when (on the fake clock) each SMS was handed over."""
-
-    max_batch = 1
-
-    def __init__(self, name: str, clock: FakeClock, fail_first: int = 0) -> None:
-        super().__init__(name)
-        self.clock = clock
-        self.calls: list[tuple[float, Sms]] = []
-        self.fail_first = fail_first
-
-    async def send(self, sms: Sms) -> Receipt:
-        self.calls.append((self.clock.time(), sms))
-        if len(self.calls) <= self.fail_first:
-            raise TransientError("down", provider=self.name)
-        return Receipt({n: f"{self.name}-{len(self.calls)}" for n in sms.to})
 
 
 async def submit(intake: Intake, numbers: str, text: str = "Hello", extra: str = "") -> None:
@@ -58,32 +21,6 @@ async def submit(intake: Intake, numbers: str, text: str = "Hello", extra: str =
 
     outcome = await intake.submit(compose(f"arthur45@{ACCOUNT_KEY}|{numbers}{extra}", text), Envelope("a@example.org"))
     assert outcome.accepted, outcome
-
-
-@pytest.fixture
-async def world(tmp_path):
-    """A store, an intake and a factory for dispatchers on a fake clock."""
-    clock = FakeClock()
-    store = await Store.open(tmp_path / "bridge.db")
-    created: list[httpx.AsyncClient] = []
-
-    def make(settings: dict, providers: dict | None = None) -> tuple[Dispatcher, Intake]:
-        config = make_config(tmp_path, settings)
-        if providers is None:
-            client = httpx.AsyncClient()
-            created.append(client)
-            providers = {n: build_provider(n, s, client) for n, s in config.providers.items()}
-        dispatcher = Dispatcher(config, store, providers, clock=clock.time, sleep=clock.sleep)
-        return dispatcher, Intake(config, store, clock.time)
-
-    async def open_accounts(settings: dict) -> None:
-        config = make_config(tmp_path, settings)
-        await store.open_accounts({a.login: a.credits for a in config.accounts.values()}, clock.time())
-
-    yield clock, store, make, open_accounts
-    for client in created:
-        await client.aclose()
-    await store.close()
 
 
 def two_partners(tmp_path, primary: str, secondary: str, **account) -> dict:
