@@ -19,6 +19,10 @@ PROVIDER_TYPES: dict[str, str] = {
     "allo": "bridge.providers.allo:AlloProvider",
     "orange": "bridge.providers.orange:OrangeProvider",
     "octopush": "bridge.providers.octopush:OctopushProvider",
+    "ovh": "bridge.providers.ovh:OvhProvider",
+    "twilio": "bridge.providers.twilio:TwilioProvider",
+    "vonage": "bridge.providers.vonage:VonageProvider",
+    "http": "bridge.providers.http:HttpProvider",
 }
 
 

@@ -1,0 +1,142 @@
+"""Vonage (Nexmo) SMS API: form ``POST {url}/sms/json`` with the key and secret in the body.
+
+Verified (Vonage's SMS API OpenAPI definition ``sms.yml`` v1.2.0 with its ``x-errors`` list;
+the "Troubleshooting SMS" guide; the Developer API "Get Balance" reference):
+  - form fields ``api_key``, ``api_secret``, ``from`` (number or alphanumeric), ``to``
+    (digits only, ``\\d{7,15}``), ``text``, ``type`` (text/unicode), ``client-ref`` (100 chars);
+  - the answer is HTTP 200 whatever happened: ``{"message-count", "messages": [{"status",
+    "message-id", "to", "message-price", "remaining-balance", "error-text"}]}``, one entry
+    per part of a long text; status 0 means "accepted for delivery", any other value means
+    it was not queued;
+  - statuses 1 Throttled, 2 Missing Parameters, 3 Invalid Parameters, 4 Invalid Credentials,
+    5 Internal Error, 6 Invalid Message, 7 Number Barred, 8 Partner Account Barred,
+    9 Partner Quota Violation (no credit), 10 Too Many Existing Binds ("back-off and retry"),
+    11 Account Not Enabled For HTTP, 12 Message Too Long, 14 Invalid Signature, 15 Invalid
+    Sender Address, 22 Invalid Network Code, 23 Invalid Callback Url, 29 Non-Whitelisted
+    Destination, 32 Signature And API Secret Disallowed, 33 Number De-activated;
+  - ``GET {url}/account/get-balance?api_key=&api_secret=`` -> ``{"value": EUR, "autoReload"}``.
+Decided: 1 and 10 are transient; 5 (an error *inside* Vonage while processing) is ambiguous,
+as an HTTP 500 would be: at-most-once beats a possible duplicate; a long text whose parts
+got different statuses is ambiguous too (some parts are out). Assumed: the default account
+throughput of 30 requests per second (``default_rate``) and the usual 8-part limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from bridge.errors import AmbiguousError, PermanentError, TransientError
+from bridge.providers.base import Provider, Receipt, Settings, Sms, as_int, json_body, request, scrub
+
+DEFAULT_URL = "https://rest.nexmo.com"
+
+_TRANSIENT = {1: "throttled", 10: "too many existing binds"}
+_AMBIGUOUS = {5: "internal error"}
+_REFUSALS = {
+    2: "missing parameters", 3: "invalid parameters", 4: "invalid credentials",
+    6: "invalid message", 7: "number barred", 8: "partner account barred",
+    # 9: definitely not sent - routing may fail over to another provider on it.
+    9: "partner quota violation (no credit)", 11: "account not enabled for HTTP",
+    12: "message too long", 14: "invalid signature", 15: "invalid sender address",
+    22: "invalid network code", 23: "invalid callback URL", 29: "non-whitelisted destination",
+    32: "signature and API secret disallowed", 33: "number de-activated",
+}
+
+
+def _price(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class VonageProvider(Provider):
+    """Sends through Vonage's SMS API (https://developer.vonage.com/messaging/sms)."""
+
+    type = "vonage"
+    max_batch = 1
+    unicode = True
+    alphanumeric_sender = True  # not in every country (Vonage "Global Messaging")
+    default_rate = 30.0
+
+    def __init__(self, name: str, *, client: httpx.AsyncClient | None, api_key: str,
+                 api_secret: str, sender: str, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+        super().__init__(name)
+        self._client = client
+        self.api_key = api_key
+        self._secret = api_secret
+        self.sender = sender
+        self.url = url
+        self.timeout = timeout
+
+    @classmethod
+    def from_config(
+        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
+    ) -> VonageProvider:
+        """Validate the section; without ``client`` the provider can only be inspected."""
+        s = Settings(name, settings, {"api_key", "api_secret", "from", "url", "timeout"})
+        return cls(name, client=client, api_key=s.str("api_key"), api_secret=s.str("api_secret"),
+                   sender=s.str("from"), url=s.url("url", DEFAULT_URL),
+                   timeout=s.number("timeout", 10, minimum=0.1))
+
+    async def send(self, sms: Sms) -> Receipt:
+        """One ``/sms/json`` call; every part of the text must come back with status 0."""
+        if len(sms.to) != 1:
+            raise ValueError(f"{len(sms.to)} numbers in one call, Vonage takes exactly one")
+        (number,) = sms.to
+        form = {"api_key": self.api_key, "api_secret": self._secret,
+                "from": sms.sender or self.sender, "to": number.removeprefix("+"), "text": sms.text}
+        if sms.unicode:
+            form["type"] = "unicode"
+        if sms.reference:
+            form["client-ref"] = sms.reference[:100]
+        response = await self._get_or_post("POST", "/sms/json", data=form)
+        body = json_body(response, self.name)
+        parts = body.get("messages") if isinstance(body, dict) else None
+        if not (isinstance(parts, list) and parts and all(isinstance(p, dict) for p in parts)):
+            raise AmbiguousError(f"answer without messages (HTTP {response.status_code})",
+                                 provider=self.name)
+        statuses = [as_int(p.get("status")) for p in parts]
+        failed = [(s, p) for s, p in zip(statuses, parts) if s != 0]
+        if not failed:
+            prices = [_price(p.get("message-price")) for p in parts]
+            ids = [str(p["message-id"]) for p in parts if p.get("message-id")]
+            return Receipt(message_ids={number: ids[0]} if ids else {},
+                           cost=sum(prices) if None not in prices else None, raw=body)
+        status, part = failed[0]
+        text = f"status {status}: " + (_TRANSIENT.get(status) or _AMBIGUOUS.get(status)
+                                       or _REFUSALS.get(status) or "refused")
+        if isinstance(part.get("error-text"), str) and part["error-text"]:
+            text += f" - {part['error-text']}"
+        text = scrub(text, self._secret)
+        if len(failed) < len(parts):  # some parts were accepted and are on their way
+            raise AmbiguousError(f"{len(parts) - len(failed)} of {len(parts)} parts accepted; "
+                                 + text, provider=self.name, code=status)
+        if status in _TRANSIENT:
+            raise TransientError(text, provider=self.name, code=status)
+        if status in _AMBIGUOUS or status is None:
+            raise AmbiguousError(text, provider=self.name, code=status)
+        raise PermanentError(text, provider=self.name, code=status)
+
+    async def check(self) -> str:
+        """``GET /account/get-balance``: the account balance in euros."""
+        params = {"api_key": self.api_key, "api_secret": self._secret}
+        response = await self._get_or_post("GET", "/account/get-balance", params=params)
+        body = json_body(response, self.name)
+        value = body.get("value") if isinstance(body, dict) else None
+        return "answered, without a balance" if value is None else f"balance {value} EUR"
+
+    async def _get_or_post(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request; a 4xx answer is a refusal (Vonage puts SMS errors in a 200 body)."""
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
+        response = await request(self._client, self.name, method, self.url + path,
+                                 timeout=self.timeout, **kwargs)
+        if response.status_code >= 400:
+            what = "API key or secret refused" if response.status_code in (401, 403) else "refused"
+            raise PermanentError(f"{what} (HTTP {response.status_code})", provider=self.name,
+                                 code=response.status_code)
+        return response

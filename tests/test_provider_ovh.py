@@ -1,0 +1,296 @@
+"""OVH provider: signature by hand, scripted answers over MockTransport, one real socket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import pytest
+
+from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
+from bridge.providers.base import Sms
+from bridge.providers.ovh import OvhProvider, signature
+from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+
+AK = "ak-application-0001"
+AS = "AS-secret-0123"
+CK = "CK-consumer-4567"
+SERVICE = "sms-ab12345-1"
+JOBS = f"https://eu.api.ovh.com/1.0/sms/{SERVICE}/jobs"
+LOCAL = 1_700_000_000          # our clock
+SERVER = 1_700_000_100         # OVH's clock: 100 s ahead
+SMS = Sms(to=("+33612121515",), text="Hello")
+
+
+def make(client: httpx.AsyncClient | None, clock: float = LOCAL, **settings) -> OvhProvider:
+    base = {"type": "ovh", "application_key": AK, "application_secret": AS, "consumer_key": CK,
+            "service_name": SERVICE}
+    provider = OvhProvider.from_config("ovh", {**base, **settings}, client)
+    provider.clock = lambda: clock
+    return provider
+
+
+def server_time(value: int = SERVER) -> httpx.Response:
+    return httpx.Response(200, text=str(value))
+
+
+def report(valid=("+33612121515",), invalid=(), ids=(123456789,)) -> httpx.Response:
+    return httpx.Response(200, json={"ids": list(ids), "invalidReceivers": list(invalid),
+                                     "validReceivers": list(valid), "totalCreditsRemoved": 1, "tag": ""})
+
+
+def ovh_error(status: int, code: str | None, message: str) -> httpx.Response:
+    body = {"message": message, "httpCode": f"{status} Error"}
+    return httpx.Response(status, json={**body, "errorCode": code} if code else body)
+
+
+def expected_signature(method: str, url: str, body: str, timestamp: int) -> str:
+    """The documented formula: "$1$" + sha1_hex(AS+"+"+CK+"+"+METHOD+"+"+URL+"+"+BODY+"+"+TS)."""
+    return "$1$" + hashlib.sha1(f"{AS}+{CK}+{method}+{url}+{body}+{timestamp}".encode()).hexdigest()
+
+
+class TestSignature:
+    def test_known_vector(self) -> None:
+        """A value computed by hand (sha1sum of the '+'-joined fields) for fixed inputs."""
+        assert signature(AS, CK, "post", JOBS, '{"message": "Hi"}', 1_700_000_000) == (
+            "$1$dbbf842f99eb5b6651e19f9c161fd9f7ce296596"
+        )
+        assert signature(AS, CK, "GET", f"https://eu.api.ovh.com/1.0/sms/{SERVICE}", "", 1_700_000_000) == (
+            "$1$8c9fa81ffd26886d2c27814b4cb4e52f47dacb07"
+        )
+
+    async def test_request_is_signed_with_server_time(self) -> None:
+        """The job carries the four headers; the timestamp is local time + /auth/time offset."""
+        answers = Answers(server_time(), report())
+        async with answers.client() as client:
+            await make(client).send(SMS)
+        clock_call, job = answers.requests
+        assert (clock_call.method, str(clock_call.url)) == ("GET", "https://eu.api.ovh.com/1.0/auth/time")
+        assert "x-ovh-signature" not in clock_call.headers
+        assert job.headers["x-ovh-application"] == AK and job.headers["x-ovh-consumer"] == CK
+        assert job.headers["x-ovh-timestamp"] == str(SERVER)
+        body = job.content.decode()
+        assert job.headers["x-ovh-signature"] == expected_signature("POST", JOBS, body, SERVER)
+
+    async def test_server_time_is_read_once(self) -> None:
+        """The offset is cached: later calls follow the local clock without asking again."""
+        answers = Answers(server_time(), report())
+        async with answers.client() as client:
+            provider = make(client)
+            await provider.send(SMS)
+            provider.clock = lambda: LOCAL + 60
+            await provider.send(SMS)
+        assert [r.url.path for r in answers.requests] == ["/1.0/auth/time", f"/1.0/sms/{SERVICE}/jobs",
+                                                          f"/1.0/sms/{SERVICE}/jobs"]
+        assert answers.requests[2].headers["x-ovh-timestamp"] == str(SERVER + 60)
+
+    async def test_invalid_signature_reads_the_clock_again(self) -> None:
+        """INVALID_SIGNATURE is refused for good, and the next call re-reads /auth/time."""
+        answers = Answers(server_time(), ovh_error(400, "INVALID_SIGNATURE", "Invalid signature"),
+                          server_time(SERVER + 5), report())
+        async with answers.client() as client:
+            provider = make(client)
+            with pytest.raises(PermanentError, match="INVALID_SIGNATURE"):
+                await provider.send(SMS)
+            await provider.send(SMS)
+        assert [r.url.path for r in answers.requests].count("/1.0/auth/time") == 2
+        assert answers.requests[3].headers["x-ovh-timestamp"] == str(SERVER + 5)
+
+
+class TestRequest:
+    @pytest.mark.parametrize(
+        ("settings", "sms", "expected"),
+        [
+            pytest.param({}, SMS, {"receivers": ["+33612121515"], "message": "Hello", "charset": "UTF-8",
+                                   "coding": "7bit", "priority": "high", "noStopClause": False,
+                                   "senderForResponse": True}, id="short-number"),
+            pytest.param({"sender": "MYSHOP", "no_stop_clause": True},
+                         Sms(to=("+33612121515",), text="Été ☀", unicode=True),
+                         {"receivers": ["+33612121515"], "message": "Été ☀", "charset": "UTF-8", "coding": "8bit",
+                          "priority": "high", "noStopClause": True, "senderForResponse": False, "sender": "MYSHOP"},
+                         id="configured-sender-unicode-no-stop"),
+            pytest.param({"sender": "MYSHOP"}, Sms(to=("+33612121515",), text="Hi", sender="OTHER"),
+                         {"receivers": ["+33612121515"], "message": "Hi", "charset": "UTF-8", "coding": "7bit",
+                          "priority": "high", "noStopClause": False, "senderForResponse": False, "sender": "OTHER"},
+                         id="sms-sender-wins"),
+        ],
+    )
+    async def test_fields_sent(self, settings: dict, sms: Sms, expected: dict) -> None:
+        """The JSON job carries exactly the documented fields."""
+        answers = Answers(server_time(), report())
+        async with answers.client() as client:
+            await make(client, **settings).send(sms)
+        job = answers.requests[1]
+        assert (job.method, str(job.url)) == ("POST", JOBS)
+        assert job.headers["content-type"].startswith("application/json")
+        assert json.loads(job.content) == expected
+
+    async def test_custom_url(self) -> None:
+        """``url`` selects another OVH region, trailing slash or not."""
+        answers = Answers(server_time(), report())
+        async with answers.client() as client:
+            await make(client, url="https://ca.api.ovh.com/1.0/").send(SMS)
+        assert [str(r.url) for r in answers.requests] == [
+            "https://ca.api.ovh.com/1.0/auth/time", f"https://ca.api.ovh.com/1.0/sms/{SERVICE}/jobs"]
+
+
+class TestAnswers:
+    async def test_success_gives_receipt(self) -> None:
+        """The job id is kept per number; credits stay in ``raw`` (they are not money)."""
+        async with Answers(server_time(), report()).client() as client:
+            receipt = await make(client).send(SMS)
+        assert receipt.message_ids == {"+33612121515": "123456789"}
+        assert receipt.rejected == {} and receipt.cost is None
+        assert receipt.raw["totalCreditsRemoved"] == 1
+
+    async def test_bulk_answer_splits_valid_and_invalid(self) -> None:
+        """With several receivers (max_batch raised), invalid ones are listed as rejected."""
+        answer = report(valid=["+33612121515"], invalid=["0033699999999"], ids=[7])
+        async with Answers(server_time(), answer).client() as client:
+            provider = make(client)
+            provider.max_batch = 2
+            receipt = await provider.send(Sms(to=("+33612121515", "+33699999999"), text="Hi"))
+        assert receipt.message_ids == {"+33612121515": "7"}
+        assert set(receipt.rejected) == {"+33699999999"}
+
+    @pytest.mark.parametrize(
+        ("outcome", "error", "code"),
+        [
+            pytest.param(report(valid=[], invalid=["+33612121515"], ids=[]), PermanentError, "invalidReceivers",
+                         id="invalid-receiver"),
+            pytest.param(ovh_error(400, "INVALID_SIGNATURE", "Invalid signature"), PermanentError,
+                         "INVALID_SIGNATURE", id="400-invalid-signature"),
+            pytest.param(ovh_error(403, "INVALID_CREDENTIAL", f"This credential {CK} is not valid"),
+                         PermanentError, "INVALID_CREDENTIAL", id="403-bad-credential-echoed"),
+            pytest.param(ovh_error(403, "NOT_GRANTED_CALL", "This call has not been granted"), PermanentError,
+                         "NOT_GRANTED_CALL", id="403-not-granted"),
+            pytest.param(ovh_error(400, None, "must have less than 14 chars for value sender"), PermanentError,
+                         400, id="400-bad-parameter"),
+            pytest.param(ovh_error(404, None, "The requested object (serviceName = x) does not exist"),
+                         PermanentError, 404, id="404-unknown-service"),
+            pytest.param(httpx.Response(402, text="<html>"), PermanentError, 402, id="402-not-json"),
+            pytest.param(httpx.Response(429, headers={"Retry-After": "7"}), TransientError, 429, id="429"),
+            pytest.param(httpx.Response(503), TransientError, 503, id="503"),
+            pytest.param(httpx.Response(500, text="oops"), AmbiguousError, 500, id="500"),
+            pytest.param(httpx.Response(200, text="<html>ok</html>"), AmbiguousError, None, id="200-not-json"),
+            pytest.param(httpx.Response(200, json={"ids": [1]}), AmbiguousError, None, id="200-no-receivers"),
+            pytest.param(report(valid=[], invalid=[], ids=[]), AmbiguousError, None, id="200-empty-report"),
+            pytest.param(httpx.ConnectError, TransientError, None, id="connect-error"),
+            pytest.param(httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
+            pytest.param(httpx.RemoteProtocolError, AmbiguousError, None, id="connection-dropped"),
+        ],
+    )
+    async def test_failures_are_classified(self, outcome, error: type, code) -> None:
+        """Each job answer maps to the class the dispatcher relies on; no secret leaks."""
+        async with Answers(server_time(), outcome).client() as client:
+            with pytest.raises(error) as caught:
+                await make(client).send(SMS)
+        assert type(caught.value) is error and (caught.value.provider, caught.value.code) == ("ovh", code)
+        assert AS not in str(caught.value) and CK not in str(caught.value)
+
+    async def test_retry_after_is_passed_on(self) -> None:
+        """429 carries the server's Retry-After in seconds."""
+        async with Answers(server_time(), httpx.Response(429, headers={"Retry-After": "7"})).client() as client:
+            with pytest.raises(TransientError) as caught:
+                await make(client).send(SMS)
+        assert caught.value.retry_after == 7
+
+    @pytest.mark.parametrize(
+        ("outcome", "error"),
+        [
+            pytest.param(httpx.ConnectError, TransientError, id="connect-error"),
+            pytest.param(httpx.ReadTimeout, TransientError, id="read-timeout-is-not-ambiguous"),
+            pytest.param(httpx.Response(500), TransientError, id="500-is-not-ambiguous"),
+            pytest.param(httpx.Response(404, text="not found"), PermanentError, id="404-wrong-url"),
+            pytest.param(httpx.Response(200, text="soon"), PermanentError, id="not-a-number"),
+        ],
+    )
+    async def test_clock_failures_never_sent_anything(self, outcome, error: type) -> None:
+        """A failed /auth/time means no job was posted: never ambiguous."""
+        answers = Answers(outcome)
+        async with answers.client() as client:
+            with pytest.raises(error):
+                await make(client).send(SMS)
+        assert [r.url.path for r in answers.requests] == ["/1.0/auth/time"]
+
+
+class TestCheck:
+    async def test_credits_left(self) -> None:
+        """``check()`` reads creditsLeft from the signed ``GET /sms/{service}``."""
+        answers = Answers(server_time(), httpx.Response(200, json={"creditsLeft": 42.5, "name": SERVICE}))
+        async with answers.client() as client:
+            assert await make(client).check() == f"42.5 credits left on {SERVICE}"
+        account = answers.requests[1]
+        assert account.method == "GET" and account.content == b""
+        assert account.headers["x-ovh-signature"] == expected_signature(
+            "GET", f"https://eu.api.ovh.com/1.0/sms/{SERVICE}", "", SERVER)
+
+    async def test_refused_credentials(self) -> None:
+        """Bad keys make ``check()`` raise a PermanentError without the secrets."""
+        refusal = ovh_error(403, "INVALID_CREDENTIAL", f"bad {AS}")
+        async with Answers(server_time(), refusal).client() as client:
+            with pytest.raises(PermanentError) as caught:
+                await make(client).check()
+        assert AS not in str(caught.value)
+
+
+class TestConfig:
+    @pytest.mark.parametrize(
+        ("settings", "path"),
+        [
+            pytest.param({"application_key": None}, "providers.ovh.application_key", id="ak-missing"),
+            pytest.param({"application_secret": ""}, "providers.ovh.application_secret", id="as-blank"),
+            pytest.param({"consumer_key": 5}, "providers.ovh.consumer_key", id="ck-not-string"),
+            pytest.param({"service_name": None}, "providers.ovh.service_name", id="service-missing"),
+            pytest.param({"url": "eu.api.ovh.com"}, "providers.ovh.url", id="url-no-scheme"),
+            pytest.param({"timeout": -1}, "providers.ovh.timeout", id="timeout-negative"),
+            pytest.param({"sender": ""}, "providers.ovh.sender", id="sender-blank"),
+            pytest.param({"no_stop_clause": "yes"}, "providers.ovh.no_stop_clause", id="no-stop-not-bool"),
+            pytest.param({"endpoint": "ovh-eu"}, "providers.ovh.endpoint", id="unknown-key"),
+        ],
+    )
+    def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
+        """A bad value raises ConfigError naming ``providers.<name>.<key>``, never a secret."""
+        full = {"type": "ovh", "application_key": AK, "application_secret": AS, "consumer_key": CK,
+                "service_name": SERVICE, **settings}
+        full = {k: v for k, v in full.items() if v is not None}
+        with pytest.raises(ConfigError) as caught:
+            OvhProvider.from_config("ovh", full)
+        assert caught.value.path == path and AS not in str(caught.value) and CK not in str(caught.value)
+
+    def test_defaults_and_capabilities(self) -> None:
+        """Documented defaults; secrets are not in the provider's repr."""
+        provider = make(None)
+        assert (provider.url, provider.timeout, provider.sender, provider.no_stop_clause) == (
+            "https://eu.api.ovh.com/1.0", 10.0, None, False)
+        assert (OvhProvider.type, OvhProvider.max_batch, OvhProvider.unicode) == ("ovh", 1, True)
+        assert AS not in repr(provider) and CK not in repr(provider)
+
+
+class TestRealSocket:
+    async def test_send_over_loopback(self) -> None:
+        """The real HTTP path: signed success, slow answer, dropped connection, refused port."""
+        scripted = (
+            Reply(body=str(SERVER)),
+            Reply(json={"ids": [5], "invalidReceivers": [], "validReceivers": ["+33612121515"],
+                        "totalCreditsRemoved": 1}),
+            Reply(json={"ids": [6]}, delay=2.0),   # past the 0.3 s client timeout
+            Reply(drop=True),
+        )
+        with FakeHttpServer(*scripted) as server:
+            async with httpx.AsyncClient() as client:
+                provider = make(client, url=f"{server.url}/1.0", timeout=0.3)
+                receipt = await provider.send(SMS)
+                with pytest.raises(AmbiguousError):
+                    await provider.send(SMS)
+                with pytest.raises(AmbiguousError):
+                    await provider.send(SMS)
+                with pytest.raises(TransientError):
+                    await make(client, url=f"http://127.0.0.1:{closed_port()}/1.0").send(SMS)
+        assert receipt.message_ids == {"+33612121515": "5"}
+        clock_call, job = server.requests[:2]
+        assert (clock_call.path, job.method, job.path) == ("/1.0/auth/time", "POST", f"/1.0/sms/{SERVICE}/jobs")
+        assert job.headers["x-ovh-signature"] == expected_signature(
+            "POST", f"{server.url}/1.0/sms/{SERVICE}/jobs", job.body.decode(), SERVER)
+        assert len(server.requests) == 4
