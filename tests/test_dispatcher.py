@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from datetime import datetime, timezone
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -191,3 +194,56 @@ class TestPricing:
         await submit(intake, "+32470123456;0612121515", text="x" * 200)
         balance = (await store.balances())["arthur45"]
         assert balance == 100 - 2 * 3 - 2 * 1
+
+
+class TestReconciliation:
+    async def test_timeout_then_status_api_settles_it(self, tmp_path, world):
+        """Twilio times out after reading; the job is unknown, then reconciled as sent."""
+        clock, store, make, open_accounts = world
+        clock.now = time.time()
+        sid = "AC" + "0" * 32
+        with FakeHttpServer(Reply(json={"sid": "SM1"}, delay=3)) as twilio, \
+                FakeHttpServer(Reply(json=OK)) as backup:
+            settings = base_settings(
+                tmp_path,
+                providers={
+                    "twilio": {"type": "twilio", "account_sid": sid, "auth_token": "T",
+                               "from": "+15005550006", "url": twilio.url, "timeout": 0.5},
+                    "backup": {"type": "smspartner", "api_key": "PK", "url": backup.url},
+                },
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["twilio", "backup"]}},
+            )
+            await open_accounts(settings)
+            dispatcher, intake = make(settings)
+            await submit(intake, "0612121515", text="Disk full on db1")
+            await dispatcher.run_once()
+            assert (await store.job(1)).state.value == "unknown" and backup.requests == []
+            created = format_datetime(datetime.fromtimestamp(clock.now, timezone.utc))
+            twilio.reply(Reply(json={"messages": [
+                {"sid": "SMother", "body": "something else", "status": "delivered", "date_created": created},
+                {"sid": "SM1", "body": "Disk full on db1", "status": "delivered", "date_created": created},
+            ]}))
+            assert await dispatcher.reconcile() == 1
+            job = await store.job(1)
+            assert job.state.value == "sent" and job.provider_message_id == "SM1"
+            listing = twilio.requests[-1]
+            assert listing.path.endswith("/Messages.json") and listing.query["To"] == ["+33612121515"]
+            assert len([r for r in twilio.requests if r.method == "POST"]) == 1
+
+    async def test_nothing_found_stays_unknown(self, tmp_path, world):
+        """When the provider has no trace of the SMS, the job stays unknown for an operator."""
+        clock, store, make, open_accounts = world
+        sid = "AC" + "1" * 32
+        with FakeHttpServer(Reply(json={"sid": "SM1"}, delay=3), Reply(json={"messages": []})) as twilio:
+            settings = base_settings(
+                tmp_path,
+                providers={"twilio": {"type": "twilio", "account_sid": sid, "auth_token": "T",
+                                      "from": "+15005550006", "url": twilio.url, "timeout": 0.5}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["twilio"]}},
+            )
+            await open_accounts(settings)
+            dispatcher, intake = make(settings)
+            await submit(intake, "0612121515")
+            await dispatcher.run_once()
+            assert await dispatcher.reconcile() == 0
+            assert (await store.job(1)).state.value == "unknown"

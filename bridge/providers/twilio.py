@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -125,6 +127,30 @@ class TwilioProvider(Provider):
             return None
         return _STATES.get(str(body.get("status", ""))) if isinstance(body, dict) else None
 
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> tuple[str, str | None] | None:
+        """Settle an ambiguous send: by its sid, or else by listing messages to the number.
+
+        ``GET .../Messages.json?To=&DateSent>=`` lists what Twilio created for the number
+        since that day; a message with the same body created after ``since`` (minus a
+        minute of clock skew) is ours. None when nothing matches: it was never created.
+        """
+        if message_id:
+            return await super().reconcile(sms, since, message_id)
+        day = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d")
+        response = await self._call(
+            "GET", "/Messages.json", params={"To": sms.to[0], "DateSent>": day, "PageSize": 50}
+        )
+        body = json_body(response, self.name)
+        for message in body.get("messages", []) if isinstance(body, dict) else []:
+            if not isinstance(message, dict) or message.get("body") != sms.text:
+                continue
+            created = _when(message.get("date_created"))
+            if created is not None and created >= since - 60:
+                state = _STATES.get(str(message.get("status", "")))
+                if state:
+                    return state, message.get("sid")
+        return None
+
     async def check(self) -> str:
         """``GET .../Accounts/{sid}.json``: the credentials work and the account is active."""
         body = json_body(await self._call("GET", ".json"), self.name)
@@ -157,6 +183,16 @@ class TwilioProvider(Provider):
             raise TransientError(text, provider=self.name, code=code)
         raise PermanentError(text, provider=self.name,
                              code=code if code is not None else response.status_code)
+
+
+def _when(value: Any) -> float | None:
+    """Epoch seconds from Twilio's RFC 2822 dates (``Sat, 21 Nov 2026 10:00:00 +0000``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _sid(s: Settings, key: str, prefix: str) -> str:
