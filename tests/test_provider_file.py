@@ -145,3 +145,12 @@ class TestConfig:
         provider = build_provider("outbox", {"type": "file", "path": str(tmp_path / "o.jsonl")})
         assert isinstance(provider, FileProvider)
         assert (provider.fsync, provider.max_batch) == (False, 500)
+
+
+async def test_check_says_where_it_writes(tmp_path):
+    """`providers check` on a file provider proves the file can be appended to."""
+    from bridge.providers.file import FileProvider
+
+    provider = FileProvider.from_config("outbox", {"type": "file", "path": str(tmp_path / "d" / "o.jsonl")})
+    assert "o.jsonl" in await provider.check()
+    assert (tmp_path / "d" / "o.jsonl").exists()

@@ -74,6 +74,16 @@ class FileProvider(Provider):
             ) from None
         return Receipt(message_ids=ids)
 
+    async def check(self) -> str:
+        """The file can be opened for appending (its folder is created if needed)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab"):
+                pass
+        except OSError as exc:
+            raise TransientError(f"cannot append to {self.path}: {exc.strerror}", provider=self.name) from None
+        return f"appends to {self.path}"
+
     async def close(self) -> None:
         """Close the file if it is open; the next ``send`` reopens it."""
         file, self._file = self._file, None
