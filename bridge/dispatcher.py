@@ -215,9 +215,8 @@ class Dispatcher:
                     await self.store.defer(job.id, release, "quiet hours (marketing)", now)
                     log.info("job_held", job_id=job.id, reason="quiet_hours", until=release)
                     continue
-            reason = await self.store.is_opted_out(job.number, job.sender)
-            if reason:
-                await self._fail(job, reason, code=125)
+            if job.suppressed:  # looked up when the job was claimed
+                await self._fail(job, job.suppressed, code=125)
                 continue
             kept.append(job)
         return kept

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from dataclasses import dataclass
 
 import phonenumbers
@@ -52,6 +53,7 @@ class Numbers:
     invalid: tuple[Invalid, ...]
 
 
+@lru_cache(maxsize=8192)
 def normalise(raw: str, region: str = "FR") -> str:
     """One number as E.164; raise ``ValueError`` with a reason if it cannot get an SMS."""
     compact = _SEPARATORS.sub("", raw)
@@ -104,6 +106,7 @@ def parse_numbers(
     return Numbers(tuple(valid), tuple(invalid))
 
 
+@lru_cache(maxsize=8192)
 def region_of(e164: str) -> str | None:
     """The region code (``FR``, ``RE``, ...) of an E.164 number, or None."""
     try:

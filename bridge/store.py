@@ -97,6 +97,7 @@ class Job:
     message_id: str | None = None              # the mail's Message-ID, for replies
     reply_to: str | None = None                # where the sender's statuses go
     category: str = "transactional"
+    suppressed: str | None = None              # set at claim: the number opted out since
 
 
 @dataclass(frozen=True)
@@ -498,9 +499,6 @@ class Store:
         )
         return [dict(r) for r in rows]
 
-    async def is_opted_out(self, number: str, sender: str | None) -> str | None:
-        """Why ``number`` must not get SMS from ``sender``, or None."""
-        return await self.read(lambda c: _opted_out(c, number, sender))
 
     # --- dispatcher --------------------------------------------------------------------
 
@@ -518,7 +516,13 @@ class Store:
                 "UPDATE jobs SET state='sending', attempts=attempts+1, updated_at=? WHERE id=?",
                 [(now, i) for i in ids],
             )
-            return [_job(r, state=JobState.SENDING, attempts=r["attempts"] + 1) for r in rows]
+            # Opt-outs are looked up here, in the claim's transaction, rather than with one
+            # more round trip per job in the dispatcher.
+            return [
+                _job(r, state=JobState.SENDING, attempts=r["attempts"] + 1,
+                     suppressed=_opted_out(conn, r["number"], r["sender"]))
+                for r in rows
+            ]
 
         return await self.write(claim)
 

@@ -33,6 +33,7 @@ class FileProvider(Provider):
 
     type = "file"
     max_batch = 500
+    default_rate = 100_000.0  # a local file: no provider to protect
     unicode = True
     alphanumeric_sender = True
 
