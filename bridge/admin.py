@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 
 from bridge.config import Config
-from bridge.errors import BridgeError, StatusError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 

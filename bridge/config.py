@@ -126,6 +126,26 @@ class ProviderPolicy:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """One IMAP mailbox the bridge polls (``imap.<name>``); folder paths use ``/``."""
+
+    host: str
+    user: str
+    password: str = field(repr=False)
+    port: int = 993                              # 993 with tls: implicit, else 143
+    tls: str = "implicit"                        # implicit | starttls | none
+    tls_verify: bool = True
+    mailbox: str = "INBOX"
+    processed: str = "mail2sms/processed"
+    failed: str = "mail2sms/failed"
+    poll_interval: float = 60.0                  # without IDLE
+    idle: bool = True
+    idle_renew: float = 540.0                    # re-issue IDLE (servers drop it at 30 min)
+    batch: int = 50
+    timeout: float = 30.0                        # any single server answer
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -142,6 +162,7 @@ class Config:
     pricing: Mapping[str, int] = field(default_factory=lambda: {"*": 1})  # credits per part
     quiet_hours: QuietHours = field(default_factory=QuietHours)      # for marketing SMS
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
+    imap: Mapping[str, ImapConfig] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -468,6 +489,50 @@ def _positive(value: Any) -> float:
     return float(value)
 
 
+def _imap(r: _Reader) -> dict[str, ImapConfig]:
+    """``imap: {name: {host, user, password, ...}}``: the mailboxes to poll."""
+    mailboxes = {}
+    for name in r.data:
+        m = r.sub(str(name))
+        m.only(
+            "host", "port", "tls", "tls_verify", "user", "password", "mailbox", "processed",
+            "failed", "poll_interval", "idle", "idle_renew", "batch", "timeout",
+        )
+        for key in ("host", "user", "password"):
+            if key not in m.data:
+                m.error(key, "required")
+        tls = m.get("tls", "implicit", _choice("implicit", "starttls", "none"))
+        d = ImapConfig
+        config = ImapConfig(
+            host=m.get("host", "", _str),
+            user=m.get("user", "", _str),
+            password=m.get("password", "", _str),
+            port=m.get("port", 993 if tls == "implicit" else 143, _int(1)),
+            tls=tls,
+            tls_verify=m.get("tls_verify", True, _bool),
+            mailbox=m.get("mailbox", d.mailbox, _str),
+            processed=m.get("processed", d.processed, _str),
+            failed=m.get("failed", d.failed, _str),
+            poll_interval=m.get("poll_interval", d.poll_interval, _duration),
+            idle=m.get("idle", True, _bool),
+            idle_renew=m.get("idle_renew", d.idle_renew, _duration),
+            batch=m.get("batch", d.batch, _int(1)),
+            timeout=m.get("timeout", d.timeout, _duration),
+        )
+        if config.port > 65535:
+            m.error("port", "must be a port number (1-65535)")
+        if not 0 < config.idle_renew < 29 * 60:
+            m.error("idle_renew", "must be above 0 and below 29m (servers may drop IDLE at 30 minutes)")
+        for key in ("poll_interval", "timeout"):
+            if getattr(config, key) <= 0:
+                m.error(key, "must be above 0")
+        folders = [config.mailbox.lower(), config.processed.lower(), config.failed.lower()]
+        if len(set(folders)) < 3:
+            m.error("", "mailbox, processed and failed must be three different folders")
+        mailboxes[str(name)] = config
+    return mailboxes
+
+
 def _providers(r: _Reader, folder: Path | None) -> dict[str, Mapping[str, Any]]:
     from bridge.providers.registry import build_provider
 
@@ -501,7 +566,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     root = _Reader(data, "", errors)
     root.only(
         "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
-        "providers", "accounts", "logging", "pricing", "quiet_hours",
+        "providers", "accounts", "logging", "pricing", "quiet_hours", "imap",
     )
     # One reader for the section: each _Reader built on a non-mapping reports it again.
     providers_reader = root.sub("providers")
@@ -535,6 +600,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         ),
         pricing=MappingProxyType({"*": 1, **_pricing(root.sub("pricing"))}),
         accounts=MappingProxyType(accounts),
+        imap=MappingProxyType(_imap(root.sub("imap"))),
         log_format=logging.get("format", "auto", _choice("auto", "json", "console")),
         log_level=logging.get("level", "info", _choice("debug", "info", "warning", "error")),
     )

@@ -16,6 +16,7 @@ import structlog
 
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
+from bridge.imap import start_pollers
 from bridge.intake import Intake
 from bridge.notify import sd_notify
 from bridge.providers.base import Provider
@@ -71,8 +72,12 @@ class Bridge:
             asyncio.create_task(self.dispatcher.run_reconciler(self.stopping), name="reconciler"),
             asyncio.create_task(replies.run(self.stopping), name="replies"),
         ]
+        self._tasks += await start_pollers(config, self.intake, self.store, self.stopping, self.clock)
         self.servers = await start_smtp(config.smtp, self.intake)
-        log.info("bridge_started", accounts=len(config.accounts), providers=list(self.providers))
+        log.info(
+            "bridge_started", accounts=len(config.accounts), providers=list(self.providers),
+            imap=list(config.imap),
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight work finish (grace period), close everything."""

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import structlog
@@ -43,7 +43,7 @@ _DUMMY_KEY = b"\x00" * 32
 class Envelope:
     """Where a mail came from, as the ingress adapter saw it."""
 
-    mail_from: str | None                     # "" or None: null sender (a bounce)
+    mail_from: str | None                     # "": null sender <> (a bounce); None: not known
     rcpt_tos: tuple[str, ...] = ()
     source: str = "smtp"                      # smtp | imap | cli
     auth_account: str | None = None           # account bound by SMTP AUTH, if any
@@ -226,7 +226,8 @@ class Intake:
         """Why this mail must not get a reply, or None (the hourly cap is the store's)."""
         reason = may_reply(
             to,
-            null_sender=not envelope.mail_from and envelope.source == "smtp",
+            # "" is an explicit null sender (<>) from any adapter; over SMTP a missing one is too.
+            null_sender=envelope.mail_from == "" or (not envelope.mail_from and envelope.source == "smtp"),
             auto_submitted=mail.auto_submitted,
             list_mail=mail.list_mail,
         )

@@ -305,3 +305,13 @@ async def test_credits_are_exact_after_successes_and_refunds(tmp_path, sink, sta
 async def _all_final(bridge) -> bool:
     jobs = await bridge.store.jobs()
     return len(jobs) == 3 and all(j.state.value in ("sent", "failed", "unknown") for j in jobs)
+
+
+async def test_bounce_picked_up_from_a_mailbox_gets_no_reply(running):
+    """A mail whose Return-Path is <> (as the IMAP poller reports it) gets no status mail."""
+    from bridge.intake import Envelope
+
+    bridge, _ = running
+    outcome = await bridge.intake.submit(compose("   "), Envelope("", source="imap"))
+    assert outcome.status == 105
+    assert await bridge.store.replies() == []

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-import httpx
-import pytest
-from conftest import ACCOUNT_KEY, FakeClock, Recorder, base_settings, make_config
+from conftest import ACCOUNT_KEY, Recorder, base_settings
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.intake import Envelope, Intake
