@@ -46,7 +46,7 @@ from bridge.errors import AmbiguousError, PermanentError, TransientError
 from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.providers.base import Provider, Receipt, Sms
 from bridge.replies import compose_status
-from bridge.routing import choose_route
+from bridge.routing import Route, choose_route
 from bridge.store import Job, JobState, Store
 
 log = structlog.get_logger("bridge.dispatcher")
@@ -221,11 +221,9 @@ class Dispatcher:
             kept.append(job)
         return kept
 
-    def _route(self, job: Job):
+    def _route(self, job: Job) -> Route:
         account = self.config.accounts.get(job.login)
         if account is None:
-            from bridge.routing import Route
-
             return Route((), (("-", "the account is no longer configured"),))
         return choose_route(
             account, self.providers, number=job.number, low_cost=job.low_cost,
@@ -290,29 +288,38 @@ class Dispatcher:
             reference=",".join(f"job-{job.id}" for job in chunk),
         )
         breaker = self.breakers[name]
-        self._calling.update(job.id for job in chunk)
+        ids = [job.id for job in chunk]
+        self._calling.update(ids)
         try:
             receipt = await provider.send(sms)
-        except TransientError as exc:
-            breaker.failure(self.clock())
-            return self._note(chunk, name, exc, errors, transient, "provider_transient")
-        except PermanentError as exc:
-            breaker.success()  # it answered: the provider is alive
-            return self._note(chunk, name, exc, errors, None, "provider_refused")
-        except AmbiguousError as exc:
-            breaker.failure(self.clock())
-            for job in chunk:
-                await self._unknown(job, name, str(exc))
-            return []
-        except Exception as exc:  # a bug in provider code: the request may be out
-            log.exception("provider_crashed", provider=name, job_ids=[j.id for j in chunk])
-            for job in chunk:
-                await self._unknown(job, name, f"{type(exc).__name__}: {exc}")
-            return []
-        finally:
-            self._calling.difference_update(job.id for job in chunk)
+        except asyncio.CancelledError:
+            raise  # the jobs stay in _calling: process() leaves them in 'sending'
+        except Exception as exc:
+            self._calling.difference_update(ids)
+            return await self._call_failed(name, chunk, exc, errors, transient)
+        self._calling.difference_update(ids)
         breaker.success()
         await self._settle(chunk, name, receipt)
+        return []
+
+    async def _call_failed(self, name, chunk, exc, errors, transient) -> list[Job]:
+        """Record a failed call; return the jobs the next provider may try."""
+        breaker = self.breakers[name]
+        if isinstance(exc, TransientError):
+            breaker.failure(self.clock())
+            return self._note(chunk, name, exc, errors, transient, "provider_transient")
+        if isinstance(exc, PermanentError):
+            breaker.success()  # it answered: the provider is alive
+            return self._note(chunk, name, exc, errors, None, "provider_refused")
+        breaker.failure(self.clock())
+        if isinstance(exc, AmbiguousError):
+            error = str(exc)
+        else:  # a bug in provider code: the request may be out
+            log.error("provider_crashed", provider=name, job_ids=[j.id for j in chunk],
+                      exc_info=exc)
+            error = f"{type(exc).__name__}: {exc}"
+        for job in chunk:
+            await self._unknown(job, name, error)
         return []
 
     def _note(self, chunk, name, exc, errors, transient, event) -> list[Job]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -11,6 +12,7 @@ from conftest import ACCOUNT_KEY, Recorder, base_settings
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.intake import Envelope, Intake
+from bridge.providers.base import Provider, Receipt, Sms
 from bridge.store import Store
 
 OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
@@ -244,3 +246,35 @@ class TestReconciliation:
             await dispatcher.run_once()
             assert await dispatcher.reconcile() == 0
             assert (await store.job(1)).state.value == "unknown"
+
+
+class Hanging(Provider):
+    """A provider that has the request and never answers (until cancelled)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.called = asyncio.Event()
+
+    async def send(self, sms: Sms) -> Receipt:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class TestShutdown:
+    async def test_call_cut_by_shutdown_is_never_requeued(self, tmp_path, world):
+        """A provider call cancelled after the grace period stays 'sending', so a restart marks
+        it unknown instead of sending it a second time."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"grace_period": 0.1, "poll_interval": 0.05})
+        await open_accounts(settings)
+        hanging = Hanging("outbox")
+        dispatcher, intake = make(settings, {"outbox": hanging})
+        await submit(intake, "0612121515")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.wait_for(hanging.called.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        assert (await store.job(1)).state.value == "sending"
+        assert await store.recover_sending(clock.time()) == [1]
