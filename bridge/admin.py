@@ -143,7 +143,6 @@ async def _providers_check(config: Config) -> int:
 
 
 async def _send(config: Config, store, args: argparse.Namespace) -> int:
-    from bridge.daemon import Bridge
     from bridge.intake import Envelope, Intake
 
     account = config.accounts.get(args.account)
@@ -159,29 +158,24 @@ async def _send(config: Config, store, args: argparse.Namespace) -> int:
     if not outcome.accepted:
         print(f"Status {outcome.status}: {outcome.text} {outcome.note}".strip())
         return EXIT_RUNTIME
-    bridge = Bridge(config)
-    jobs = await _deliver(bridge, store, outcome.job_ids)
+    jobs = await _deliver(config, store, outcome.job_ids)
     for job in jobs:
         print(f"job {job.id} {job.number}: {job.state.value} via {job.provider or '-'} {job.last_error or ''}".rstrip())
     return EXIT_OK if all(j.state.value == "sent" for j in jobs) else EXIT_RUNTIME
 
 
-async def _deliver(bridge, store, job_ids):
-    """Send the given jobs now with the configured providers, in this process."""
+async def _deliver(config: Config, store, job_ids):
+    """Send just these jobs now, in this process, with the configured providers."""
     import httpx
 
     from bridge.dispatcher import Dispatcher
     from bridge.providers.registry import build_provider
 
     async with httpx.AsyncClient() as client:
-        providers = {n: build_provider(n, s, client) for n, s in bridge.config.providers.items()}
-        dispatcher = Dispatcher(bridge.config, store, providers)
+        providers = {n: build_provider(n, s, client) for n, s in config.providers.items()}
         try:
-            for job_id in job_ids:
-                job = await store.job(job_id)
-                if job.state.value == "queued":
-                    claimed = await store.claim_jobs(time.time(), 1000)
-                    await asyncio.gather(*(dispatcher.process(j) for j in claimed))
+            claimed = await store.claim_jobs(time.time(), len(job_ids), only=job_ids)
+            await Dispatcher(config, store, providers).process(claimed)
         finally:
             for provider in providers.values():
                 await provider.close()

@@ -69,7 +69,6 @@ class Outcome:
     text: str                                 # the status text in English
     job_ids: tuple[int, ...] = ()
     duplicate: bool = False
-    replied: bool = False
     note: str = ""
 
     @property
@@ -195,11 +194,11 @@ class Intake:
         if verdict.error is not None:
             code, note = verdict.error.code, verdict.error.note
             bound.info("rejected", status=code, reply_suppressed=refusal)
-            return Outcome(code, status_text(code, "en"), replied=refusal is None, note=note)
+            return Outcome(code, status_text(code, "en"), note=note)
         if result.outcome == "insufficient_credit":
             details = {"used": result.used, "available": result.available}
             bound.info("rejected", status=104, **details)
-            return Outcome(104, status_text(104, "en", **details), replied=refusal is None)
+            return Outcome(104, status_text(104, "en", **details))
         code, note = _status_of(result, jobs)
         for item in result.refused:
             if item.code != 113:
@@ -208,7 +207,7 @@ class Intake:
             bound.info("accepted", login=verdict.account.login, jobs=list(result.job_ids), status=code)
         else:
             bound.info("rejected", status=code, note=note)
-        return Outcome(code, status_text(code, "en"), result.job_ids, replied=refusal is None, note=note)
+        return Outcome(code, status_text(code, "en"), result.job_ids, note=note)
 
     def _outcome_replies(
         self, verdict: Verdict, to: str | None, result, jobs: list[NewJob]

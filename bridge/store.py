@@ -502,14 +502,15 @@ class Store:
 
     # --- dispatcher --------------------------------------------------------------------
 
-    async def claim_jobs(self, now: float, limit: int) -> list[Job]:
-        """Move up to ``limit`` due queued jobs to ``sending`` and return them."""
+    async def claim_jobs(self, now: float, limit: int, only: Sequence[int] = ()) -> list[Job]:
+        """Move up to ``limit`` due queued jobs (of ``only``, if given) to ``sending``."""
+        among = f" AND j.id IN ({','.join('?' * len(only))})" if only else ""
 
         def claim(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
-                f"{_JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=? "
+                f"{_JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
                 "ORDER BY j.next_attempt_at, j.id LIMIT ?",
-                (now, limit),
+                (now, *only, limit),
             ).fetchall()
             ids = [r["id"] for r in rows]
             conn.executemany(
