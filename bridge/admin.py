@@ -28,9 +28,9 @@ def run_verb(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _with_store(config: Config, verb, args: argparse.Namespace) -> int:
-    from bridge.store import Store
+    from bridge.store import open_store
 
-    store = await Store.open(config.sqlite_path())
+    store = await open_store(config)
     try:
         await store.open_accounts({a.login: a.credits for a in config.accounts.values()}, time.time())
         return await verb(config, store, args)
@@ -59,6 +59,12 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
             print(f"job {args.job} queued again")
             return EXIT_OK
         print(f"job {args.job} is not failed or unknown (or does not exist)")
+        return EXIT_RUNTIME
+    if args.action == "cancel":
+        if await store.cancel(args.job, time.time()):
+            print(f"job {args.job} cancelled, its credit refunded")
+            return EXIT_OK
+        print(f"job {args.job} is not queued (or does not exist): only a queued job can be cancelled")
         return EXIT_RUNTIME
     for job in await store.jobs(args.state, args.limit):
         when = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -174,8 +180,7 @@ async def _deliver(config: Config, store, job_ids):
     async with httpx.AsyncClient() as client:
         providers = {n: build_provider(n, s, client) for n, s in config.providers.items()}
         try:
-            claimed = await store.claim_jobs(time.time(), len(job_ids), only=job_ids)
-            await Dispatcher(config, store, providers).process(claimed)
+            await Dispatcher(config, store, providers).run_once(only=job_ids)
         finally:
             for provider in providers.values():
                 await provider.close()

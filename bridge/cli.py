@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge.errors import BridgeError, ConfigError, ConfigErrors
+from bridge.model import JobState
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -45,10 +46,14 @@ def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
     queue = verbs.add_parser("queue", help="the SMS jobs")
     queue_verbs = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = queue_verbs.add_parser("list", help="jobs, newest first")
-    listing.add_argument("--state", help="only jobs in this state (queued, sending, sent, failed, unknown)")
+    listing.add_argument("--state", choices=[state.value for state in JobState],
+                         help="only jobs in this state")
     listing.add_argument("--limit", type=int, default=50)
-    retry = queue_verbs.add_parser("retry", help="put a failed or unknown job back in the queue")
+    retry = queue_verbs.add_parser(
+        "retry", help="put a failed or unknown job back in the queue (an unknown one may be sent twice)")
     retry.add_argument("job", type=int)
+    cancel = queue_verbs.add_parser("cancel", help="do not send a queued job; refund its credit")
+    cancel.add_argument("job", type=int)
     optout = verbs.add_parser("optout", help="the opt-out (STOP) list")
     optout_verbs = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "suppress a number"), ("remove", "lift a suppression")):

@@ -87,6 +87,10 @@ class DispatcherConfig:
     backoff_max: float = 900.0
     poll_interval: float = 1.0                   # idle check for due jobs
     grace_period: float = 10.0                   # on shutdown, wait for in-flight calls
+    lease: float = 60.0                          # a claim held this long is taken back by the sweep
+    sweep_interval: float = 15.0                 # how often expired leases are looked for
+    reconcile_interval: float = 60.0             # how often unknown jobs are looked up
+    reconcile_after: float = 30.0                # a call is looked up only this long after it
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,8 @@ def _replies(r: _Reader) -> RepliesConfig:
 
 def _dispatcher(r: _Reader) -> DispatcherConfig:
     d = DispatcherConfig
-    r.only("concurrency", "max_age", "backoff_base", "backoff_max", "poll_interval", "grace_period")
+    r.only("concurrency", "max_age", "backoff_base", "backoff_max", "poll_interval", "grace_period",
+           "lease", "sweep_interval", "reconcile_interval", "reconcile_after")
     return DispatcherConfig(
         concurrency=r.get("concurrency", d.concurrency, _int(1)),
         max_age=r.get("max_age", d.max_age, _duration),
@@ -359,6 +364,10 @@ def _dispatcher(r: _Reader) -> DispatcherConfig:
         backoff_max=r.get("backoff_max", d.backoff_max, _duration),
         poll_interval=r.get("poll_interval", d.poll_interval, _duration),
         grace_period=r.get("grace_period", d.grace_period, _duration),
+        lease=r.get("lease", d.lease, _duration),
+        sweep_interval=r.get("sweep_interval", d.sweep_interval, _duration),
+        reconcile_interval=r.get("reconcile_interval", d.reconcile_interval, _duration),
+        reconcile_after=r.get("reconcile_after", d.reconcile_after, _duration),
     )
 
 

@@ -1,7 +1,13 @@
-"""The daemon: store, providers, dispatcher, replies and SMTP listener in one event loop.
+"""The daemon: store, providers, dispatcher, replies and listeners in one event loop.
 
 ``Bridge`` wires the parts together and is what tests start in-process; ``serve`` adds
-signals (SIGTERM/SIGINT stop it gracefully) and systemd notification.
+signals (SIGTERM/SIGINT stop it gracefully), systemd notification and the exit code.
+
+Every background loop runs under one ``Supervisor``. If one cannot recover, the bridge
+refuses new mail (SMTP ``451 4.3.0``, IMAP leaves it in the mailbox) and ``serve`` stops
+and exits 1, so systemd restarts it. Shutdown: stop intake, give in-flight provider calls
+``dispatcher.grace_period``, cancel what is left (calls on the wire become ``unknown``),
+and give every loop one more grace period before cancelling it.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ import structlog
 
 from bridge.config import Config
 from bridge.dispatcher import Dispatcher
-from bridge.imap import start_pollers
+from bridge.errors import StoreError
+from bridge.imap import MailboxPoller
 from bridge.intake import Intake
 from bridge.notify import sd_notify
 from bridge.providers.base import Provider
 from bridge.providers.registry import build_provider
 from bridge.replies import ReplySender
 from bridge.smtp import start_smtp
-from bridge.store import Store
+from bridge.store import Store, open_store
+from bridge.supervise import Supervisor
 
 log = structlog.get_logger("bridge.daemon")
 
@@ -35,13 +43,14 @@ class Bridge:
         self.config = config
         self.clock = clock
         self.stopping = asyncio.Event()
+        self.supervisor = Supervisor(self.stopping)
         self.store: Store | None = None
         self.providers: dict[str, Provider] = {}
         self.dispatcher: Dispatcher | None = None
         self.intake: Intake | None = None
         self.servers: list[asyncio.AbstractServer] = []
-        self._tasks: list[asyncio.Task] = []
         self._http: httpx.AsyncClient | None = None
+        self._watch: asyncio.Task | None = None
 
     @property
     def smtp_port(self) -> int:
@@ -49,14 +58,10 @@ class Bridge:
         return self.servers[0].sockets[0].getsockname()[1]
 
     async def start(self) -> None:
-        """Open the store, recover, build providers, start the workers and the listener."""
+        """Open the store, build providers, start the supervised loops and the listeners."""
         config = self.config
-        self.store = await Store.open(config.sqlite_path())
-        now = self.clock()
-        await self.store.open_accounts({a.login: a.credits for a in config.accounts.values()}, now)
-        recovered = await self.store.recover_sending(now)
-        if recovered:
-            log.warning("jobs_marked_unknown_after_restart", job_ids=recovered)
+        self.store = await open_store(config)
+        await self.store.open_accounts({a.login: a.credits for a in config.accounts.values()}, self.clock())
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             headers={"User-Agent": "mail2sms-bridge"},
@@ -64,30 +69,45 @@ class Bridge:
         self.providers = {
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }
-        self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock)
-        self.intake = Intake(config, self.store, self.clock, on_commit=self.dispatcher.wake)
+        dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock)
+        await dispatcher.sweep()  # leases of a dead predecessor on this host end now
+        await dispatcher.load_windows()
+        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake)
         replies = ReplySender(config.replies, self.store, self.clock)
-        self._tasks = [
-            asyncio.create_task(self.dispatcher.run(self.stopping), name="dispatcher"),
-            asyncio.create_task(self.dispatcher.run_reconciler(self.stopping), name="reconciler"),
-            asyncio.create_task(replies.run(self.stopping), name="replies"),
-        ]
-        self._tasks += await start_pollers(config, self.intake, self.store, self.stopping, self.clock)
+        run = self.supervisor
+        settings = config.dispatcher
+        run.start("dispatcher", lambda: dispatcher.run(self.stopping))
+        run.every("sweep", settings.sweep_interval, dispatcher.sweep)
+        run.every("reconciler", settings.reconcile_interval, dispatcher.reconcile)
+        run.every("replies", 1.0, replies.send_due)
+        for name, mailbox in config.imap.items():
+            poller = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)
+            run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))
+        self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
         self.servers = await start_smtp(config.smtp, self.intake)
-        log.info(
-            "bridge_started", accounts=len(config.accounts), providers=list(self.providers),
-            imap=list(config.imap),
-        )
+        log.info("bridge_started", accounts=len(config.accounts), providers=list(self.providers),
+                 imap=list(config.imap), lease_owner=dispatcher.owner)
+
+    async def _refuse_when_failed(self) -> None:
+        await self.supervisor.failed.wait()
+        if self.intake is not None:
+            self.intake.refuse(f"a background loop failed: {self.supervisor.reason}")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight work finish (grace period), close everything."""
+        if self.intake is not None:
+            self.intake.refuse("shutting down")
         for server in self.servers:
             server.close()
         for server in self.servers:
             await server.wait_closed()
         self.stopping.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        grace = self.config.dispatcher.grace_period
+        await self.supervisor.join(grace)
+        if self.dispatcher is not None:
+            await self.dispatcher.shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
         for provider in self.providers.values():
             await provider.close()
         if self._http is not None:
@@ -98,7 +118,7 @@ class Bridge:
 
 
 async def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; return the process exit code."""
+    """Run until SIGTERM or SIGINT (exit 0) or a loop that cannot recover (exit 1)."""
     bridge = Bridge(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,13 +126,18 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await bridge.start()
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("startup_failed", error=str(exc))
         await bridge.stop()
         return 1
     sd_notify("READY=1\nSTATUS=accepting mail")
-    await stop.wait()
-    sd_notify("STOPPING=1")
-    log.info("shutdown_requested")
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(bridge.supervisor.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
+    code = 1 if bridge.supervisor.failed.is_set() else 0
+    sd_notify("STOPPING=1\nSTATUS=" + ("failed: " + str(bridge.supervisor.reason) if code else "stopping"))
+    log.info("shutdown_requested", reason=bridge.supervisor.reason or "signal")
     await bridge.stop()
-    return 0
+    return code

@@ -1,32 +1,20 @@
 """The dispatcher: the only code that calls providers.
 
-It claims due jobs (``queued`` -> ``sending``, one write), groups those that carry the same
-text from the same account to the same route (one bulk call where the provider takes
-several numbers), and tries the route in order (see ``routing.py`` for how it is chosen):
+One pass: claim due jobs under a lease (``queued -> claimed``), group those that carry the
+same text from the same account (one bulk call where the provider takes several numbers),
+check them once more (quiet hours, opt-outs since intake, the account's rate), then walk
+the route. Before each call one write records the provider and a client reference
+(``claimed -> calling``); the call's outcomes are written in one more write. What each
+outcome means is ``outcomes.after_call`` / ``after_route`` (pure).
 
-- ``Receipt``         -> ``sent`` (numbers the receipt lists as rejected: ``failed``).
-- ``TransientError``  -> definitely not delivered: the next provider is tried at once;
-  when every provider failed this way the job is retried with exponential backoff and
-  jitter (or the provider's ``Retry-After``) until ``dispatcher.max_age``.
-- ``PermanentError``  -> definitely not delivered: the next provider is tried too; when
-  none is left the job is ``failed``, its credit refunded, status 122 mailed.
-- ``AmbiguousError`` (or a crash in provider code) -> the SMS may be out: the job becomes
-  ``unknown``; never re-sent automatically. ``reconcile()`` asks providers that can tell
-  (a status API) and settles it as sent or failed.
+A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
+during a call leaves it ``calling``, marked ``unknown`` at once, and ``reconcile`` asks the
+provider about it (by reference where the API takes one). A crash leaves leases that the
+sweep (``sweep``, run by every instance) ends: ``claimed -> queued``, ``calling -> unknown``.
 
-Around every call: a circuit breaker per provider (an open circuit counts as a definite
-non-delivery, so the route moves on without waiting for a timeout), a rate limit per
-provider (messages per second, evenly spaced) and per account (per minute, per day). A job
-that would wait more than ``_MAX_WAIT`` for a limit goes back to the queue for that time,
-so one busy provider or account never holds the dispatcher's slots.
-
-Just before sending, a marketing job that fell into quiet hours (a retry, a date chosen
-at intake under other settings) goes back to the queue until the next allowed minute, and
-a job whose number opted out since intake fails with status 125 and is refunded.
-
-After a crash, jobs found in ``sending`` are marked ``unknown`` at startup (at-most-once).
-On shutdown the dispatcher stops claiming, gives in-flight calls ``grace_period`` seconds,
-then cancels them; a job cancelled before its provider call started goes back to the queue.
+An open circuit on every provider of a route defers that route's jobs, and every due job
+of accounts that have no other way out, to the end of the cooldown in one write, with one
+log line per route and interval.
 """
 
 from __future__ import annotations
@@ -35,19 +23,20 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from itertools import groupby
 
 import structlog
 
-from bridge.backoff import exponential_backoff
-from bridge.config import Config
-from bridge.errors import AmbiguousError, PermanentError, TransientError
-from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
+from bridge import rules, status_mail
+from bridge.config import Config, ProviderPolicy
+from bridge.errors import ProviderError, TransientError
+from bridge.leases import dead_owners, new_owner
+from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.model import Job, JobState, Settlement
+from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms
-from bridge.replies import compose_status
-from bridge.routing import Route, choose_route
-from bridge.store import Job, JobState, Store
+from bridge.routing import Route, choose_route, configured_route
+from bridge.store import Store
 
 log = structlog.get_logger("bridge.dispatcher")
 _MAX_WAIT = 1.0  # seconds a job may wait in memory for a rate limit before being re-queued
@@ -64,6 +53,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        owner: str | None = None,
     ) -> None:
         self.config = config
         self.settings = config.dispatcher
@@ -72,22 +62,22 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.breakers = {
-            name: CircuitBreaker(p.breaker_failures, p.breaker_cooldown)
-            for name, p in _policies(config, providers).items()
-        }
-        self.limiters = {
-            name: RateLimiter(p.rate or providers[name].default_rate)
-            for name, p in _policies(config, providers).items()
-        }
+        self.owner = owner or new_owner()
+        self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
+        policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
+        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown) for n, p in policies.items()}
+        self.limiters = {n: RateLimiter(p.rate or providers[n].default_rate) for n, p in policies.items()}
         self.windows: dict[str, list[SlidingWindow]] = {
             login: [SlidingWindow(limit, period) for limit, period in
                     ((a.rate_per_minute, 60.0), (a.rate_per_day, 86400.0)) if limit]
             for login, a in config.accounts.items()
         }
         self._wake = asyncio.Event()
+        self._slot = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
-        self._calling: set[int] = set()
+        self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
+        self._open_logged: dict[tuple[str, ...], float] = {}
+        self.passes = 0                       # loop passes (a busy loop would show here)
 
     async def load_windows(self) -> None:
         """Rebuild the per-account windows from what the store says was sent lately."""
@@ -103,64 +93,52 @@ class Dispatcher:
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until ``stop`` is set, then wind down within the grace period."""
-        await self.load_windows()
+        """Dispatch until ``stop`` is set. Errors propagate to the supervisor."""
         while not stop.is_set():
-            try:
-                await self._fill()
-            except Exception:
-                log.exception("dispatch_loop_error")
-            await self._idle(stop)
-        await self.shutdown()
+            self.passes += 1
+            if len(self._inflight) >= self.settings.concurrency:
+                self._slot.clear()
+                await _first(stop.wait(), self._slot.wait())
+                continue
+            self._wake.clear()
+            free = self.settings.concurrency - len(self._inflight)
+            jobs = await self.store.claim(self.owner, self.clock(), free, self.settings.lease)
+            for group in self._groups(jobs):
+                task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+            if len(jobs) < free:  # everything due is taken: sleep until woken or due
+                timeout = await self._next_wait()
+                await _first(stop.wait(), self._wake.wait(), timeout=timeout)
 
-    async def run_once(self) -> int:
-        """Claim what is due now, process it and wait for it (tests and the CLI)."""
-        jobs = await self.store.claim_jobs(self.clock(), self.settings.concurrency)
+    async def run_once(self, only: Sequence[int] = ()) -> int:
+        """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
+        jobs = await self.store.claim(self.owner, self.clock(), max(len(only), self.settings.concurrency),
+                                      self.settings.lease, only)
         await asyncio.gather(*(self.process(group) for group in self._groups(jobs)))
         return len(jobs)
 
-    async def _fill(self) -> None:
-        free = self.settings.concurrency - len(self._inflight)
-        if free <= 0:
-            return
-        self._wake.clear()
-        jobs = await self.store.claim_jobs(self.clock(), free)
-        for group in self._groups(jobs):
-            task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
-
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
-        self._wake.set()  # a slot is free
-
-    async def _idle(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=await self._next_wait(), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        self._slot.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job_task_failed", task=task.get_name(), exc_info=task.exception())
 
     async def _next_wait(self) -> float:
-        if self._wake.is_set():
-            return 0.0  # work arrived while claiming: no need to ask the store when
-        if len(self._inflight) >= self.settings.concurrency:
-            return self.settings.poll_interval
         due = await self.store.next_due()
         if due is None:
             return self.settings.poll_interval
         return min(self.settings.poll_interval, max(0.0, due - self.clock()))
 
     async def shutdown(self) -> None:
-        """Wait ``grace_period`` for in-flight jobs, then cancel and account for the rest."""
+        """Wait ``grace_period`` for in-flight jobs, then cancel them (calls -> unknown)."""
         if not self._inflight:
             return
         done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.grace_period)
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending)
+            await asyncio.wait(pending, timeout=self.settings.grace_period)
         log.info("dispatcher_stopped", finished=len(done), cancelled=len(pending))
 
     def _groups(self, jobs: Sequence[Job]) -> list[list[Job]]:
@@ -174,51 +152,67 @@ class Dispatcher:
     # --- one group of jobs -------------------------------------------------------------
 
     async def process(self, jobs: Job | Sequence[Job]) -> None:
-        """Deliver a group of like jobs (or one job); record exactly one outcome for each."""
+        """Deliver a group of like claimed jobs; record exactly one outcome for each."""
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
         try:
             jobs = await self._screen(jobs)
-            jobs = await self._throttle(jobs) if jobs else jobs
             routes: dict[tuple[str, ...], list[Job]] = {}
             for job in jobs:
-                route = self._route(job)
-                if not route.names:
-                    await self._fail(job, f"no provider can send it: {route.explain()}")
-                    continue
-                routes.setdefault(route.names, []).append(job)
+                routes.setdefault(self._route(job).names, []).append(job)
             for names, same_route in routes.items():
-                await self._deliver(same_route, names)
-        except asyncio.CancelledError:
-            now = self.clock()
-            for job in jobs:
-                if job.id in self._calling:
-                    # The request may be on the wire: left in 'sending', startup marks it
-                    # 'unknown' rather than sending it twice.
-                    log.warning("job_interrupted", job_id=job.id)
+                if not names:
+                    reason = self._route(same_route[0]).explain()
+                    await self._fail_claimed(same_route, f"no provider can send it: {reason}")
                 else:
-                    await asyncio.shield(self.store.defer(job.id, now, "interrupted before sending", now))
+                    await self._deliver(same_route, names)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._interrupted(jobs))
             raise
-        finally:
-            for job in jobs:
-                self._calling.discard(job.id)
+
+    async def _interrupted(self, jobs: list[Job]) -> None:
+        """Cancelled: calls on the wire become unknown; jobs not yet called go back."""
+        now = self.clock()
+        on_wire: dict[str, list[int]] = {}
+        for job in jobs:
+            if job.id in self._calls:
+                on_wire.setdefault(self._calls.pop(job.id), []).append(job.id)
+        for ref, ids in on_wire.items():
+            log.warning("jobs_interrupted_during_call", job_ids=ids, reference=ref)
+            await self.store.settle_call(ref, [
+                Settlement(i, JobState.UNKNOWN, "the bridge stopped during the call: it may have been sent; "
+                           "to be reconciled") for i in ids], now)
+        called = {i for ids in on_wire.values() for i in ids}
+        back = [Settlement(j.id, JobState.QUEUED, "interrupted before sending", retry_at=now)
+                for j in jobs if j.id not in called]
+        await self.store.settle_claimed(self.owner, back, now)  # refused ids: already settled
 
     async def _screen(self, jobs: list[Job]) -> list[Job]:
-        """Last checks before sending: quiet hours for marketing, opt-outs since intake."""
+        """Last checks: quiet hours (marketing), opt-outs since intake, the account's rate."""
         now = self.clock()
-        kept = []
+        optouts = frozenset((r["number"], r["sender"]) for r in await self.store.optouts([j.number for j in jobs]))
+        kept, later, failed = [], [], []
+        windows = self.windows.get(jobs[0].login, []) if jobs else []
         for job in jobs:
-            if job.category == "marketing":
-                account = self.config.accounts.get(job.login)
-                quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
-                release = quiet.next_allowed(datetime.fromtimestamp(now, timezone.utc)).timestamp()
-                if release > now:
-                    await self.store.defer(job.id, release, "quiet hours (marketing)", now)
-                    log.info("job_held", job_id=job.id, reason="quiet_hours", until=release)
-                    continue
-            if job.suppressed:  # looked up when the job was claimed
-                await self._fail(job, job.suppressed, code=125)
-                continue
-            kept.append(job)
+            account = self.config.accounts.get(job.login)
+            quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
+            release = rules.quiet_release(quiet, job.category, now)
+            reason = rules.optout_reason(optouts, job.number, job.sender)
+            when = max((w.next_free(now) for w in windows), default=now)
+            if release is not None:
+                later.append(Settlement(job.id, JobState.QUEUED, "quiet hours (marketing)", retry_at=release))
+            elif reason:
+                failed.append((job, reason))
+            elif when > now:
+                later.append(Settlement(job.id, JobState.QUEUED, "account rate limit", retry_at=when))
+            else:
+                for window in windows:
+                    window.record(now)
+                kept.append(job)
+        if later:
+            await self.store.settle_claimed(self.owner, later, now)
+            log.info("jobs_deferred", job_ids=[s.job_id for s in later], reason=later[0].error)
+        for job, reason in failed:
+            await self._fail_claimed([job], reason, code=125)
         return kept
 
     def _route(self, job: Job) -> Route:
@@ -230,201 +224,225 @@ class Dispatcher:
             unicode=job.unicode, sender=job.sender, parts=job.parts,
         )
 
-    async def _throttle(self, jobs: list[Job]) -> list[Job]:
-        """The jobs the account's rate windows allow now; the others go back to the queue."""
-        windows = self.windows.get(jobs[0].login, [])
-        if not windows:
-            return jobs
-        now = self.clock()
-        allowed = []
-        for job in jobs:
-            when = max(w.next_free(now) for w in windows)
-            if when > now:
-                await self.store.defer(job.id, when, "account rate limit", now)
-                log.info("job_deferred", job_id=job.id, reason="account_rate", until=when)
-                continue
-            for window in windows:
-                window.record(now)
-            allowed.append(job)
-        return allowed
-
     async def _deliver(self, jobs: list[Job], route: tuple[str, ...]) -> None:
         """Walk the route with the jobs not yet delivered; settle every job."""
-        pending = jobs
-        errors: dict[int, list[str]] = {job.id: [] for job in jobs}
-        transient: dict[int, list[TransientError]] = {job.id: [] for job in jobs}
-        for name in route:
+        now = self.clock()
+        if all(self.breakers[name].state(now) is BreakerState.OPEN for name in route):
+            await self._route_open(jobs, route, now)
+            return
+        pending, transient, errors = jobs, [], {job.id: [] for job in jobs}
+        for index, name in enumerate(route):
             if not pending:
                 return
-            provider = self.providers[name]
             if not self.breakers[name].allow(self.clock()):
+                transient.append(TransientError("circuit open", provider=name))
                 for job in pending:
                     errors[job.id].append(f"{name}: circuit open")
-                    transient[job.id].append(TransientError("circuit open", provider=name))
                 continue
+            has_next = index + 1 < len(route)
             left: list[Job] = []
-            for chunk in _chunks(pending, provider.max_batch):
-                left += await self._call(name, provider, chunk, errors, transient)
+            for chunk in _chunks(pending, self.providers[name].max_batch):
+                left += await self._call(name, chunk, has_next, transient, errors)
             pending = left
-        for job in pending:
-            await self._give_up_or_retry(job, errors[job.id], transient[job.id])
+        if pending:  # still claimed: every provider said no for sure, or was open
+            await self._after_route(pending, transient, errors)
 
-    async def _call(self, name, provider, chunk, errors, transient) -> list[Job]:
+    async def _route_open(self, jobs: list[Job], route: tuple[str, ...], now: float) -> None:
+        """Every provider of the route is open: defer to the first reopening, in one write."""
+        until = min(b.opened_at + b.cooldown for b in (self.breakers[n] for n in route) if b.opened_at)
+        reason = f"circuit open on {', '.join(route)}"
+        await self.store.settle_claimed(
+            self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
+        logins = sorted({j.login for j in jobs if self._all_open(j.login, now)})
+        deferred = await self.store.defer_logins(logins, until, reason, now) if logins else 0
+        if now - self._open_logged.get(route, 0.0) >= self.settings.poll_interval * 30:
+            self._open_logged[route] = now
+            log.warning("route_open", route=list(route), deferred=len(jobs) + deferred, until=round(until, 1))
+
+    def _all_open(self, login: str, now: float) -> bool:
+        """True when no provider any route of ``login`` could use would take a call now."""
+        account = self.config.accounts.get(login)
+        if account is None:
+            return False
+        names = set(account.route) | set(account.lowcost_route)
+        for extra in account.country_routes.values():
+            names |= set(extra)
+        return all(self.breakers[n].state(now) is BreakerState.OPEN for n in names if n in self.breakers)
+
+    async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors) -> list[Job]:
         """One provider call for ``chunk``; return the jobs to try at the next provider."""
-        slot = self.limiters[name].next_free(self.clock())
+        limiter = self.limiters[name]
+        slot = limiter.next_free(self.clock())
         if slot - self.clock() > _MAX_WAIT:
-            for job in chunk:
-                await self.store.defer(job.id, slot, f"{name}: rate limit", self.clock())
+            await self.store.settle_claimed(self.owner, [
+                Settlement(j.id, JobState.QUEUED, f"{name}: rate limit", retry_at=slot) for j in chunk], self.clock())
             return []
-        slot = self.limiters[name].take(self.clock())
+        slot = limiter.take(self.clock())
         for _ in chunk[1:]:
-            self.limiters[name].take(self.clock())  # a bulk call counts every number
+            limiter.take(self.clock())  # a bulk call counts every number
         if slot > self.clock():
             await self.sleep(slot - self.clock())
+        ref = f"m2s-{chunk[0].id}-{chunk[0].attempts + 1}"
+        ids = await self.store.start_call(self.owner, [j.id for j in chunk], name, ref, self.clock(),
+                                          self.settings.lease)
+        chunk = [j for j in chunk if j.id in set(ids)]  # a lost lease: not ours to send
+        if not chunk:
+            return []
         first = chunk[0]
-        sms = Sms(
-            to=tuple(job.number for job in chunk), text=first.text, sender=first.sender,
-            low_cost=first.low_cost, unicode=first.unicode, parts=first.parts,
-            reference=",".join(f"job-{job.id}" for job in chunk),
-        )
-        breaker = self.breakers[name]
-        ids = [job.id for job in chunk]
-        self._calling.update(ids)
+        sms = Sms(to=tuple(j.number for j in chunk), text=first.text, sender=first.sender,
+                  low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref)
+        self._calls.update((j.id, ref) for j in chunk)
         try:
-            receipt = await provider.send(sms)
+            receipt, error = await self.providers[name].send(sms), None
         except asyncio.CancelledError:
-            raise  # the jobs stay in _calling: process() leaves them in 'sending'
+            raise  # the jobs stay in _calls: process() marks them unknown
         except Exception as exc:
-            self._calling.difference_update(ids)
-            return await self._call_failed(name, chunk, exc, errors, transient)
-        self._calling.difference_update(ids)
-        breaker.success()
-        await self._settle(chunk, name, receipt)
-        return []
+            receipt, error = None, exc
+        return await self._settle(name, ref, chunk, receipt, error, has_next, transient, errors)
 
-    async def _call_failed(self, name, chunk, exc, errors, transient) -> list[Job]:
-        """Record a failed call; return the jobs the next provider may try."""
-        breaker = self.breakers[name]
-        if isinstance(exc, TransientError):
-            breaker.failure(self.clock())
-            return self._note(chunk, name, exc, errors, transient, "provider_transient")
-        if isinstance(exc, PermanentError):
+    async def _settle(self, name, ref, chunk, receipt: Receipt | None, error, has_next, transient, errors):
+        """Write the call's outcome for all its jobs in one write; the jobs left to route."""
+        breaker, now = self.breakers[name], self.clock()
+        kind = after_call(error, has_next=has_next)
+        if kind is Next.SENT or (kind in (Next.FAILED, Next.NEXT_PROVIDER) and not isinstance(error, TransientError)):
             breaker.success()  # it answered: the provider is alive
-            return self._note(chunk, name, exc, errors, None, "provider_refused")
-        breaker.failure(self.clock())
-        if isinstance(exc, AmbiguousError):
-            error = str(exc)
-        else:  # a bug in provider code: the request may be out
-            log.error("provider_crashed", provider=name, job_ids=[j.id for j in chunk],
-                      exc_info=exc)
-            error = f"{type(exc).__name__}: {exc}"
+        else:
+            breaker.failure(now)
+        items, left = [], []
         for job in chunk:
-            await self._unknown(job, name, error)
-        return []
-
-    def _note(self, chunk, name, exc, errors, transient, event) -> list[Job]:
+            if kind is Next.SENT:
+                rejected = receipt.rejected.get(job.number) if receipt else None
+                items.append(Settlement(job.id, JobState.FAILED, f"{name}: {rejected}",
+                                        reply=self._status(job, 122, f"{name}: {rejected}")) if rejected
+                             else Settlement(job.id, JobState.SENT, None, receipt.message_ids.get(job.number)))
+            elif kind is Next.UNKNOWN:
+                items.append(Settlement(job.id, JobState.UNKNOWN, _describe(error)[:500]))
+            else:
+                errors[job.id].append(f"{name}: {error}")
+                if kind is Next.FAILED and not isinstance(error, TransientError) and (
+                        getattr(error, "recipient", False) or not transient):
+                    note = "; ".join(errors[job.id])[:500]
+                    items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
+                else:
+                    items.append(Settlement(job.id, JobState.CLAIMED, f"{name}: {error}"[:500]))
+                    left.append(job)
+        if isinstance(error, TransientError):
+            transient.append(error)
+        refused = await self.store.settle_call(ref, items, now, self.settings.lease)
         for job in chunk:
-            errors[job.id].append(f"{name}: {exc}")
-            if transient is not None:
-                transient[job.id].append(exc)
-        log.info(event, provider=name, job_ids=[j.id for j in chunk], error=str(exc))
-        return list(chunk)
+            self._calls.pop(job.id, None)
+        self._log_call(name, ref, chunk, kind, error, refused)
+        return [job for job in left if job.id not in refused]
 
-    async def _settle(self, chunk: list[Job], name: str, receipt: Receipt) -> None:
+    async def _after_route(self, jobs: list[Job], transient, errors) -> None:
+        """Jobs back in ``claimed`` after the whole route: retry later or fail, in one write."""
         now = self.clock()
-        for job in chunk:
-            if job.number in receipt.rejected:
-                await self._fail(job, f"{name}: {receipt.rejected[job.number]}")
-                continue
-            provider_id = receipt.message_ids.get(job.number)
-            await self.store.mark_sent(job.id, name, provider_id, now)
-            log.info("sent", job_id=job.id, message_id=job.message_id, provider=name,
-                     provider_message_id=provider_id, attempts=job.attempts)
+        items = []
+        for job in jobs:
+            decision = after_route(transient, attempts=job.attempts + 1, created_at=job.created_at,
+                                   now=now, policy=self.policy, rng=self.rng)
+            note = "; ".join(errors[job.id])[:500]
+            if decision.kind is Next.RETRY:
+                items.append(Settlement(job.id, JobState.QUEUED, note, retry_at=decision.retry_at))
+            else:
+                items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
+        await self.store.settle_claimed(self.owner, items, now)
+        retry = [i for i in items if i.state is JobState.QUEUED]
+        if retry:
+            log.info("retry_scheduled", job_ids=[i.job_id for i in retry],
+                     delay=round(min(i.retry_at for i in retry) - now, 1), error=retry[0].error)
+        for item in items:
+            if item.state is JobState.FAILED:
+                log.warning("job_failed", job_id=item.job_id, error=item.error)
 
-    async def _give_up_or_retry(self, job: Job, errors: list[str], transient: list[TransientError]) -> None:
-        error = "; ".join(errors)[:500]
-        now = self.clock()
-        if transient and now - job.created_at < self.settings.max_age:
-            delay = exponential_backoff(
-                job.attempts, self.settings.backoff_base, self.settings.backoff_max, rng=self.rng
-            )
-            asked = max((e.retry_after or 0.0) for e in transient)
-            when = now + max(delay, asked)
-            await self.store.mark_retry(job.id, error, when, now)
-            log.info("retry_scheduled", job_id=job.id, delay=round(when - now, 1), error=error)
-            return
-        await self._fail(job, error)
+    def _log_call(self, name, ref, chunk, kind: Next, error, refused) -> None:
+        ids = [j.id for j in chunk]
+        if refused:
+            log.warning("settle_refused", provider=name, reference=ref, job_ids=refused)
+        if kind is Next.SENT:
+            log.info("sent", job_ids=ids, provider=name, reference=ref, message_id=chunk[0].message_id)
+        elif kind is Next.UNKNOWN and not isinstance(error, ProviderError):  # a bug in provider code
+            log.error("provider_crashed", job_ids=ids, provider=name, reference=ref, exc_info=error)
+        elif kind is Next.UNKNOWN:
+            log.warning("job_unknown", job_ids=ids, provider=name, reference=ref, error=str(error))
+        else:
+            log.info("provider_refused", job_ids=ids, provider=name, error=str(error), next=kind.value)
 
-    async def _unknown(self, job: Job, provider: str, error: str) -> None:
-        await self.store.mark_unknown(job.id, provider, error[:500], self.clock())
-        log.warning("job_unknown", job_id=job.id, message_id=job.message_id, provider=provider, error=error)
+    async def _fail_claimed(self, jobs: list[Job], error: str, code: int = 122) -> None:
+        items = [Settlement(j.id, JobState.FAILED, error, reply=self._status(j, code, error)) for j in jobs]
+        await self.store.settle_claimed(self.owner, items, self.clock())
+        log.warning("job_failed", job_ids=[j.id for j in jobs], error=error, status=code)
 
-    async def _fail(self, job: Job, error: str, code: int = 122) -> None:
-        reply = None
-        if job.reply_to:
-            account = self.config.accounts.get(job.login)
-            language = account.language if account else "fr"
-            reply = compose_status(
-                code=code,
-                to=job.reply_to,
-                sender=self.config.replies.sender,
-                language=language,
-                note=error,
-                in_reply_to=job.message_id,
-                received=[("Number" if language == "en" else "Numéro", job.number)],
-                max_per_hour=self.config.replies.rate_per_hour,
-            )
-        await self.store.mark_failed(job.id, error, self.clock(), reply)
-        log.warning("job_failed", job_id=job.id, message_id=job.message_id, error=error, refunded=job.cost)
+    def _status(self, job: Job, code: int, note: str):
+        account = self.config.accounts.get(job.login)
+        return status_mail.for_job(job, code, note, sender=self.config.replies.sender,
+                                   language=account.language if account else "fr",
+                                   max_per_hour=self.config.replies.rate_per_hour)
 
-    # --- unknown jobs ------------------------------------------------------------------
+    # --- leases and unknown jobs -------------------------------------------------------
+
+    async def sweep(self) -> tuple[list[int], list[int]]:
+        """End expired leases (and those of dead bridges on this host)."""
+        dead = dead_owners(await self.store.lease_owners(), self.owner)
+        requeued, unknown = await self.store.sweep(self.clock(), dead)
+        if requeued or unknown:
+            log.warning("leases_expired", requeued=requeued, unknown=unknown, dead_owners=dead)
+            if requeued:
+                self.wake()
+        return requeued, unknown
 
     async def reconcile(self, limit: int = 50) -> int:
         """Ask providers about ``unknown`` jobs; settle those they can tell. Returns how many."""
         settled = 0
-        for job in await self.store.jobs(JobState.UNKNOWN.value, limit):
-            provider = self.providers.get(job.provider or "")
-            if provider is None:
-                continue
-            sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
-                      unicode=job.unicode, low_cost=job.low_cost, reference=f"job-{job.id}")
-            try:
-                found = await provider.reconcile(sms, job.created_at, job.provider_message_id)
-            except Exception as exc:  # a failed lookup changes nothing
-                log.info("reconcile_failed", job_id=job.id, provider=job.provider, error=str(exc))
-                continue
-            if found is None:
-                continue
-            state, provider_id = found
-            if state in ("delivered", "sent"):
-                await self.store.mark_sent(job.id, job.provider, provider_id, self.clock())
-            elif state == "failed":
-                await self._fail(job, f"{job.provider}: not delivered (reconciled)")
-            else:
-                continue
-            settled += 1
-            log.info("job_reconciled", job_id=job.id, provider=job.provider, state=state)
+        for job in await self.store.unknown_jobs(self.clock() - self.settings.reconcile_after, limit):
+            settled += await self._reconcile(job)
         return settled
 
-    async def run_reconciler(self, stop: asyncio.Event, interval: float = 60.0) -> None:
-        """Reconcile unknown jobs every ``interval`` seconds until ``stop``."""
-        while not stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("reconcile_loop_error")
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
-                pass
+    async def _reconcile(self, job: Job) -> int:
+        provider = self.providers.get(job.provider or "")
+        if provider is None or not job.client_ref:
+            return 0
+        sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
+                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref)
+        try:
+            found = await provider.reconcile(sms, job.called_at or job.created_at, job.provider_message_id)
+        except Exception as exc:  # a failed lookup changes nothing
+            log.info("reconcile_failed", job_id=job.id, provider=job.provider, error=str(exc))
+            return 0
+        if found is None:
+            return 0
+        state, provider_id = found
+        if state in ("delivered", "sent"):
+            item = Settlement(job.id, JobState.SENT, None, provider_id)
+        elif state in ("failed", "not_found"):
+            note = f"{job.provider}: " + ("not delivered (reconciled)" if state == "failed"
+                                          else "the provider never received it (reconciled)")
+            item = Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note))
+        else:
+            return 0
+        refused = await self.store.settle_call(job.client_ref, [item], self.clock())
+        log.info("job_reconciled", job_id=job.id, provider=job.provider, state=state, applied=not refused)
+        return 0 if refused else 1
+
+
+async def _first(*waits: Awaitable, timeout: float | None = None) -> None:
+    """Wait until the first of ``waits`` finishes (or ``timeout``); cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, ProviderError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _chunks(jobs: list[Job], size: int) -> list[list[Job]]:
     size = max(1, size)
     return [jobs[i:i + size] for i in range(0, len(jobs), size)]
-
-
-def _policies(config: Config, providers: Mapping[str, Provider]):
-    from bridge.config import ProviderPolicy
-
-    return {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}

@@ -16,6 +16,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
@@ -25,7 +26,10 @@ import structlog
 from bridge.backoff import exponential_backoff
 from bridge.config import RepliesConfig
 from bridge.statuses import status_text
-from bridge.store import NewReply, Store
+from bridge.model import NewReply
+
+if TYPE_CHECKING:
+    from bridge.store import Store
 
 log = structlog.get_logger("bridge.replies")
 _MSGID = re.compile(r"<?([^<>\s]+@[^<>\s]+)>?")
@@ -104,7 +108,7 @@ class ReplySender:
     """Mails queued replies through the relay, retrying with backoff for a day."""
 
     def __init__(
-        self, config: RepliesConfig, store: Store, clock: Callable[[], float] = time.time
+        self, config: RepliesConfig, store: "Store", clock: Callable[[], float] = time.time
     ) -> None:
         self.config = config
         self.store = store
@@ -145,15 +149,3 @@ class ReplySender:
         log.info("reply_sent", reply_id=reply.id, code=reply.code)
         await self.store.finish_reply(reply.id, "sent", None, now, now)
         return 1
-
-    async def run(self, stop: asyncio.Event, interval: float = 1.0) -> None:
-        """Send due replies until ``stop`` is set; one failure never ends the loop."""
-        while not stop.is_set():
-            try:
-                await self.send_due()
-            except Exception:
-                log.exception("reply_loop_error")
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
-                pass

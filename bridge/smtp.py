@@ -5,7 +5,9 @@ The handler only checks and commits:
 - RCPT TO an address not in ``smtp.recipients``: ``550 5.7.1`` (no open relay).
 - A message over ``smtp.max_size``: ``552`` (aiosmtpd enforces it while reading DATA).
 - DATA: ``250`` only once intake has committed the jobs (or the status reply) to disk;
-  ``451 4.3.0`` if the store failed, so the sending MTA keeps the mail and retries.
+  ``451 4.3.0`` if the store failed, the bridge is refusing mail, or anything unexpected
+  happened (logged with an error id; the exception text never reaches the client), so
+  the sending MTA keeps the mail and retries.
 - ``smtp.reject_inline: true``: a refused request is answered
   ``550 5.6.0 Status NNN: text`` instead of a status mail.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ssl
+import uuid
 from typing import Any
 
 import structlog
@@ -65,6 +68,10 @@ class Handler:
         except StoreError as exc:
             log.error("store_failed", error=str(exc))
             return "451 4.3.0 Temporary storage failure, please try again later"
+        except Exception as exc:  # a bug: never leak it, never refuse for good
+            error_id = uuid.uuid4().hex[:12]
+            log.error("data_handler_failed", error_id=error_id, exc_info=exc)
+            return f"451 4.3.0 Temporary local problem (error id {error_id}), please try again later"
         if outcome.duplicate:
             return "250 2.0.0 OK: already received (duplicate dropped)"
         if outcome.accepted:

@@ -26,7 +26,7 @@ from bridge.errors import TransientError  # noqa: E402
 from bridge.intake import Intake  # noqa: E402
 from bridge.providers.base import Provider, Receipt, Sms  # noqa: E402
 from bridge.providers.registry import build_provider  # noqa: E402
-from bridge.store import Store  # noqa: E402
+from bridge.store import SqliteStore  # noqa: E402
 
 ACCOUNT_KEY = "de135f8d2a091e4"
 
@@ -203,7 +203,7 @@ class Recorder(Provider):
 async def world(tmp_path):
     """A store, an intake and a factory for dispatchers on a fake clock."""
     clock = FakeClock()
-    store = await Store.open(tmp_path / "bridge.db")
+    store = await SqliteStore.open(tmp_path / "bridge.db")
     created: list[httpx.AsyncClient] = []
 
     def make(settings: dict, providers: dict | None = None) -> tuple[Dispatcher, Intake]:

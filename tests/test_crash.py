@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,8 +90,6 @@ def daemons():
 
 
 def job_states(tmp_path: Path) -> list[str]:
-    import sqlite3
-
     with sqlite3.connect(tmp_path / "bridge.db") as conn:
         return [row[0] for row in conn.execute("SELECT state FROM jobs ORDER BY id")]
 
@@ -115,7 +114,8 @@ async def test_sigkill_after_250_then_restart_sends_once(tmp_path, daemons):
 
 
 async def test_sigkill_during_provider_call_is_not_resent(tmp_path, daemons):
-    """Killed while the provider holds the request, the job is marked unknown, not re-sent."""
+    """Killed while the provider holds the request: the job was recorded 'calling' (provider and
+    reference) before the call, the restart marks it unknown at once, and it is not re-sent."""
     port = free_port()
     with FakeHttpServer(Reply(json=OK, delay=10), Reply(json=OK)) as fake:
         config = write_config(tmp_path, port, fake.url)
@@ -124,12 +124,37 @@ async def test_sigkill_during_provider_call_is_not_resent(tmp_path, daemons):
         assert code == 250
         await wait_until(lambda: fake.requests, what="provider call")
         daemon.kill()
-        assert job_states(tmp_path) == ["sending"]
+        assert job_states(tmp_path) == ["calling"]
         second = daemons(config, port)
         await wait_until(lambda: job_states(tmp_path) == ["unknown"], what="job unknown")
+        with sqlite3.connect(tmp_path / "bridge.db") as conn:
+            provider, ref = conn.execute("SELECT provider, client_ref FROM jobs").fetchone()
+        assert provider == "partner" and ref == "m2s-1-1"
         time.sleep(0.5)
         assert len(fake.requests) == 1
         assert second.terminate() == 0
+
+
+async def test_sigkill_while_jobs_wait_for_the_rate_limit_sends_them_after_restart(tmp_path, daemons):
+    """Jobs claimed but still waiting for the provider's rate limit when the bridge is killed
+    never reached the provider: after a restart they are sent, each exactly once."""
+    port = free_port()
+    with FakeHttpServer(*[Reply(json=OK)] * 12) as fake:
+        config = write_config(tmp_path, port, fake.url)
+        settings = yaml.safe_load(config.read_text())
+        settings["providers"]["partner"]["rate"] = 1
+        config.write_text(yaml.safe_dump(settings))
+        daemon = daemons(config, port)
+        for i in range(4):
+            raw = compose(f"arthur45@{ACCOUNT_KEY}|06121215{i:02d}", f"Alert {i}", message_id=f"<m{i}@t>")
+            assert (await smtp_send(port, raw))[0] == 250
+        await wait_until(lambda: fake.requests, what="first provider call")
+        daemon.kill()
+        assert "unknown" not in job_states(tmp_path)
+        daemons(config, port)
+        await wait_until(lambda: job_states(tmp_path) == ["sent"] * 4, timeout=20, what="all sent")
+        texts = sorted(r.json()["message"] for r in fake.requests)
+        assert texts == [f"Alert {i}" for i in range(4)]
 
 
 async def test_sigterm_finishes_in_flight_calls(tmp_path, daemons):

@@ -315,3 +315,75 @@ async def test_bounce_picked_up_from_a_mailbox_gets_no_reply(running):
     outcome = await bridge.intake.submit(compose("   "), Envelope("", source="imap"))
     assert outcome.status == 105
     assert await bridge.store.replies() == []
+
+
+class TestHostileText:
+    async def test_utf7_lone_surrogate_body_is_sent_with_a_replacement(self, tmp_path, running):
+        """A utf-7 body decoding to a lone surrogate (``+3SU-``) is committed (250), the
+        surrogate replaced by U+FFFD, instead of a 500 leaking the exception."""
+        bridge, _ = running
+        raw = (f"From: alice@example.org\r\nTo: mail2sms@example.com\r\nSubject: arthur45@{ACCOUNT_KEY}|0612121515\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-7\r\n\r\nhello +3SU-\r\n").encode()
+        code, text = await smtp_send(bridge.smtp_port, raw)
+        assert code == 250, text
+        [line] = await wait_until(lambda: outbox_lines(tmp_path), what="sms")
+        assert line["text"] == "hello \ufffd"
+
+    async def test_lone_surrogate_in_the_subject_gets_a_numbered_status(self, running):
+        """An encoded-word subject carrying a lone surrogate: 250 and status 109 mailed back."""
+        bridge, handler = running
+        raw = (b"From: alice@example.org\r\nTo: mail2sms@example.com\r\n"
+               b"Subject: =?utf-7?q?+3SU-?=\r\n\r\nhello\r\n")
+        code, text = await smtp_send(bridge.smtp_port, raw)
+        assert code == 250 and "Status 109" in text
+        [reply] = await handler.wait_for(1)
+        assert reply["X-Mail2SMS-Status"] == "109"
+
+    async def test_unparsable_subject_never_stores_the_api_key(self, tmp_path, running):
+        """A subject without '|' is refused (109) and its API key is stored nowhere."""
+        bridge, handler = running
+        code, _ = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY} 0612121515", "Hi"))
+        assert code == 250
+        await handler.wait_for(1)
+        await bridge.store.close()
+        data = b"".join(p.read_bytes() for p in tmp_path.glob("bridge.db*"))
+        assert ACCOUNT_KEY.encode() not in data
+        assert b"arthur45@***" in data
+
+    async def test_mime_boundaries_of_a_broken_multipart_are_not_sent(self, tmp_path, running):
+        """A multipart body whose boundary the header does not declare: the SMS is the text,
+        without the boundary lines and part headers."""
+        bridge, _ = running
+        raw = (f"From: alice@example.org\r\nTo: mail2sms@example.com\r\nSubject: arthur45@{ACCOUNT_KEY}|0612121515\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+               "--b1_abc\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDisk full\r\n--b1_abc--\r\n").encode()
+        assert (await smtp_send(bridge.smtp_port, raw))[0] == 250
+        [line] = await wait_until(lambda: outbox_lines(tmp_path), what="sms")
+        assert line["text"] == "Disk full"
+
+
+class TestSupervision:
+    async def test_a_dispatcher_that_cannot_recover_makes_smtp_answer_451(self, tmp_path, sink):
+        """The store breaks under the dispatcher's idle path: the loop is retried, then given
+        up, and from then on SMTP answers 451 (the sending MTA keeps the mail) instead of 250."""
+        from bridge.daemon import Bridge
+
+        handler, relay_port = sink
+        bridge = Bridge(make_config(tmp_path, base_settings(tmp_path, relay_port)))
+        bridge.supervisor.backoff_base = bridge.supervisor.backoff_max = 0.01
+        await bridge.start()
+        try:
+            bridge.store._reader.close()  # every read fails from now on
+            await wait_until(lambda: bridge.supervisor.failed.is_set(), what="supervisor gave up")
+            assert "StoreError" in bridge.supervisor.reason
+            code, text = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515"))
+            assert code == 451 and "4.3.0" in text
+        finally:
+            await bridge.stop()
+
+    async def test_unexpected_error_in_the_handler_is_451_with_an_error_id(self, tmp_path, running):
+        """A bug in intake answers 451 with an error id, never the exception text."""
+        bridge, _ = running
+        bridge.intake.config = None  # intake now fails on every mail
+        code, text = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515"))
+        assert code == 451 and "error id" in text and "AttributeError" not in text

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 
 from conftest import ACCOUNT_KEY, Recorder, base_settings
+from structlog.testing import capture_logs
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.intake import Envelope, Intake
@@ -222,6 +223,8 @@ class TestReconciliation:
                 {"sid": "SMother", "body": "something else", "status": "delivered", "date_created": created},
                 {"sid": "SM1", "body": "Disk full on db1", "status": "delivered", "date_created": created},
             ]}))
+            assert await dispatcher.reconcile() == 0  # not before dispatcher.reconcile_after
+            clock.now += 31
             assert await dispatcher.reconcile() == 1
             job = await store.job(1)
             assert job.state.value == "sent" and job.provider_message_id == "SM1"
@@ -244,6 +247,7 @@ class TestReconciliation:
             dispatcher, intake = make(settings)
             await submit(intake, "0612121515")
             await dispatcher.run_once()
+            clock.now += 31
             assert await dispatcher.reconcile() == 0
             assert (await store.job(1)).state.value == "unknown"
 
@@ -263,8 +267,8 @@ class Hanging(Provider):
 
 class TestShutdown:
     async def test_call_cut_by_shutdown_is_never_requeued(self, tmp_path, world):
-        """A provider call cancelled after the grace period stays 'sending', so a restart marks
-        it unknown instead of sending it a second time."""
+        """A provider call cancelled after the grace period becomes 'unknown' (with its
+        provider and reference, to be reconciled), never 'queued' to be sent a second time."""
         clock, store, make, open_accounts = world
         settings = base_settings(tmp_path, dispatcher={"grace_period": 0.1, "poll_interval": 0.05})
         await open_accounts(settings)
@@ -276,5 +280,118 @@ class TestShutdown:
         await asyncio.wait_for(hanging.called.wait(), 5)
         stop.set()
         await asyncio.wait_for(runner, 5)
-        assert (await store.job(1)).state.value == "sending"
-        assert await store.recover_sending(clock.time()) == [1]
+        await dispatcher.shutdown()
+        job = await store.job(1)
+        assert job.state.value == "unknown"
+        assert job.provider == "outbox" and job.client_ref == "m2s-1-1"
+        assert await store.claim("another", clock.time() + 3600, 10, 60) == []
+
+
+class BulkThenCancel(Provider):
+    """Accepts a bulk call, then cancels the dispatching task while its outcome is written."""
+
+    max_batch = 10
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.task: asyncio.Task | None = None
+        self.calls: list[Sms] = []
+
+    async def send(self, sms: Sms) -> Receipt:
+        self.calls.append(sms)
+        asyncio.get_running_loop().call_soon(self.task.cancel)  # lands during the settle write
+        return Receipt({n: f"id-{n}" for n in sms.to})
+
+
+class TestCancellation:
+    async def test_cancel_during_the_settle_of_a_bulk_call_requeues_nothing(self, tmp_path, world):
+        """A bulk call accepted 3 numbers; a cancel during the settle write leaves all 3 sent,
+        none back in the queue (they would be sent twice)."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        provider = BulkThenCancel("outbox")
+        dispatcher, intake = make(settings, {"outbox": provider})
+        await submit(intake, "0612121515;0612121516;0612121517", text="Same text")
+        jobs = await store.claim(dispatcher.owner, clock.time(), 10, 60)
+        provider.task = asyncio.create_task(dispatcher.process(jobs))
+        try:
+            await provider.task
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(0.1)  # let the shielded writes finish
+        assert await states(store) == ["sent"] * 3
+        assert await store.claim("other", clock.time() + 3600, 10, 60) == []
+        assert len(provider.calls) == 1
+
+    async def test_cancel_while_waiting_for_the_rate_limit_puts_jobs_back(self, tmp_path, world):
+        """Jobs claimed but not yet called when cancelled go back to the queue, unsent."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        gate = asyncio.Event()
+
+        async def blocked_sleep(seconds: float) -> None:
+            await gate.wait()
+
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        dispatcher.sleep = blocked_sleep
+        dispatcher.limiters["outbox"].take(clock.time())  # the next slot is in the future
+        await submit(intake, "0612121515")
+        jobs = await store.claim(dispatcher.owner, clock.time(), 10, 60)
+        task = asyncio.create_task(dispatcher.process(jobs))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert await states(store) == ["queued"] and recorder.calls == []
+
+
+class TestIdleLoop:
+    async def test_busy_slots_do_not_spin_the_loop(self, tmp_path, world):
+        """With every slot busy on a hanging call, the loop waits instead of spinning."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 1, "poll_interval": 0.05})
+        await open_accounts(settings)
+        hanging = Hanging("outbox")
+        dispatcher, intake = make(settings, {"outbox": hanging})
+        for i in range(5):
+            await submit(intake, f"061212151{i}", text=f"t{i}")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.wait_for(hanging.called.wait(), 5)
+        before = dispatcher.passes
+        for _ in range(20):
+            dispatcher.wake()  # new mail keeps arriving
+            await asyncio.sleep(0.01)
+        assert dispatcher.passes - before <= 2
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        for task in list(dispatcher._inflight):
+            task.cancel()
+
+    async def test_open_circuit_defers_the_account_in_one_write_with_one_log_line(self, tmp_path, world):
+        """Provider refusing connections: after the breaker opens, every queued job of the
+        account waits for the cooldown, and the loop logs one summary line, not one per job."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(
+            tmp_path,
+            providers={"down": {"type": "smspartner", "api_key": "P", "url": f"http://127.0.0.1:{closed_port()}",
+                                "circuit": {"failures": 1, "cooldown": 30}}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 1000, "route": ["down"]}},
+            dispatcher={"concurrency": 4},
+        )
+        await open_accounts(settings)
+        dispatcher, intake = make(settings)
+        for i in range(40):
+            await submit(intake, f"06121215{i:02d}", text=f"alert {i}")
+        with capture_logs() as logs:
+            await dispatcher.run_once()   # the first call fails and opens the circuit
+            await dispatcher.run_once()   # the next jobs find it open
+        queued = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
+        assert len(queued) == 40
+        reopening = clock.time() + 30
+        assert sum(1 for j in queued if j.next_attempt_at >= reopening - 0.01) >= 36
+        assert [e["event"] for e in logs].count("route_open") == 1
+        assert await dispatcher.run_once() == 0  # nothing due until the cooldown ends

@@ -76,7 +76,7 @@ async def run_bridge(start_bridge):
 
     async def start(config: Config):
         bridge = await start_bridge(config)
-        pollers = [t for t in bridge._tasks if t.get_name().startswith("imap:")]
+        pollers = [t for t in bridge.supervisor.tasks if t.get_name().startswith("imap:")]
         assert len(pollers) == len(config.imap), "Bridge.start must start one poller per mailbox"
         return bridge
 

@@ -190,7 +190,7 @@ class TestLogs:
         names = {e["event"] for e in events}
         assert {"accepted", "sent", "rejected"} <= names
         sent = next(e for e in events if e["event"] == "sent")
-        assert sent["job_id"] == 1 and sent["message_id"] == "log-1@example.org"
+        assert sent["job_ids"] == [1] and sent["message_id"] == "log-1@example.org"
         assert ACCOUNT_KEY not in err
 
 

@@ -1,4 +1,4 @@
-"""The SQLite store: durability settings, group commit, exact credits, job state machine."""
+"""The store: durability, group commit, exact credits, and the job state machine on disk."""
 
 from __future__ import annotations
 
@@ -8,30 +8,41 @@ import sqlite3
 import pytest
 
 from bridge.errors import StoreError
-from bridge.store import SCHEMA_VERSION, Incoming, JobState, NewJob, NewReply, Store
+from bridge.model import IllegalTransition, JobState, Limits, NewJob, NewReply, Plan, Settlement
+from bridge.store import SqliteStore
+from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+S = JobState
 
 
-def incoming(key: str | None, numbers=("+33612121515",), cost: int = 1, login: str = "a") -> Incoming:
-    return Incoming(
+def plan(key: str | None, numbers=("+33612121515",), cost: int = 1, login: str = "a", **extra) -> Plan:
+    return Plan(
         key=key,
         login=login,
         message_id=None,
         reply_to="alice@example.org",
         summary="a@***|...",
-        jobs=[NewJob(number=n, text="hi", sender=None, parts=cost, cost=cost) for n in numbers],
+        jobs=tuple(NewJob(number=n, text="hi", sender=None, parts=cost, cost=cost) for n in numbers),
+        **extra,
     )
 
 
 @pytest.fixture
 async def store(tmp_path):
-    store = await Store.open(tmp_path / "s.db")
+    store = await SqliteStore.open(tmp_path / "s.db")
     await store.open_accounts({"a": 10}, now=0)
     yield store
     await store.close()
 
 
+async def one_job(store, cost: int = 1, owner: str = "me", now: float = 2, lease: float = 60):
+    await store.commit(plan(None, cost=cost), 1)
+    [job] = await store.claim(owner, now, 10, lease)
+    return job
+
+
 class TestDurability:
-    async def test_wal_and_full_sync(self, tmp_path, store):
+    async def test_wal_and_full_sync(self, store):
         """The store runs in WAL mode with synchronous=FULL (fsync before acknowledging)."""
         conn = store._writer.conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -39,9 +50,9 @@ class TestDurability:
 
     async def test_schema_is_versioned(self, tmp_path, store):
         """A new store records its schema version; reopening keeps the data."""
-        await store.accept(incoming("k1"), now=1)
+        await store.commit(plan("k1"), now=1)
         await store.close()
-        reopened = await Store.open(tmp_path / "s.db")
+        reopened = await SqliteStore.open(tmp_path / "s.db")
         try:
             assert len(await reopened.jobs()) == 1
             version = sqlite3.connect(tmp_path / "s.db").execute("SELECT value FROM meta").fetchone()[0]
@@ -51,89 +62,12 @@ class TestDurability:
 
     async def test_newer_schema_is_refused(self, tmp_path):
         """A store written by a newer bridge is not touched."""
-        store = await Store.open(tmp_path / "n.db")
+        store = await SqliteStore.open(tmp_path / "n.db")
         await store.close()
         with sqlite3.connect(tmp_path / "n.db") as conn:
             conn.execute("UPDATE meta SET value='99' WHERE key='schema'")
         with pytest.raises(StoreError, match="newer"):
-            await Store.open(tmp_path / "n.db")
-
-
-class TestCredits:
-    async def test_opening_balance_applied_once(self, tmp_path, store):
-        """Restarting with the same (or a changed) opening balance does not add it again."""
-        await store.open_accounts({"a": 10}, now=1)
-        await store.open_accounts({"a": 500}, now=2)
-        assert (await store.balances())["a"] == 10
-
-    async def test_racing_mails_cannot_overspend(self, store):
-        """Twenty concurrent mails for 1 credit each against 10 credits: exactly 10 pass."""
-        results = await asyncio.gather(*(store.accept(incoming(f"k{i}"), now=1) for i in range(20)))
-        outcomes = [r.outcome for r in results]
-        assert outcomes.count("accepted") == 10 and outcomes.count("insufficient_credit") == 10
-        assert (await store.balances())["a"] == 0
-
-    async def test_refund_on_failure(self, store):
-        """A failed job gives its credits back, once, and the ledger says why."""
-        result = await store.accept(incoming("k", cost=3), now=1)
-        [job] = await store.claim_jobs(now=2, limit=10)
-        await store.mark_failed(job.id, "refused", now=3)
-        await store.mark_failed(job.id, "refused", now=4)  # a second call changes nothing
-        assert (await store.balances())["a"] == 10
-        reasons = [row["reason"] for row in await store.ledger("a")]
-        assert reasons == ["opening", "debit", "refund"] and result.job_ids == (job.id,)
-
-    async def test_manual_credit(self, store):
-        """`accounts credit` adds a ledger row and returns the new balance."""
-        assert await store.credit("a", 5, "manual", now=1) == 15
-
-
-class TestJobs:
-    async def test_duplicate_key_is_dropped(self, store):
-        """The same idempotency key commits only once, even within one group commit."""
-        first, second = await asyncio.gather(store.accept(incoming("same"), 1), store.accept(incoming("same"), 1))
-        assert sorted([first.outcome, second.outcome]) == ["accepted", "duplicate"]
-        assert len(await store.jobs()) == 1
-
-    async def test_no_key_is_never_deduplicated(self, store):
-        """Mails without an idempotency key are all accepted."""
-        for _ in range(3):
-            assert (await store.accept(incoming(None), 1)).outcome == "accepted"
-
-    async def test_claim_is_exclusive(self, store):
-        """A job is claimed by one caller only, and moves to sending."""
-        await store.accept(incoming("k"), 1)
-        claims = await asyncio.gather(store.claim_jobs(2, 10), store.claim_jobs(2, 10))
-        assert sorted(len(c) for c in claims) == [0, 1]
-        assert (await store.jobs())[0].state is JobState.SENDING
-
-    async def test_future_jobs_wait(self, store):
-        """A job with a send date is not claimed before it."""
-        scheduled = Incoming(
-            key="k", login="a", message_id=None, reply_to=None, summary="",
-            jobs=[NewJob("+33612121515", "hi", None, 1, 1, send_at=100.0)],
-        )
-        await store.accept(scheduled, 1)
-        assert await store.claim_jobs(99, 10) == []
-        assert len(await store.claim_jobs(100, 10)) == 1
-
-    async def test_recover_sending_marks_unknown(self, store):
-        """After a crash, jobs left in sending become unknown and are not claimable."""
-        await store.accept(incoming("k"), 1)
-        [job] = await store.claim_jobs(2, 10)
-        assert await store.recover_sending(3) == [job.id]
-        assert (await store.job(job.id)).state is JobState.UNKNOWN
-        assert await store.claim_jobs(4, 10) == []
-
-    async def test_operator_requeue_of_failed_job_debits_again(self, store):
-        """`queue retry` on a failed job re-debits the refund and queues it."""
-        await store.accept(incoming("k", cost=2), 1)
-        [job] = await store.claim_jobs(2, 10)
-        await store.mark_failed(job.id, "x", 3)
-        assert await store.requeue(job.id, 4)
-        assert (await store.balances())["a"] == 8
-        assert (await store.job(job.id)).state is JobState.QUEUED
-        assert not await store.requeue(job.id, 5)  # queued: nothing to do
+            await SqliteStore.open(tmp_path / "n.db")
 
     async def test_failed_write_does_not_sink_its_group(self, store):
         """One write raising inside a group commit leaves the others committed."""
@@ -142,11 +76,213 @@ class TestJobs:
             conn.execute("INSERT INTO nowhere VALUES (1)")
 
         results = await asyncio.gather(
-            store.accept(incoming("k1"), 1), store.write(broken), store.accept(incoming("k2"), 1),
+            store.commit(plan("k1"), 1), store.write(broken), store.commit(plan("k2"), 1),
             return_exceptions=True,
         )
         assert isinstance(results[1], StoreError)
         assert len(await store.jobs()) == 2
+
+    async def test_broken_connection_fails_its_batch_and_the_store_goes_on(self, store):
+        """A write that breaks the connection (so even ROLLBACK fails): every caller of that
+        batch gets an error instead of waiting forever, and the next write succeeds."""
+
+        def breaks(conn):
+            conn.close()
+
+        results = await asyncio.wait_for(
+            asyncio.gather(store.write(breaks), store.commit(plan("k1"), 1), return_exceptions=True), 5)
+        assert all(isinstance(r, Exception) for r in results)
+        assert (await asyncio.wait_for(store.commit(plan("k2"), 2), 5)).outcome == "accepted"
+        assert len(await store.jobs()) == 1
+
+
+class TestCredits:
+    async def test_opening_balance_applied_once(self, store):
+        """Restarting with the same (or a changed) opening balance does not add it again."""
+        await store.open_accounts({"a": 10}, now=1)
+        await store.open_accounts({"a": 500}, now=2)
+        assert (await store.balances())["a"] == 10
+
+    async def test_racing_mails_cannot_overspend(self, store):
+        """Twenty concurrent mails for 1 credit each against 10 credits: exactly 10 pass."""
+        results = await asyncio.gather(*(store.commit(plan(f"k{i}"), now=1) for i in range(20)))
+        outcomes = [r.outcome for r in results]
+        assert outcomes.count("accepted") == 10 and outcomes.count("insufficient_credit") == 10
+        assert (await store.balances())["a"] == 0
+
+    async def test_refund_on_failure_once(self, store):
+        """A failed job gives its credits back once, and the ledger says why."""
+        job = await one_job(store, cost=3)
+        await store.start_call("me", [job.id], "p", "r1", 3, 60)
+        refused = await store.settle_call("r1", [Settlement(job.id, S.FAILED, "refused")], 4)
+        again = await store.settle_call("r1", [Settlement(job.id, S.FAILED, "refused")], 5)
+        assert refused == [] and again == [job.id]
+        assert (await store.balances())["a"] == 10
+        assert [row["reason"] for row in await store.ledger("a")] == ["opening", "debit", "refund"]
+
+    async def test_manual_credit(self, store):
+        """`accounts credit` adds a ledger row and returns the new balance."""
+        assert await store.credit("a", 5, "manual", now=1) == 15
+
+    async def test_one_mail_debits_every_job_in_one_transaction(self, store):
+        """A 3-number mail creates 3 jobs, 3 debit rows and one balance change."""
+        result = await store.commit(plan("k", numbers=("+33612121515", "+33612121516", "+33612121517"), cost=2), 1)
+        assert len(result.job_ids) == 3 and result.used == 6
+        assert (await store.balances())["a"] == 4
+        assert [r["job"] for r in await store.ledger("a") if r["reason"] == "debit"] == list(result.job_ids)
+
+
+class TestIntakeRules:
+    async def test_opted_out_numbers_are_not_created_nor_charged(self, store):
+        """An opted-out number gets a 125 refusal; the others are sent and charged."""
+        await store.optout_add("+33612121516", None, "cli", 0)
+        result = await store.commit(plan("k", numbers=("+33612121515", "+33612121516")), 1)
+        assert len(result.job_ids) == 1 and [r.code for r in result.refused] == [125]
+        assert result.status == 125 and (await store.balances())["a"] == 9
+
+    async def test_per_number_cap_counts_jobs_of_the_same_mail(self, store):
+        """With 2 per number per hour, a mail naming one number 3 times gets 2 jobs (127)."""
+        numbers = ("+33612121515",) * 3
+        result = await store.commit(plan("k", numbers=numbers, limits=Limits(per_number_per_hour=2)), 1)
+        assert len(result.job_ids) == 2 and result.refused[0].code == 127
+
+
+class TestJobs:
+    async def test_duplicate_key_is_dropped(self, store):
+        """The same idempotency key commits only once, even within one group commit."""
+        first, second = await asyncio.gather(store.commit(plan("same"), 1), store.commit(plan("same"), 1))
+        assert sorted([first.outcome, second.outcome]) == ["accepted", "duplicate"]
+        assert len(await store.jobs()) == 1
+
+    async def test_no_key_is_never_deduplicated(self, store):
+        """Mails without an idempotency key are all accepted."""
+        for _ in range(3):
+            assert (await store.commit(plan(None), 1)).outcome == "accepted"
+
+    async def test_claim_is_exclusive(self, store):
+        """A job is claimed by one owner only, and moves to claimed under a lease."""
+        await store.commit(plan("k"), 1)
+        claims = await asyncio.gather(store.claim("x", 2, 10, 60), store.claim("y", 2, 10, 60))
+        assert sorted(len(c) for c in claims) == [0, 1]
+        assert (await store.jobs())[0].state is S.CLAIMED
+
+    async def test_future_jobs_wait(self, store):
+        """A job with a send date is not claimed before it."""
+        scheduled = Plan(key="k", login="a", message_id=None, reply_to=None, summary="",
+                         jobs=(NewJob("+33612121515", "hi", None, 1, 1, send_at=100.0),))
+        await store.commit(scheduled, 1)
+        assert await store.claim("me", 99, 10, 60) == []
+        assert len(await store.claim("me", 100, 10, 60)) == 1
+
+    async def test_operator_requeue_of_failed_job_debits_again(self, store):
+        """`queue retry` on a failed job re-debits the refund and queues it."""
+        job = await one_job(store, cost=2)
+        await store.settle_claimed("me", [Settlement(job.id, S.FAILED, "x")], 3)
+        assert await store.requeue(job.id, 4)
+        assert (await store.balances())["a"] == 8
+        assert (await store.job(job.id)).state is S.QUEUED
+        assert not await store.requeue(job.id, 5)  # queued: nothing to do
+
+    async def test_operator_cancel_refunds_a_queued_job_only(self, store):
+        """`queue cancel` refunds a queued job; a claimed one cannot be cancelled."""
+        result = await store.commit(plan("k", numbers=("+33612121515", "+33612121516"), cost=2), 1)
+        assert await store.cancel(result.job_ids[0], 2)
+        assert (await store.job(result.job_ids[0])).state is S.CANCELLED
+        assert (await store.balances())["a"] == 8
+        await store.claim("me", 3, 10, 60)
+        assert not await store.cancel(result.job_ids[1], 4)
+
+
+class TestStateMachine:
+    async def test_record_before_call(self, store):
+        """start_call writes the provider and the reference before the request leaves."""
+        job = await one_job(store)
+        assert await store.start_call("me", [job.id], "partner", "m2s-1-1", 3, 60) == [job.id]
+        stored = await store.job(job.id)
+        assert (stored.state, stored.provider, stored.client_ref, stored.attempts) == (S.CALLING, "partner", "m2s-1-1", 1)
+
+    async def test_call_on_a_job_another_owner_holds_is_refused(self, store):
+        """A job claimed by another owner cannot be called by this one."""
+        job = await one_job(store, owner="other")
+        assert await store.start_call("me", [job.id], "partner", "r", 3, 60) == []
+        assert (await store.job(job.id)).state is S.CLAIMED
+
+    async def test_a_bulk_call_settles_in_one_write(self, store):
+        """Three jobs of one call: one sent, one rejected (refunded), one to the next provider."""
+        result = await store.commit(plan("k", numbers=("+33612121515", "+33612121516", "+33612121517")), 1)
+        a, b, c = result.job_ids
+        await store.claim("me", 2, 10, 60)
+        await store.start_call("me", result.job_ids, "p", "r", 3, 60)
+        refused = await store.settle_call("r", [
+            Settlement(a, S.SENT, provider_message_id="M1"),
+            Settlement(b, S.FAILED, "invalid number"),
+            Settlement(c, S.CLAIMED, "p: 503"),
+        ], 4, 60)
+        assert refused == []
+        states = {j.id: j.state for j in await store.jobs()}
+        assert states == {a: S.SENT, b: S.FAILED, c: S.CLAIMED}
+        assert (await store.job(a)).provider_message_id == "M1"
+        assert (await store.balances())["a"] == 8
+
+    async def test_a_job_that_may_be_out_never_goes_back_to_the_queue(self, store):
+        """Settling a calling or unknown job as queued from the wrong state is refused by the CAS."""
+        job = await one_job(store)
+        await store.start_call("me", [job.id], "p", "r", 3, 60)
+        await store.settle_call("r", [Settlement(job.id, S.UNKNOWN, "timeout")], 4)
+        assert await store.settle_call("r", [Settlement(job.id, S.QUEUED, "retry")], 5) == [job.id]
+        assert await store.settle_claimed("me", [Settlement(job.id, S.QUEUED, "back")], 5) == [job.id]
+        assert (await store.job(job.id)).state is S.UNKNOWN
+
+    async def test_illegal_transition_raises_and_changes_nothing(self, store):
+        """A transition the table does not have (claimed -> sent) raises, never applied."""
+        job = await one_job(store)
+        with pytest.raises(IllegalTransition):
+            await store.settle_claimed("me", [Settlement(job.id, S.SENT)], 3)
+        assert (await store.job(job.id)).state is S.CLAIMED
+
+    async def test_late_receipt_settles_an_unknown_job_by_its_reference(self, store):
+        """A receipt that arrives after the sweep marked the job unknown still settles it."""
+        job = await one_job(store, lease=1)
+        await store.start_call("me", [job.id], "p", "r1", 3, 1)
+        assert await store.sweep(10) == ([], [job.id])
+        assert await store.settle_call("r1", [Settlement(job.id, S.SENT, provider_message_id="M")], 11) == []
+        assert (await store.job(job.id)).state is S.SENT
+
+    async def test_an_old_reference_settles_nothing(self, store):
+        """The outcome of an earlier call (another reference) does not touch the job."""
+        job = await one_job(store)
+        await store.start_call("me", [job.id], "p", "new", 3, 60)
+        assert await store.settle_call("old", [Settlement(job.id, S.SENT)], 4) == [job.id]
+        assert (await store.job(job.id)).state is S.CALLING
+
+
+class TestLeases:
+    async def test_sweep_requeues_expired_claims_and_marks_expired_calls_unknown(self, store):
+        """Expired: claimed -> queued (never called), calling -> unknown (may be out)."""
+        result = await store.commit(plan("k", numbers=("+33612121515", "+33612121516")), 1)
+        first, second = result.job_ids
+        await store.claim("me", 2, 10, 5)
+        await store.start_call("me", [second], "p", "r", 3, 5)
+        assert await store.sweep(now=4) == ([], [])       # not expired yet
+        assert await store.sweep(now=9) == ([first], [second])
+        assert (await store.job(first)).state is S.QUEUED
+        unknown = await store.job(second)
+        assert unknown.state is S.UNKNOWN and "may have been sent" in unknown.last_error
+
+    async def test_a_dead_owner_loses_its_leases_at_once(self, store):
+        """The sweep frees the leases of an owner known to be dead before they expire."""
+        job = await one_job(store, owner="host:1:dead", lease=3600)
+        assert await store.lease_owners() == ["host:1:dead"]
+        assert await store.sweep(3, dead_owners=["host:1:dead"]) == ([job.id], [])
+        assert len(await store.claim("me", 4, 10, 60)) == 1
+
+    async def test_unknown_jobs_to_reconcile_wait_for_reconcile_after(self, store):
+        """unknown_jobs lists a job only once its call is old enough."""
+        job = await one_job(store)
+        await store.start_call("me", [job.id], "p", "r", 100, 60)
+        await store.settle_call("r", [Settlement(job.id, S.UNKNOWN, "timeout")], 101)
+        assert await store.unknown_jobs(called_before=100, limit=10) == []
+        assert [j.id for j in await store.unknown_jobs(called_before=131, limit=10)] == [job.id]
 
 
 class TestReplies:
@@ -158,40 +294,44 @@ class TestReplies:
         assert await store.claim_replies(now=10, limit=10) == []
         assert len(await store.claim_replies(now=50, limit=10)) == 1
         await store.finish_reply(reply.id, "sent", None, 51, 51)
-        assert await store.replies_since("bob@example.org", 0) == 1
-        assert (await store.replies())[0]["state"] == "sent"
+        [row] = await store.replies()
+        assert (row["to_addr"], row["state"]) == ("bob@example.org", "sent")
+
+    async def test_hourly_cap_per_address(self, store):
+        """Past max_per_hour replies to one address in an hour, more are dropped."""
+        ids = [await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=i) for i in range(3)]
+        assert ids[2] is None and len(await store.replies()) == 2
 
 
 class TestMigrationAndKeys:
-    async def test_v1_store_is_migrated(self, tmp_path):
-        """A version-1 store gets the new tables and keeps its dedup keys."""
-        from bridge import store as store_module
-
+    async def test_v2_store_is_migrated(self, tmp_path):
+        """A version-2 store: dedup keys kept, 'sending' jobs become unknown, keys hidden."""
         path = tmp_path / "old.db"
         with sqlite3.connect(path) as conn:
-            for statement in store_module._SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO meta VALUES ('schema', '1')")
-            conn.execute(
-                "INSERT INTO messages (key, summary, outcome, received_at) VALUES ('old', '', 'accepted', 0)"
-            )
-        migrated = await Store.open(path)
+            for version in (1, 2):
+                for statement in MIGRATIONS[version].split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema', '2')")
+            conn.execute("INSERT INTO messages (key, summary, outcome, received_at) "
+                         "VALUES ('old', 'arthur@s3cr3t-key 0612121515', 'rejected', 0)")
+            conn.execute("INSERT INTO message_keys VALUES ('old', 1)")
+            conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
+                         "created_at, next_attempt_at, updated_at) VALUES (1, 'a', '+33612121515', 'hi', 1, 1, 0, 0, "
+                         "'sending', 0, 0, 0)")
+        migrated = await SqliteStore.open(path)
         try:
-            assert await migrated.seen("old")
-            assert (await migrated.accept(incoming("old"), 1)).outcome == "duplicate"
-            assert await migrated.mailbox_state("INBOX") is None
+            assert (await migrated.commit(plan("old"), 1)).outcome == "duplicate"
+            assert (await migrated.job(1)).state is S.UNKNOWN
+            summary = sqlite3.connect(path).execute("SELECT summary FROM messages").fetchone()[0]
+            assert "s3cr3t" not in summary and summary.startswith("arthur@***")
         finally:
             await migrated.close()
 
     async def test_any_key_makes_a_duplicate(self, store):
         """A mail is a duplicate when any of its keys (content or IMAP UID) was seen."""
-        first = Incoming(key="content", login="a", message_id=None, reply_to=None, summary="",
-                         jobs=incoming(None).jobs, extra_keys=("imap:INBOX:1:7",))
-        again = Incoming(key=None, login="a", message_id=None, reply_to=None, summary="",
-                         jobs=incoming(None).jobs, extra_keys=("imap:INBOX:1:7",))
-        assert (await store.accept(first, 1)).outcome == "accepted"
-        assert (await store.accept(again, 2)).outcome == "duplicate"
+        assert (await store.commit(plan("content", extra_keys=("imap:INBOX:1:7",)), 1)).outcome == "accepted"
+        assert (await store.commit(plan(None, extra_keys=("imap:INBOX:1:7",)), 2)).outcome == "duplicate"
 
     async def test_mailbox_state(self, store):
         """The last UID only grows within one UIDVALIDITY and resets with a new one."""

@@ -1,0 +1,119 @@
+"""What the daemon needs from a store: the ``Store`` protocol every backend implements.
+
+One SQLite backend today (``bridge.store.sqlite``); a PostgreSQL one can follow for
+several bridges sharing one queue. Every job state change is a compare-and-set inside
+the backend (see ``bridge.model`` for the table); nothing outside a backend writes SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from bridge.model import Acceptance, Job, NewReply, Plan, Reply, Settlement
+
+
+class Store(Protocol):
+    """The durable state of the bridge."""
+
+    async def close(self) -> None:
+        """Finish queued writes and release the connections."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the store answers."""
+
+    # accounts and credit
+    async def open_accounts(self, opening: Mapping[str, int], now: float) -> None:
+        """Opening balances, applied once per account."""
+
+    async def credit(self, login: str, amount: int, reason: str, now: float) -> int:
+        """A manual credit movement; the new balance."""
+
+    async def balances(self) -> dict[str, int]:
+        """Every account's balance."""
+
+    async def ledger(self, login: str) -> list[dict[str, Any]]:
+        """Every credit movement of an account."""
+
+    # intake
+    async def commit(self, plan: Plan, now: float) -> Acceptance:
+        """Apply intake's plan in one transaction."""
+
+    async def seen(self, key: str) -> bool:
+        """Whether an idempotency key was committed."""
+
+    # the job life cycle
+    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
+        """queued -> claimed, under a lease."""
+
+    async def start_call(self, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
+                         lease: float) -> list[int]:
+        """claimed -> calling, recording provider and reference before the call."""
+
+    async def settle_call(self, ref: str, items: Sequence[Settlement], now: float, lease: float = 0.0) -> list[int]:
+        """The outcomes of one call, in one write; the ids refused by the CAS."""
+
+    async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
+        """claimed -> queued | failed without a call; the ids refused by the CAS."""
+
+    async def sweep(self, now: float, dead_owners: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+        """Expired leases: claimed -> queued, calling -> unknown."""
+
+    async def lease_owners(self) -> list[str]:
+        """Owners of the leases held now."""
+
+    async def defer_logins(self, logins: Sequence[str], until: float, reason: str, now: float) -> int:
+        """Push the due queued jobs of these accounts to ``until``."""
+
+    async def next_due(self) -> float | None:
+        """When the next queued job is due."""
+
+    async def unknown_jobs(self, called_before: float, limit: int) -> list[Job]:
+        """Unknown jobs to reconcile."""
+
+    async def sent_times(self, since: float) -> dict[str, list[float]]:
+        """Call times per account since ``since``."""
+
+    async def requeue(self, job_id: int, now: float) -> bool:
+        """Operator: failed/unknown -> queued."""
+
+    async def cancel(self, job_id: int, now: float) -> bool:
+        """Operator: queued -> cancelled, refunded."""
+
+    async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
+        """Jobs, newest first."""
+
+    async def job(self, job_id: int) -> Job | None:
+        """One job."""
+
+    async def count_jobs(self) -> dict[str, int]:
+        """Jobs per state."""
+
+    # replies
+    async def queue_reply(self, reply: NewReply, now: float) -> int | None:
+        """Queue a status mail (None past the address's hourly cap)."""
+
+    async def claim_replies(self, now: float, limit: int) -> list[Reply]:
+        """Due replies."""
+
+    async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
+        """A reply's outcome."""
+
+    async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Replies, oldest first."""
+
+    # IMAP mailboxes and opt-outs
+    async def mailbox_state(self, name: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, last UID) of a mailbox."""
+
+    async def set_mailbox_state(self, name: str, uidvalidity: int, last_uid: int) -> None:
+        """Advance a mailbox cursor."""
+
+    async def optout_add(self, number: str, sender: str | None, source: str, now: float) -> bool:
+        """Suppress a number."""
+
+    async def optout_remove(self, number: str, sender: str | None) -> bool:
+        """Lift a suppression."""
+
+    async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Suppressions (of ``numbers``)."""

@@ -1,0 +1,144 @@
+"""The SQLite schema and its versioned migrations (run at open, in one transaction).
+
+Version 3 splits the old ``sending`` state into ``claimed`` and ``calling`` with leases
+(jobs found ``sending`` may have gone out, so they become ``unknown``), records the client
+reference sent to the provider, and hides API keys left in ``messages.summary``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from bridge.errors import StoreError
+from bridge.text import redact_subject
+
+SCHEMA_VERSION = 3
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE,
+    message_id TEXT,
+    login TEXT,
+    reply_to TEXT,
+    summary TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id),
+    login TEXT NOT NULL,
+    number TEXT NOT NULL,
+    text TEXT NOT NULL,
+    sender TEXT,
+    parts INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    unicode INTEGER NOT NULL,
+    low_cost INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    provider TEXT,
+    provider_message_id TEXT,
+    last_error TEXT
+);
+CREATE INDEX jobs_due ON jobs(state, next_attempt_at);
+CREATE TABLE ledger (
+    id INTEGER PRIMARY KEY,
+    login TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    job INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX ledger_login ON ledger(login);
+CREATE TABLE balances (login TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+CREATE TABLE replies (
+    id INTEGER PRIMARY KEY,
+    to_addr TEXT NOT NULL,
+    code INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX replies_due ON replies(state, next_attempt_at);
+CREATE INDEX replies_to ON replies(to_addr, created_at)
+"""
+
+_V2 = """
+CREATE TABLE message_keys (key TEXT PRIMARY KEY, message INTEGER NOT NULL REFERENCES messages(id));
+INSERT INTO message_keys (key, message) SELECT key, id FROM messages WHERE key IS NOT NULL;
+CREATE TABLE mailboxes (name TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL);
+CREATE TABLE optouts (
+    number TEXT NOT NULL,
+    sender TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (number, sender)
+);
+ALTER TABLE jobs ADD COLUMN category TEXT NOT NULL DEFAULT 'transactional';
+CREATE INDEX jobs_number_created ON jobs(number, created_at);
+CREATE INDEX jobs_login_created ON jobs(login, created_at)
+"""
+
+_V3 = """
+ALTER TABLE jobs ADD COLUMN client_ref TEXT;
+ALTER TABLE jobs ADD COLUMN called_at REAL;
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_until REAL;
+UPDATE jobs SET state='unknown', last_error=COALESCE(last_error, 'interrupted while sending (before version 3); not re-sent') WHERE state='sending';
+UPDATE messages SET summary=redact_subject(summary);
+CREATE INDEX jobs_message ON jobs(message);
+CREATE INDEX jobs_leased ON jobs(state, lease_until)
+"""
+
+#: version -> SQL that brings the previous version up to it.
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, ``synchronous=FULL``."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")   # the promise: 250 only after fsync
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.create_function("redact_subject", 1, _redact, deterministic=True)
+    return conn
+
+
+def _redact(value: str | None) -> str | None:
+    return None if value is None else redact_subject(value)
+
+
+def migrate(conn: sqlite3.Connection, migrations: dict[int, str] = MIGRATIONS) -> int:
+    """Bring the store up to the newest version; return the version it was at."""
+    target_version = max(migrations)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        version = 0
+        if has_meta:
+            version = int(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+        if version > target_version:
+            raise StoreError(f"store schema {version} is newer than this bridge ({target_version})")
+        for target in range(version + 1, target_version + 1):
+            for statement in migrations[target].split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(target),))
+        conn.execute("COMMIT")
+        return version
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,125 @@
+"""Shared pieces of the SQLite transaction bodies: row mapping, the state CAS, the ledger."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import structlog
+
+from bridge.model import IllegalTransition, Job, JobState, NewReply, check_transition
+
+log = structlog.get_logger("bridge.store")
+
+JOB_SELECT = (
+    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
+    "FROM jobs j JOIN messages m ON m.id = j.message"
+)
+
+
+def job_of(row: sqlite3.Row) -> Job:
+    """A ``Job`` from a ``JOB_SELECT`` row."""
+    return Job(
+        id=row["id"],
+        login=row["login"],
+        number=row["number"],
+        text=row["text"],
+        sender=row["sender"],
+        parts=row["parts"],
+        cost=row["cost"],
+        unicode=bool(row["unicode"]),
+        low_cost=bool(row["low_cost"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        provider=row["provider"],
+        provider_message_id=row["provider_message_id"],
+        last_error=row["last_error"],
+        message_id=row["mail_message_id"],
+        reply_to=row["mail_reply_to"],
+        category=row["category"],
+        client_ref=row["client_ref"],
+        called_at=row["called_at"],
+    )
+
+
+def marks(values: Sequence[Any]) -> str:
+    """``?,?,?`` for ``values``."""
+    return ",".join("?" * len(values))
+
+
+def transition(
+    conn: sqlite3.Connection,
+    ids: Iterable[int],
+    target: JobState,
+    sources: JobState | frozenset[JobState],
+    now: float,
+    where: str = "",
+    where_args: Sequence[Any] = (),
+) -> dict[int, sqlite3.Row]:
+    """Compare-and-set: the rows of ``ids`` that are in ``sources`` (and match ``where``).
+
+    Raises ``IllegalTransition`` when a source -> target is not in the table. Moves the
+    matching jobs to ``target`` (the caller then sets their other columns) and returns
+    their rows as they were; the others are left alone for the caller to report.
+    """
+    ids = list(ids)
+    try:
+        sources = check_transition(sources, target)
+    except IllegalTransition as exc:
+        log.error("illegal_transition", error=str(exc), job_ids=ids[:20])
+        raise
+    if not ids:
+        return {}
+    states = [s.value for s in sources]
+    rows = conn.execute(
+        f"SELECT id, login, cost, state, created_at FROM jobs WHERE id IN ({marks(ids)}) "
+        f"AND state IN ({marks(states)}){where}",
+        (*ids, *states, *where_args),
+    ).fetchall()
+    matched = {row["id"]: row for row in rows}
+    if matched:
+        conn.execute(
+            f"UPDATE jobs SET state=?, updated_at=? WHERE id IN ({marks(list(matched))})",
+            (target.value, now, *matched),
+        )
+    return matched
+
+
+def balance(conn: sqlite3.Connection, login: str) -> int:
+    """The balance of ``login`` (0 when unknown)."""
+    row = conn.execute("SELECT balance FROM balances WHERE login=?", (login,)).fetchone()
+    return row[0] if row else 0
+
+
+def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: int | None, now: float) -> None:
+    """One ledger movement and the running balance, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, ?, ?, ?, ?)",
+        (login, amount, reason, job, now),
+    )
+    conn.execute(
+        "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?",
+        (login, amount, amount),
+    )
+
+
+def queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | None:
+    """Queue ``reply`` unless its address had ``max_per_hour`` replies in the last hour.
+
+    Counted inside the transaction, so concurrent mails cannot overshoot the cap.
+    """
+    if reply.max_per_hour:
+        (recent,) = conn.execute(
+            "SELECT COUNT(*) FROM replies WHERE to_addr=? AND created_at>=?",
+            (reply.to.lower(), now - 3600),
+        ).fetchone()
+        if recent >= reply.max_per_hour:
+            return None
+    return conn.execute(
+        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at) "
+        "VALUES (?, ?, ?, 'queued', ?, ?)",
+        (reply.to.lower(), reply.code, reply.message, now, now),
+    ).lastrowid

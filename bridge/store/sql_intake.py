@@ -1,0 +1,98 @@
+"""The intake commit (run on the writer thread): dedupe, rules, credit, jobs, replies.
+
+The counts the rules need are read here, inside the transaction, so two mails racing for
+the last credits or the last SMS of a cap cannot both pass; the decision itself is
+``rules.screen`` (pure). Reads are set-based: one query for the opt-outs of all a mail's
+numbers, one for their hourly counts, one multi-row insert for the jobs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from bridge import rules, status_mail
+from bridge.model import Acceptance, Counts, Plan
+from bridge.store.sql import balance, marks, queue_reply
+
+
+def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
+    """Apply intake's ``plan``; return what was done."""
+    keys = [k for k in (plan.key, *plan.extra_keys) if k]
+    if keys and conn.execute(f"SELECT 1 FROM message_keys WHERE key IN ({marks(keys)})", keys).fetchone():
+        return Acceptance("duplicate")
+    kept, refused = rules.screen(plan.jobs, plan.sender, plan.limits, _counts(conn, plan, now))
+    refused = [*plan.refused, *refused]
+    used = sum(job.cost for job in kept)
+    available = balance(conn, plan.login) if plan.login else 0
+    outcome = "accepted" if kept else "rejected"
+    if kept and used > available:
+        kept, outcome = [], "insufficient_credit"
+    evaluated = bool(plan.jobs or plan.refused)
+    status, note = rules.status_of(refused, kept) if evaluated else (0, "")
+    message = conn.execute(
+        "INSERT INTO messages (key, message_id, login, reply_to, summary, outcome, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (plan.key, plan.message_id, plan.login, plan.reply_to, plan.summary, outcome, now),
+    ).lastrowid
+    conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
+    ids: tuple[int, ...] = ()
+    if kept:
+        conn.executemany(
+            "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
+            "state, created_at, next_attempt_at, updated_at, category) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            [(message, plan.login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
+              now, j.send_at if j.send_at is not None else now, now, j.category) for j in kept],
+        )
+        ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
+        conn.executemany(
+            "INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, ?, 'debit', ?, ?)",
+            [(plan.login, -job.cost, job_id, now) for job, job_id in zip(kept, ids)],
+        )
+        conn.execute(
+            "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?",
+            (plan.login, -used, -used),
+        )
+    acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
+    replies = list(plan.replies)
+    answer = status_mail.for_acceptance(plan.status, acceptance) if evaluated else None
+    if answer is not None:
+        replies.append(answer)
+    for reply in replies:
+        queue_reply(conn, reply, now)
+    return acceptance
+
+
+def _counts(conn: sqlite3.Connection, plan: Plan, now: float) -> Counts:
+    """What the rules need to know about this mail's numbers and account, set-based."""
+    if not plan.jobs:
+        return Counts()
+    numbers = sorted({job.number for job in plan.jobs})
+    senders = ["", (plan.sender or "").lower()]
+    optouts = frozenset(
+        (r[0], r[1]) for r in conn.execute(
+            f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)}) AND sender IN (?, ?)",
+            (*numbers, *senders),
+        )
+    )
+    limits, login = plan.limits, plan.login
+    per_number: dict[str, int] = {}
+    if limits.per_number_per_hour:
+        per_number = dict(conn.execute(
+            f"SELECT number, COUNT(*) FROM jobs WHERE number IN ({marks(numbers)}) AND created_at>=? "
+            "AND login=? AND state NOT IN ('failed', 'cancelled') GROUP BY number",
+            (*numbers, now - 3600, login),
+        ).fetchall())
+    sms_today = spent_today = 0
+    if limits.sms_per_day:
+        (sms_today,) = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE login=? AND created_at>=? AND state NOT IN ('failed', 'cancelled')",
+            (login, now - 86400),
+        ).fetchone()
+    if limits.spend_per_day:
+        (spent_today,) = conn.execute(
+            "SELECT -COALESCE(SUM(amount), 0) FROM ledger WHERE login=? AND created_at>=? "
+            "AND reason IN ('debit', 'refund')",
+            (login, now - 86400),
+        ).fetchone()
+    return Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)

@@ -1,0 +1,176 @@
+"""Transaction bodies for the job life cycle (run on the writer thread).
+
+Every state change goes through ``sql.transition`` (a compare-and-set on the states the
+table allows). Claimed jobs are matched by their lease owner, jobs whose call started by
+the client reference recorded before the call, so a late answer still settles a job the
+sweep already marked ``unknown``, and never one that was claimed again since.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from bridge.model import Job, JobState as S, Settlement
+from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
+
+#: From which states each outcome of a call may be written.
+_CALL_SOURCES = {
+    S.SENT: frozenset({S.CALLING, S.UNKNOWN}),
+    S.FAILED: frozenset({S.CALLING, S.UNKNOWN}),
+    S.DELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.UNDELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.CLAIMED: frozenset({S.CALLING}),
+    S.QUEUED: frozenset({S.CALLING}),
+    S.UNKNOWN: frozenset({S.CALLING}),
+}
+
+
+def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``)."""
+    among = f" AND j.id IN ({marks(only)})" if only else ""
+    rows = conn.execute(
+        f"{JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
+        "ORDER BY j.next_attempt_at, j.id LIMIT ?",
+        (now, *only, limit),
+    ).fetchall()
+    taken = transition(conn, [r["id"] for r in rows], S.CLAIMED, S.QUEUED, now)
+    if taken:
+        conn.execute(
+            f"UPDATE jobs SET lease_owner=?, lease_until=? WHERE id IN ({marks(list(taken))})",
+            (owner, lease_until, *taken),
+        )
+    return [job_of(r) for r in rows if r["id"] in taken]
+
+
+def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
+               lease_until: float) -> list[int]:
+    """Record the call before it is made (``claimed -> calling``); the ids still ours."""
+    taken = transition(conn, ids, S.CALLING, S.CLAIMED, now, " AND lease_owner=?", (owner,))
+    if taken:
+        conn.execute(
+            f"UPDATE jobs SET provider=?, client_ref=?, called_at=?, attempts=attempts+1, "
+            f"lease_until=? WHERE id IN ({marks(list(taken))})",
+            (provider, ref, now, lease_until, *taken),
+        )
+    return sorted(taken)
+
+
+def settle_call(conn, ref: str, items: Sequence[Settlement], now: float, lease_until: float) -> list[int]:
+    """Write the outcome of the call ``ref`` for each of its jobs; return the ids refused."""
+    refused: list[int] = []
+    by_state: dict[S, list[Settlement]] = {}
+    for item in items:
+        by_state.setdefault(item.state, []).append(item)
+    for state, group in by_state.items():
+        matched = transition(conn, [i.job_id for i in group], state, _CALL_SOURCES[state], now,
+                             " AND client_ref=?", (ref,))
+        refused += [i.job_id for i in group if i.job_id not in matched]
+        _apply(conn, [i for i in group if i.job_id in matched], matched, now, lease_until)
+    return refused
+
+
+def settle_claimed(conn, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
+    """Outcomes decided before any call: ``claimed -> queued | failed``; the ids refused."""
+    refused: list[int] = []
+    for state in dict.fromkeys(i.state for i in items):
+        group = [i for i in items if i.state is state]
+        matched = transition(conn, [i.job_id for i in group], state, S.CLAIMED, now,
+                             " AND lease_owner=?", (owner,))
+        refused += [i.job_id for i in group if i.job_id not in matched]
+        _apply(conn, [i for i in group if i.job_id in matched], matched, now, None)
+    return refused
+
+
+def _apply(conn, items: Sequence[Settlement], rows, now: float, lease_until: float | None) -> None:
+    """The columns that go with each new state; refund and status mail for ``failed``."""
+    for item in items:
+        if item.state is S.SENT or item.state in (S.DELIVERED, S.UNDELIVERED):
+            conn.execute(
+                "UPDATE jobs SET provider_message_id=COALESCE(?, provider_message_id), last_error=?, "
+                "lease_owner=NULL, lease_until=NULL WHERE id=?",
+                (item.provider_message_id, item.error, item.job_id),
+            )
+        elif item.state is S.CLAIMED:
+            conn.execute("UPDATE jobs SET last_error=?, lease_until=? WHERE id=?",
+                         (item.error, lease_until, item.job_id))
+        elif item.state is S.QUEUED:
+            conn.execute(
+                "UPDATE jobs SET last_error=?, next_attempt_at=?, lease_owner=NULL, lease_until=NULL "
+                "WHERE id=?",
+                (item.error, item.retry_at if item.retry_at is not None else now, item.job_id),
+            )
+        elif item.state is S.UNKNOWN:
+            conn.execute(
+                "UPDATE jobs SET last_error=?, provider_message_id=COALESCE(?, provider_message_id), "
+                "lease_owner=NULL, lease_until=NULL WHERE id=?",
+                (item.error, item.provider_message_id, item.job_id),
+            )
+        elif item.state is S.FAILED:
+            row = rows[item.job_id]
+            conn.execute("UPDATE jobs SET last_error=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
+                         (item.error, item.job_id))
+            move(conn, row["login"], row["cost"], "refund", item.job_id, now)
+            if item.reply is not None:
+                queue_reply(conn, item.reply, now)
+
+
+def sweep(conn, now: float, dead_owners: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Expired leases: ``claimed -> queued`` (never called), ``calling -> unknown``.
+
+    A lease expires at ``lease_until``, or at once when its owner is known to be dead.
+    Returns (requeued ids, unknown ids).
+    """
+    dead = f" OR lease_owner IN ({marks(dead_owners)})" if dead_owners else ""
+    expired = f"(lease_until<?{dead})"
+    args = (now, *dead_owners)
+    claimed = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE state='claimed' AND {expired}", args)]
+    calling = conn.execute(f"SELECT id, provider FROM jobs WHERE state='calling' AND {expired}", args).fetchall()
+    requeued = transition(conn, claimed, S.QUEUED, S.CLAIMED, now)
+    if requeued:
+        conn.execute(f"UPDATE jobs SET lease_owner=NULL, lease_until=NULL WHERE id IN ({marks(list(requeued))})",
+                     tuple(requeued))
+    lost = transition(conn, [r["id"] for r in calling], S.UNKNOWN, S.CALLING, now)
+    for row in calling:
+        if row["id"] in lost:
+            conn.execute(
+                "UPDATE jobs SET lease_owner=NULL, lease_until=NULL, last_error=? WHERE id=?",
+                (f"the bridge stopped during the call to {row['provider']}: it may have been sent; "
+                 "to be reconciled", row["id"]),
+            )
+    return sorted(requeued), sorted(lost)
+
+
+def requeue(conn, job_id: int, now: float) -> bool:
+    """Operator: send a ``failed`` or ``unknown`` job again (re-debiting a refund)."""
+    row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None or row["state"] not in (S.FAILED.value, S.UNKNOWN.value):
+        return False
+    taken = transition(conn, [job_id], S.QUEUED, S(row["state"]), now)
+    if not taken:
+        return False
+    if row["state"] == S.FAILED.value:
+        move(conn, taken[job_id]["login"], -taken[job_id]["cost"], "debit", job_id, now)
+    conn.execute("UPDATE jobs SET next_attempt_at=?, client_ref=NULL WHERE id=?", (now, job_id))
+    return True
+
+
+def cancel(conn, job_id: int, now: float) -> bool:
+    """Operator: a ``queued`` job is not sent after all; its credit is refunded."""
+    taken = transition(conn, [job_id], S.CANCELLED, S.QUEUED, now)
+    if not taken:
+        return False
+    conn.execute("UPDATE jobs SET last_error='cancelled by the operator' WHERE id=?", (job_id,))
+    move(conn, taken[job_id]["login"], taken[job_id]["cost"], "refund", job_id, now)
+    return True
+
+
+def defer_logins(conn, logins: Sequence[str], until: float, reason: str, now: float) -> int:
+    """Push every due queued job of these accounts to ``until`` (not a state change)."""
+    if not logins:
+        return 0
+    return conn.execute(
+        f"UPDATE jobs SET next_attempt_at=?, last_error=?, updated_at=? WHERE state='queued' "
+        f"AND next_attempt_at<? AND login IN ({marks(logins)})",
+        (until, reason, now, until, *logins),
+    ).rowcount
