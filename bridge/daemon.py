@@ -28,6 +28,7 @@ from bridge.intake import Intake
 from bridge.notify import sd_notify
 from bridge.providers.base import Provider
 from bridge.providers.registry import build_provider
+from bridge.recovery import Recovery
 from bridge.replies import ReplySender
 from bridge.smtp import start_smtp
 from bridge.store import Store, open_store
@@ -70,15 +71,16 @@ class Bridge:
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }
         dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock)
-        await dispatcher.sweep()  # leases of a dead predecessor on this host end now
+        recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake)
+        await recovery.sweep()  # leases of a dead predecessor on this host end now
         await dispatcher.load_windows()
         self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake)
         replies = ReplySender(config.replies, self.store, self.clock)
         run = self.supervisor
         settings = config.dispatcher
         run.start("dispatcher", lambda: dispatcher.run(self.stopping))
-        run.every("sweep", settings.sweep_interval, dispatcher.sweep)
-        run.every("reconciler", settings.reconcile_interval, dispatcher.reconcile)
+        run.every("sweep", settings.sweep_interval, recovery.sweep)
+        run.every("reconciler", settings.reconcile_interval, recovery.reconcile)
         run.every("replies", 1.0, replies.send_due)
         for name, mailbox in config.imap.items():
             poller = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)

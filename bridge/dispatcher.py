@@ -8,9 +8,8 @@ the route. Before each call one write records the provider and a client referenc
 outcome means is ``outcomes.after_call`` / ``after_route`` (pure).
 
 A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
-during a call leaves it ``calling``, marked ``unknown`` at once, and ``reconcile`` asks the
-provider about it (by reference where the API takes one). A crash leaves leases that the
-sweep (``sweep``, run by every instance) ends: ``claimed -> queued``, ``calling -> unknown``.
+during a call marks it ``unknown`` at once, and ``recovery.Recovery`` asks the provider
+about it. A crash leaves leases that its sweep ends.
 
 An open circuit on every provider of a route defers that route's jobs, and every due job
 of accounts that have no other way out, to the end of the cooldown in one write, with one
@@ -30,7 +29,7 @@ import structlog
 from bridge import rules, status_mail
 from bridge.config import Config, ProviderPolicy
 from bridge.errors import ProviderError, TransientError
-from bridge.leases import dead_owners, new_owner
+from bridge.leases import new_owner
 from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
@@ -374,56 +373,7 @@ class Dispatcher:
         log.warning("job_failed", job_ids=[j.id for j in jobs], error=error, status=code)
 
     def _status(self, job: Job, code: int, note: str):
-        account = self.config.accounts.get(job.login)
-        return status_mail.for_job(job, code, note, sender=self.config.replies.sender,
-                                   language=account.language if account else "fr",
-                                   max_per_hour=self.config.replies.rate_per_hour)
-
-    # --- leases and unknown jobs -------------------------------------------------------
-
-    async def sweep(self) -> tuple[list[int], list[int]]:
-        """End expired leases (and those of dead bridges on this host)."""
-        dead = dead_owners(await self.store.lease_owners(), self.owner)
-        requeued, unknown = await self.store.sweep(self.clock(), dead)
-        if requeued or unknown:
-            log.warning("leases_expired", requeued=requeued, unknown=unknown, dead_owners=dead)
-            if requeued:
-                self.wake()
-        return requeued, unknown
-
-    async def reconcile(self, limit: int = 50) -> int:
-        """Ask providers about ``unknown`` jobs; settle those they can tell. Returns how many."""
-        settled = 0
-        for job in await self.store.unknown_jobs(self.clock() - self.settings.reconcile_after, limit):
-            settled += await self._reconcile(job)
-        return settled
-
-    async def _reconcile(self, job: Job) -> int:
-        provider = self.providers.get(job.provider or "")
-        if provider is None or not job.client_ref:
-            return 0
-        sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
-                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref)
-        try:
-            found = await provider.reconcile(sms, job.called_at or job.created_at, job.provider_message_id)
-        except Exception as exc:  # a failed lookup changes nothing
-            log.info("reconcile_failed", job_id=job.id, provider=job.provider, error=str(exc))
-            return 0
-        if found is None:
-            return 0
-        state, provider_id = found
-        if state in ("delivered", "sent"):
-            item = Settlement(job.id, JobState.SENT, None, provider_id)
-        elif state in ("failed", "not_found"):
-            note = f"{job.provider}: " + ("not delivered (reconciled)" if state == "failed"
-                                          else "the provider never received it (reconciled)")
-            item = Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note))
-        else:
-            return 0
-        refused = await self.store.settle_call(job.client_ref, [item], self.clock())
-        log.info("job_reconciled", job_id=job.id, provider=job.provider, state=state, applied=not refused)
-        return 0 if refused else 1
-
+        return status_mail.for_job(job, code, note, self.config)
 
 async def _first(*waits: Awaitable, timeout: float | None = None) -> None:
     """Wait until the first of ``waits`` finishes (or ``timeout``); cancel the others."""

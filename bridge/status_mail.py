@@ -11,6 +11,7 @@ All of them go through ``replies.compose_status``, which writes the headers.
 
 from __future__ import annotations
 
+from bridge.config import Config
 from bridge.model import Acceptance, Job, NewReply, StatusRecipe
 from bridge.replies import compose_status
 
@@ -44,19 +45,19 @@ def for_acceptance(recipe: StatusRecipe | None, acceptance: Acceptance) -> NewRe
     return None
 
 
-def for_job(
-    job: Job, code: int, note: str, *, sender: str, language: str, max_per_hour: int
-) -> NewReply | None:
+def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:
     """The status mail for a job given up on, or None when its mail may not be answered."""
     if not job.reply_to:
         return None
+    account = config.accounts.get(job.login)
+    language = account.language if account else "fr"
     return compose_status(
         code=code,
         to=job.reply_to,
-        sender=sender,
+        sender=config.replies.sender,
         language=language,
         note=note,
         in_reply_to=job.message_id,
         received=[("Number" if language == "en" else "Numéro", job.number)],
-        max_per_hour=max_per_hour,
+        max_per_hour=config.replies.rate_per_hour,
     )

@@ -14,6 +14,7 @@ from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.intake import Envelope, Intake
 from bridge.providers.base import Provider, Receipt, Sms
+from bridge.recovery import Recovery
 from bridge.store import Store
 
 OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
@@ -223,9 +224,9 @@ class TestReconciliation:
                 {"sid": "SMother", "body": "something else", "status": "delivered", "date_created": created},
                 {"sid": "SM1", "body": "Disk full on db1", "status": "delivered", "date_created": created},
             ]}))
-            assert await dispatcher.reconcile() == 0  # not before dispatcher.reconcile_after
+            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 0  # not before dispatcher.reconcile_after
             clock.now += 31
-            assert await dispatcher.reconcile() == 1
+            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 1
             job = await store.job(1)
             assert job.state.value == "sent" and job.provider_message_id == "SM1"
             listing = twilio.requests[-1]
@@ -248,7 +249,7 @@ class TestReconciliation:
             await submit(intake, "0612121515")
             await dispatcher.run_once()
             clock.now += 31
-            assert await dispatcher.reconcile() == 0
+            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 0
             assert (await store.job(1)).state.value == "unknown"
 
 

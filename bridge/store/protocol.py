@@ -68,7 +68,7 @@ class Store(Protocol):
     async def next_due(self) -> float | None:
         """When the next queued job is due."""
 
-    async def unknown_jobs(self, called_before: float, limit: int) -> list[Job]:
+    async def unknown_jobs(self, called_before: float, limit: int, after_id: int = 0) -> list[Job]:
         """Unknown jobs to reconcile."""
 
     async def sent_times(self, since: float) -> dict[str, list[float]]:

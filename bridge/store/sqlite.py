@@ -189,11 +189,11 @@ class SqliteStore:
         )
         return row[0]
 
-    async def unknown_jobs(self, called_before: float, limit: int) -> list[Job]:
-        """``unknown`` jobs whose call is older than ``called_before``, oldest first."""
+    async def unknown_jobs(self, called_before: float, limit: int, after_id: int = 0) -> list[Job]:
+        """``unknown`` jobs (of id > ``after_id``) whose call is older than ``called_before``, by id."""
         rows = await self.read(lambda c: c.execute(
-            f"{JOB_SELECT} WHERE j.state='unknown' AND COALESCE(j.called_at, 0)<? ORDER BY j.id LIMIT ?",
-            (called_before, limit)).fetchall())
+            f"{JOB_SELECT} WHERE j.state='unknown' AND COALESCE(j.called_at, 0)<? AND j.id>? ORDER BY j.id LIMIT ?",
+            (called_before, after_id, limit)).fetchall())
         return [job_of(r) for r in rows]
 
     async def sent_times(self, since: float) -> dict[str, list[float]]:
