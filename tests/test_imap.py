@@ -352,8 +352,10 @@ async def test_backlog_memory_does_not_grow_with_its_size(tmp_path, sink, doveco
             # holds no backlog and allocates next to nothing while the bridge drains it
             dovecot.deliver(_raw_alert(done + i, to=(done + i) % 100) for i in range(size))
             done += size                                         # UIDs 1..done, in delivery order
+            # Only a guard against a hang: under tracemalloc, on a shared 2-core machine with
+            # other work on it, 2,000 mails took longer than 60 s (about 25 mails/s).
             while ((await bridge.store.mailbox_state("work:INBOX")) or (0, 0))[1] < done:
-                assert time.monotonic() - started < 60, f"backlog of {size} not drained in 60 s"
+                assert time.monotonic() - started < 300, f"backlog of {size} not drained in 300 s"
                 await asyncio.sleep(0.2)
             peaks[size] = tracemalloc.get_traced_memory()[1] - baseline
             print(f"backlog {size}: drained in {time.monotonic() - started:.1f} s, peak +{peaks[size] / 1024:.0f} KiB")
