@@ -16,6 +16,11 @@ One ``MailboxPoller`` per ``imap.<name>`` entry, each in its own task:
 3. Wait: IDLE when the server has it (re-issued every ``idle_renew``), else sleep
    ``poll_interval``; then catch up again. After a quiet wait the mailbox is SELECTed
    again, so a mailbox deleted and recreated behind an IDLE session is noticed.
+   A push is acted on at once; how soon it comes is the server's business. Dovecot holds
+   each change it notices for 0.5 s before telling an IDLE client (``NOTIFY_DELAY_MSECS``
+   in its ``src/lib-storage/mailbox-watch.c``), so there a new mail reaches the provider
+   about 0.5 s after its APPEND, ~10 ms of which is the bridge (``bench/imap_latency.py``).
+   Going below that would mean polling during IDLE, which IDLE exists to avoid.
 
 Every server answer is awaited at most ``timeout`` seconds and abandoned at once when the
 connection drops or the bridge stops. Any failure closes the connection and reconnects
