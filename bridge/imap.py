@@ -422,17 +422,6 @@ class MailboxPoller:
         _check(expunged, "EXPUNGE")
 
 
-async def start_pollers(
-    config: Config, intake: Intake, store: Store, stop: asyncio.Event, clock: Callable[[], float] = time.time
-) -> list[asyncio.Task[None]]:
-    """Start one poller task per ``imap`` mailbox (named ``imap:<name>``); they end when ``stop`` is set."""
-    tasks = []
-    for name, settings in config.imap.items():
-        poller = MailboxPoller(name, settings, intake, store, clock)
-        tasks.append(asyncio.create_task(poller.run(stop), name=f"imap:{name}"))
-    return tasks
-
-
 # --- helpers ------------------------------------------------------------------------------
 
 
