@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 
 from bridge.config import Config
+from bridge.model import JobState
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -167,7 +168,7 @@ async def _send(config: Config, store, args: argparse.Namespace) -> int:
     jobs = await _deliver(config, store, outcome.job_ids)
     for job in jobs:
         print(f"job {job.id} {job.number}: {job.state.value} via {job.provider or '-'} {job.last_error or ''}".rstrip())
-    return EXIT_OK if all(j.state.value == "sent" for j in jobs) else EXIT_RUNTIME
+    return EXIT_OK if all(j.state is JobState.SENT for j in jobs) else EXIT_RUNTIME
 
 
 async def _deliver(config: Config, store, job_ids):

@@ -64,6 +64,14 @@ LEASED = frozenset({S.CLAIMED, S.CALLING})
 MAYBE_OUT = frozenset({S.CALLING, S.UNKNOWN, S.SENT, S.DELIVERED, S.UNDELIVERED})
 
 
+class ReplyState(str, Enum):
+    """Where a status mail is: queued (retried with backoff), then sent or failed."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+
+
 class IllegalTransition(BridgeError):
     """A state change the table does not allow: a bug, never applied."""
 

@@ -26,7 +26,7 @@ import structlog
 from bridge.backoff import exponential_backoff
 from bridge.config import RepliesConfig
 from bridge.statuses import status_text
-from bridge.model import NewReply
+from bridge.model import NewReply, ReplyState
 
 if TYPE_CHECKING:
     from bridge.store import Store
@@ -140,12 +140,12 @@ class ReplySender:
             permanent = isinstance(exc, aiosmtplib.SMTPResponseException) and 500 <= exc.code < 600
             if permanent or now - reply.created_at > _MAX_AGE:
                 log.warning("reply_failed", reply_id=reply.id, code=reply.code, error=error)
-                await self.store.finish_reply(reply.id, "failed", error, now, now)
+                await self.store.finish_reply(reply.id, ReplyState.FAILED, error, now, now)
             else:
                 delay = exponential_backoff(reply.attempts + 1, 5.0, 600.0)
                 log.info("reply_retry", reply_id=reply.id, error=error, delay=round(delay, 1))
-                await self.store.finish_reply(reply.id, "queued", error, now + delay, now)
+                await self.store.finish_reply(reply.id, ReplyState.QUEUED, error, now + delay, now)
             return 0
         log.info("reply_sent", reply_id=reply.id, code=reply.code)
-        await self.store.finish_reply(reply.id, "sent", None, now, now)
+        await self.store.finish_reply(reply.id, ReplyState.SENT, None, now, now)
         return 1

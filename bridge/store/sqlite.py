@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.errors import StoreError
-from bridge.model import Acceptance, Job, NewReply, Plan, Reply, Settlement
+from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
 from bridge.store import sql_intake, sql_jobs
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
@@ -259,7 +259,7 @@ class SqliteStore:
         await self.write(
             lambda c: c.execute(
                 "UPDATE replies SET state=?, attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
-                (state, error, when, reply_id),
+                (ReplyState(state).value, error, when, reply_id),
             )
         )
 
