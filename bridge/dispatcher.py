@@ -77,6 +77,8 @@ class Dispatcher:
         self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
         self._open_logged: dict[tuple[str, ...], float] = {}
         self.passes = 0                       # loop passes (a busy loop would show here)
+        self._max_batch = max((p.max_batch for p in providers.values()), default=1)
+        self._per_group = 1                   # jobs to claim per free slot (bulk mails: more)
 
     async def load_windows(self) -> None:
         """Rebuild the per-account windows from what the store says was sent lately."""
@@ -101,12 +103,21 @@ class Dispatcher:
                 continue
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
-            jobs = await self.store.claim(self.owner, self.clock(), free, self.settings.lease)
-            for group in self._groups(jobs):
+            wanted = free * self._per_group
+            jobs = await self.store.claim(self.owner, self.clock(), wanted, self.settings.lease)
+            groups = sorted(self._groups(jobs), key=lambda group: group[0].id)
+            if len(groups) > free:  # more calls than free slots: the rest go back at once
+                await self.store.settle_claimed(self.owner, [
+                    Settlement(j.id, JobState.QUEUED, None, retry_at=self.clock())
+                    for group in groups[free:] for j in group], self.clock())
+                groups = groups[:free]
+            if groups:  # claim as many jobs per call as the last claim grouped, up to bulk size
+                self._per_group = max(1, min(self._max_batch, -(-len(jobs) // len(groups))))
+            for group in groups:
                 task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
-            if len(jobs) < free:  # everything due is taken: sleep until woken or due
+            if len(jobs) < wanted:  # everything due is taken: sleep until woken or due
                 timeout = await self._next_wait()
                 await _first(stop.wait(), self._wake.wait(), timeout=timeout)
 

@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-from conftest import ACCOUNT_KEY, Recorder, base_settings
+from conftest import ACCOUNT_KEY, Recorder, base_settings, wait_until
 from structlog.testing import capture_logs
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
@@ -396,3 +396,52 @@ class TestIdleLoop:
         assert sum(1 for j in queued if j.next_attempt_at >= reopening - 0.01) >= 36
         assert [e["event"] for e in logs].count("route_open") == 1
         assert await dispatcher.run_once() == 0  # nothing due until the cooldown ends
+
+
+class BulkRecorder(Recorder):
+    """A Recorder that takes up to 500 numbers per call."""
+
+    max_batch = 500
+
+
+class TestBulkClaims:
+    async def test_a_100_number_mail_goes_out_in_a_few_bulk_calls(self, tmp_path, world):
+        """The dispatcher claims more jobs per slot as it sees one mail's jobs share a call:
+        100 numbers leave in a handful of bulk calls, each number exactly once."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 4, "poll_interval": 0.01})
+        settings["accounts"]["arthur45"]["credits"] = 1000
+        settings["providers"]["outbox"]["rate"] = 100_000
+        await open_accounts(settings)
+        recorder = BulkRecorder("outbox", clock)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, ";".join(f"+336121{i:05d}" for i in range(100)), text="Same text")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(dispatcher.run(stop))
+        await wait_until(lambda: sum(len(sms.to) for _, sms in recorder.calls) >= 100, what="all sent")
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        await dispatcher.shutdown()
+        numbers = [n for _, sms in recorder.calls for n in sms.to]
+        assert len(numbers) == len(set(numbers)) == 100
+        assert len(recorder.calls) <= 6
+        assert Counter(await states(store)) == {"sent": 100}
+
+    async def test_one_number_mails_are_never_over_claimed(self, tmp_path, world):
+        """Distinct one-number mails: never more calls at once than the concurrency."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 2, "poll_interval": 0.01})
+        await open_accounts(settings)
+        hanging = Hanging("outbox")
+        dispatcher, intake = make(settings, {"outbox": hanging})
+        for i in range(6):
+            await submit(intake, f"061212151{i}", text=f"t{i}")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(dispatcher.run(stop))
+        await asyncio.wait_for(hanging.called.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert Counter(await states(store)) == {"calling": 2, "queued": 4}
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        for task in list(dispatcher._inflight):
+            task.cancel()
