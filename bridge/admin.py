@@ -61,6 +61,17 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"job {args.job} is not failed or unknown (or does not exist)")
         return EXIT_RUNTIME
+    if args.action == "prune":
+        from bridge.config import parse_duration
+
+        try:
+            age = parse_duration(args.older_than)
+        except ValueError as exc:
+            print(f"--older-than: {exc}")
+            return EXIT_USAGE
+        counts = await store.prune(time.time() - age)
+        print(", ".join(f"{n} {what} deleted" for what, n in counts.items()))
+        return EXIT_OK
     if args.action == "cancel":
         if await store.cancel(args.job, time.time()):
             print(f"job {args.job} cancelled, its credit refunded")

@@ -54,6 +54,9 @@ def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
     retry.add_argument("job", type=int)
     cancel = queue_verbs.add_parser("cancel", help="do not send a queued job; refund its credit")
     cancel.add_argument("job", type=int)
+    prune = queue_verbs.add_parser("prune", help="delete finished jobs, sent status mails and their mails")
+    prune.add_argument("--older-than", required=True, metavar="DURATION",
+                       help="e.g. 90d: what finished longer ago than this (the ledger is kept)")
     optout = verbs.add_parser("optout", help="the opt-out (STOP) list")
     optout_verbs = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "suppress a number"), ("remove", "lift a suppression")):

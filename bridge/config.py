@@ -241,6 +241,11 @@ def _int(minimum: int) -> Callable[[Any], int]:
     return convert
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``30s``, ``15m``, ``24h``, ``7d``."""
+    return _duration(value)
+
+
 def _duration(value: Any) -> float:
     """Seconds from a number or a string such as ``30s``, ``15m``, ``24h``, ``7d``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:

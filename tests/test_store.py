@@ -193,6 +193,20 @@ class TestJobs:
         assert not await store.cancel(result.job_ids[1], 4)
 
 
+class TestPrune:
+    async def test_prune_deletes_finished_rows_and_keeps_the_ledger(self, store):
+        """Old finished jobs, sent replies and their mails go; queued jobs and the ledger stay."""
+        done = await one_job(store)
+        await store.settle_claimed("me", [Settlement(done.id, S.FAILED, "x")], 3)
+        waiting = await store.commit(plan("k2"), 4)
+        await store.queue_reply(NewReply("b@example.org", 109, b"x"), now=1)
+        [reply] = await store.claim_replies(2, 10)
+        await store.finish_reply(reply.id, "sent", None, 2, 2)
+        assert await store.prune(before=10) == {"jobs": 1, "replies": 1, "messages": 1}
+        assert [j.id for j in await store.jobs()] == list(waiting.job_ids)
+        assert len(await store.ledger("a")) == 4  # opening, debit, refund, debit
+
+
 class TestStateMachine:
     async def test_record_before_call(self, store):
         """start_call writes the provider and the reference before the request leaves."""

@@ -80,6 +80,9 @@ class Store(Protocol):
     async def cancel(self, job_id: int, now: float) -> bool:
         """Operator: queued -> cancelled, refunded."""
 
+    async def prune(self, before: float) -> dict[str, int]:
+        """Operator: delete what finished before ``before`` (the ledger is kept)."""
+
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first."""
 

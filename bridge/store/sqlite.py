@@ -216,6 +216,10 @@ class SqliteStore:
         """Operator: a ``queued`` job is not sent; its credit is refunded."""
         return await self.write(lambda c: sql_jobs.cancel(c, job_id, now))
 
+    async def prune(self, before: float) -> dict[str, int]:
+        """Delete finished jobs, sent replies and their mails older than ``before``."""
+        return await self.write(lambda c: sql_jobs.prune(c, before))
+
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first, optionally in one state."""
         where, args = ("WHERE j.state=?", (state,)) if state else ("", ())
