@@ -21,11 +21,20 @@ def run_verb(config: Config, args: argparse.Namespace) -> int:
         from bridge.daemon import serve
 
         log.configure(config.log_format, config.log_level)
-        return asyncio.run(serve(config))
+        return _run_loop(serve(config))
     if args.verb == "providers":
         return asyncio.run(_providers_check(config))
     verb = {"accounts": _accounts, "queue": _queue, "send": _send, "optout": _optout}[args.verb]
     return asyncio.run(_with_store(config, verb, args))
+
+
+def _run_loop(main):
+    """Run the daemon on uvloop when it is installed (``pip install 'mail2sms-bridge[fast]'``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _with_store(config: Config, verb, args: argparse.Namespace) -> int:

@@ -88,7 +88,8 @@ class Bridge:
         self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
         self.servers = await start_smtp(config.smtp, self.intake)
         log.info("bridge_started", accounts=len(config.accounts), providers=list(self.providers),
-                 imap=list(config.imap), lease_owner=dispatcher.owner)
+                 imap=list(config.imap), lease_owner=dispatcher.owner,
+                 event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def _refuse_when_failed(self) -> None:
         await self.supervisor.failed.wait()
