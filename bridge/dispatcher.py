@@ -30,7 +30,7 @@ from bridge import rules, status_mail
 from bridge.config import Config, ProviderPolicy
 from bridge.errors import ProviderError, TransientError
 from bridge.leases import new_owner
-from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms
@@ -237,7 +237,7 @@ class Dispatcher:
     async def _deliver(self, jobs: list[Job], route: tuple[str, ...]) -> None:
         """Walk the route with the jobs not yet delivered; settle every job."""
         now = self.clock()
-        if all(self.breakers[name].state(now) is BreakerState.OPEN for name in route):
+        if all(self.breakers[name].blocked(now) for name in route):
             await self._route_open(jobs, route, now)
             return
         pending, transient, errors = jobs, [], {job.id: [] for job in jobs}
@@ -259,7 +259,7 @@ class Dispatcher:
 
     async def _route_open(self, jobs: list[Job], route: tuple[str, ...], now: float) -> None:
         """Every provider of the route is open: defer to the first reopening, in one write."""
-        until = min(b.opened_at + b.cooldown for b in (self.breakers[n] for n in route) if b.opened_at)
+        until = min(self.breakers[n].retry_at(now) for n in route)
         reason = f"circuit open on {', '.join(route)}"
         await self.store.settle_claimed(
             self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
@@ -277,7 +277,7 @@ class Dispatcher:
         names = set(account.route) | set(account.lowcost_route)
         for extra in account.country_routes.values():
             names |= set(extra)
-        return all(self.breakers[n].state(now) is BreakerState.OPEN for n in names if n in self.breakers)
+        return all(self.breakers[n].blocked(now) for n in names if n in self.breakers)
 
     async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors) -> list[Job]:
         """One provider call for ``chunk``; return the jobs to try at the next provider."""

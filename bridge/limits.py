@@ -104,6 +104,17 @@ class CircuitBreaker:
             return True
         return False
 
+    def blocked(self, now: float) -> bool:
+        """True when no call may go now: open, or half-open with its probe already out."""
+        state = self.state(now)
+        return state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and self._probing)
+
+    def retry_at(self, now: float) -> float:
+        """When a blocked breaker may let a call through again (a probe out: soon, to see)."""
+        if self.state(now) is BreakerState.OPEN and self.opened_at is not None:
+            return self.opened_at + self.cooldown
+        return now + min(self.cooldown, 5.0)
+
     def success(self) -> None:
         """A call succeeded: close."""
         self.failures, self.opened_at, self._probing = 0, None, False

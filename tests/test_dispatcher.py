@@ -12,6 +12,7 @@ from conftest import ACCOUNT_KEY, Recorder, base_settings, wait_until
 from structlog.testing import capture_logs
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
+from bridge.errors import TransientError
 from bridge.intake import Envelope, Intake
 from bridge.providers.base import Provider, Receipt, Sms
 from bridge.recovery import Recovery
@@ -445,3 +446,49 @@ class TestBulkClaims:
         await asyncio.wait_for(runner, 5)
         for task in list(dispatcher._inflight):
             task.cancel()
+
+
+class FailsThenHangs(Provider):
+    """Refuses connections while ``failing``; then takes the request and never answers."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.failing = True
+        self.hanging = asyncio.Event()
+
+    async def send(self, sms: Sms) -> Receipt:
+        if self.failing:
+            raise TransientError("connection refused", provider=self.name)
+        self.hanging.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class TestHalfOpen:
+    async def test_while_the_probe_is_out_other_jobs_wait_instead_of_churning(self, tmp_path, world):
+        """Half-open with its one probe on the wire: the other jobs are deferred in one write,
+        not each retried with a log line."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 4, "poll_interval": 0.01})
+        settings["providers"]["outbox"]["circuit"] = {"failures": 1, "cooldown": 30}
+        await open_accounts(settings)
+        provider = FailsThenHangs("outbox")
+        dispatcher, intake = make(settings, {"outbox": provider})
+        for i in range(20):
+            await submit(intake, f"06121215{i:02d}", text=f"alert {i}")
+        await dispatcher.run_once()            # the circuit opens
+        clock.now += 31                        # half-open: one probe may go
+        provider.failing = False
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            runner = asyncio.create_task(dispatcher.run(stop))
+            await asyncio.wait_for(provider.hanging.wait(), 5)
+            await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.wait_for(runner, 5)
+        for task in list(dispatcher._inflight):
+            task.cancel()
+        events = [e["event"] for e in logs]
+        assert "retry_scheduled" not in events and events.count("route_open") <= 1
+        waiting = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
+        assert len(waiting) == 19 and all(j.next_attempt_at >= clock.now + 5 - 0.01 for j in waiting)
