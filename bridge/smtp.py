@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import ssl
 import uuid
 from typing import Any
@@ -32,6 +33,29 @@ from bridge.errors import StoreError
 from bridge.intake import Envelope, Intake
 
 log = structlog.get_logger("bridge.smtp")
+
+
+_PLAIN_ADDRESS = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.DOTALL)
+
+
+class BridgeSMTP(SMTP):
+    """aiosmtpd's server with a fast path for the plain ``<local@domain>`` of MAIL and RCPT.
+
+    aiosmtpd parses every address with the stdlib's RFC 5322 header parser, a large share of
+    an SMTP session's CPU; the dot-atom form nearly every client sends is read with one
+    regular expression, with the same result. Anything else goes to aiosmtpd's parser.
+    """
+
+    def _getaddr(self, arg: str):
+        match = _PLAIN_ADDRESS.fullmatch(arg) if arg else None
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, match.group(2)
 
 
 class Handler:
@@ -125,7 +149,7 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
     authenticator = Authenticator(config) if config.auth_users else None
 
     def factory(implicit_tls: bool = False) -> SMTP:
-        return SMTP(
+        return BridgeSMTP(
             handler,
             data_size_limit=config.max_size,
             enable_SMTPUTF8=True,
