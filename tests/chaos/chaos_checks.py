@@ -62,7 +62,7 @@ def verdict(
     if unknown_allowed:
         _check_unknown_bound(v, unknown, gateway, kills)
     elif unknown:
-        v.problem(f"{len(unknown)} jobs left unknown, e.g. {unknown[:5]}")
+        v.problems.insert(0, f"{len(unknown)} jobs left unknown, e.g. {unknown[:5]}")
     v.counts.update(
         mails=len(mails), accepted=len(delivery.accepted), smtp_attempts=delivery.attempts,
         resent=delivery.resent, sms_expected=len(expected), sms_received=sum(sms.values()),
@@ -169,14 +169,18 @@ def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list
     held = sum(1 for c in gateway.calls if c.behaviour is Behaviour.TIMEOUT)
     bound = sum(k.in_flight_settled for k in kills) + held
     why: Counter = Counter()
+    wrong = 0
     for job_id, number, text in unknown:
         reason, legit = _why_unknown(last.get((number, text)), kills)
         why[reason] += 1
         if not legit:
+            wrong += 1
             v.problem(f"job {job_id} ({number}) unknown: {reason}")
     v.counts.update(unknown_bound=bound, unknown_why=dict(why))
+    if wrong:
+        v.problems.insert(0, f"{wrong} of {len(unknown)} unknown jobs were not cut by a kill or a timeout")
     if len(unknown) > bound:
-        v.problem(f"{len(unknown)} unknown jobs > {bound} (calls in flight at the kills + timeouts)")
+        v.problems.insert(0, f"{len(unknown)} unknown jobs > {bound} (calls in flight at the kills + timeouts)")
 
 
 def _why_unknown(call: Call | None, kills: list[Kill]) -> tuple[str, bool]:
@@ -195,4 +199,5 @@ def _why_unknown(call: Call | None, kills: list[Kill]) -> tuple[str, bool]:
     gap = f"{kill.at - call.finished:.2f} s"
     if call.behaviour.received:
         return f"answered {call.behaviour.value} {gap} before a kill, outcome never recorded", False
-    return f"answered {call.behaviour.value} {gap} before a kill (retry later), claimed again, never called", False
+    return (f"answered {call.behaviour.value} {gap} before a kill, then never called again: the retry "
+            "was not recorded in time, or the job was claimed again and not called"), False

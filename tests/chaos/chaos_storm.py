@@ -31,9 +31,9 @@ class Storm:
     kills: int
     lookup: bool                    # the gateway can be looked up by reference
     connections: int = 6
-    send_budget: float = 150.0      # s for the clients to get every mail accepted
-    settle_budget: float = 90.0     # s for the daemon to become quiescent afterwards
-    kill_wait: float = 45.0         # s to wait for a kill's moment before killing anyway
+    send_budget: float = 100.0      # s for the clients to get every mail accepted
+    settle_budget: float = 50.0     # s for the daemon to become quiescent afterwards
+    kill_wait: float = 20.0         # s to wait for a kill's moment before killing anyway
 
 
 @dataclass

@@ -61,7 +61,8 @@ def test_every_mail_gives_one_sms_or_one_status_with_lookup(storm):
 def test_without_lookup_unknown_jobs_are_only_the_interrupted_calls(storm):
     """500 mails, 5 SIGKILLs, a gateway with no lookup: no SMS twice, credits balance, and
     the jobs left unknown are only calls cut by a kill or by the client's timeout."""
-    plan = Storm(seed=seed_from_env(20261202), mails=500, kills=5, lookup=False)
+    plan = Storm(seed=seed_from_env(20261202), mails=500, kills=5, lookup=False,
+                 send_budget=50, settle_budget=25)
     outcome = storm(plan)
     _print("no-lookup", plan, outcome)
     _judge(outcome)
