@@ -169,7 +169,11 @@ class Load:
 async def send_all(port: int, serials: range, connections: int, deadline: float | None,
                    progress: int = 0) -> Load:
     """Send the mails over ``connections`` connections; stop taking new ones past ``deadline``."""
-    import aiosmtplib
+    try:
+        import aiosmtplib
+    except ImportError:
+        raise SystemExit("bench/intake_backlog.py needs aiosmtplib (a dependency of the package): "
+                         "python3 -m pip install -e .") from None
 
     load, queue = Load(), list(reversed(serials))
     began = time.monotonic()
