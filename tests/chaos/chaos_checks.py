@@ -60,7 +60,7 @@ def verdict(
     _check_ledger(v, store)
     unknown = [(i, n, t) for i, n, t, s, _p in store.jobs if s == "unknown"]
     if unknown_allowed:
-        _check_unknown_bound(v, unknown, gateway, kills)
+        _check_unknown_bound(v, unknown, gateway, kills, store.unknown_errors)
     elif unknown:
         v.problems.insert(0, f"{len(unknown)} jobs left unknown, e.g. {unknown[:5]}")
     v.counts.update(
@@ -159,19 +159,29 @@ def _check_ledger(v: Verdict, store: Snapshot) -> None:
             v.problem(f"job {job_id} ({state}): ledger net {net[job_id]}, expected {want}")
 
 
-def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list[Kill]) -> None:
+#: How the bridge words an ambiguous call it gave up waiting on (see providers/base.py).
+_TIMED_OUT = ("no answer in time", "connection lost")
+
+
+def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list[Kill],
+                         errors: dict[int, str]) -> None:
     """Without a lookup, a job may stay unknown only if its last call was cut: by the
     client's own timeout, or by a kill (the gateway had read it and not answered, or had
     answered less than ``SETTLE`` s before the kill)."""
     last: dict[tuple[str, str], Call] = {}
     for call in gateway.calls:
         last[(call.number, call.text)] = call
-    held = sum(1 for c in gateway.calls if c.behaviour is Behaviour.TIMEOUT)
-    bound = sum(k.in_flight_settled for k in kills) + held
+    # The bridge's own timeouts: the gateway's silent calls, and answers read too late.
+    late = sum(1 for i, *_ in unknown if errors.get(i, "").startswith(_TIMED_OUT))
+    held = max(sum(1 for c in gateway.calls if c.behaviour is Behaviour.TIMEOUT), late)
+    # The calls in flight at a kill, as the bridge recorded them before each call.
+    bound = sum(max(len(k.calling), k.in_flight_settled) for k in kills) + held
     why: Counter = Counter()
     wrong = 0
     for job_id, number, text in unknown:
-        reason, legit = _why_unknown(last.get((number, text)), kills)
+        reason, legit = _why_unknown(job_id, last.get((number, text)), kills)
+        if not legit and errors.get(job_id, "").startswith(_TIMED_OUT):
+            reason, legit = "the bridge timed out reading the answer (ambiguous)", True
         why[reason] += 1
         if not legit:
             wrong += 1
@@ -183,10 +193,17 @@ def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list
         v.problems.insert(0, f"{len(unknown)} unknown jobs > {bound} (calls in flight at the kills + timeouts)")
 
 
-def _why_unknown(call: Call | None, kills: list[Kill]) -> tuple[str, bool]:
+def _why_unknown(job_id: int, call: Call | None, kills: list[Kill]) -> tuple[str, bool]:
     """Why a job may be unknown, judged from its last call and the next kill after it."""
+    on_wire = any(job_id in k.calling for k in kills)
     if call is None:
+        if on_wire:
+            return "recorded as calling, killed before the request reached the gateway", True
         return "claimed but never called (the gateway never saw it)", False
+    if on_wire and call.behaviour is not Behaviour.TIMEOUT:
+        kill = next((k for k in kills if job_id in k.calling), None)
+        if kill is not None and kill.at >= call.started:
+            return "calling at a kill, its answer not yet recorded", True
     kill = next((k for k in kills if k.at >= call.started), None)
     if call.behaviour is Behaviour.TIMEOUT and (kill is None or (call.finished or kill.at) < kill.at):
         return "client timeout", True

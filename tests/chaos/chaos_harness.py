@@ -356,6 +356,7 @@ class Kill:
     sms: int                           # SMS the gateway had received so far
     in_flight: int                     # requests read but not answered at that moment
     in_flight_settled: int             # ... or answered less than SETTLE s before it
+    calling: frozenset[int] = frozenset()  # jobs the store had recorded 'calling' (on the wire)
 
 
 #: An answer written this short a time before a kill may not have been read and recorded
@@ -394,7 +395,7 @@ def run_kills(
         settled = gateway.in_flight(moment, SETTLE)
         kills.append(Kill(
             at=moment, accepted=senders.accepted_count(), sms=len(gateway.received()),
-            in_flight=len(open_now), in_flight_settled=len(settled),
+            in_flight=len(open_now), in_flight_settled=len(settled), calling=calling_jobs(store),
         ))
         time.sleep(rng.uniform(0.0, 0.5))
         daemon.start()
@@ -402,6 +403,17 @@ def run_kills(
 
 
 # --- the store, read-only -------------------------------------------------------------------
+
+
+def calling_jobs(path: Path) -> frozenset[int]:
+    """The jobs the (dead) daemon had recorded as on the wire: state 'calling'."""
+    if not path.exists():
+        return frozenset()
+    conn = read_store(path)
+    try:
+        return frozenset(r[0] for r in conn.execute("SELECT id FROM jobs WHERE state='calling'"))
+    finally:
+        conn.close()
 
 
 def read_store(path: Path) -> sqlite3.Connection:
@@ -460,6 +472,7 @@ class Snapshot:
     balances: dict[str, int]
     ledger: list[tuple[str, int, str, int | None]]         # login, amount, reason, job
     replies: list[tuple[str, int, str]]                    # to_addr, code, state
+    unknown_errors: dict[int, str]                         # unknown job -> why the bridge says so
 
 
 def snapshot(path: Path) -> Snapshot:
@@ -469,6 +482,7 @@ def snapshot(path: Path) -> Snapshot:
             balances=dict(conn.execute("SELECT login, balance FROM balances")),
             ledger=list(conn.execute("SELECT login, amount, reason, job FROM ledger")),
             replies=list(conn.execute("SELECT to_addr, code, state FROM replies")),
+            unknown_errors=dict(conn.execute("SELECT id, COALESCE(last_error, '') FROM jobs WHERE state='unknown'")),
         )
 
 
