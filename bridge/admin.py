@@ -121,10 +121,11 @@ async def _optout_import(config: Config, store, path: str, now: float) -> int:
 
 
 async def _providers_check(config: Config) -> int:
-    """One line per provider: ok and what it said, or the error."""
+    """One line per provider: ok and what it said, the error, or "not checkable"."""
     import httpx
 
     from bridge.errors import ProviderError
+    from bridge.providers.base import can_check
     from bridge.providers.registry import build_provider
 
     failures = 0
@@ -132,13 +133,16 @@ async def _providers_check(config: Config) -> int:
         for name, settings in config.providers.items():
             provider = build_provider(name, settings, client)
             try:
+                if not can_check(provider):
+                    print(f"{name:<14} not checkable (its API has no harmless call)")
+                    continue
                 verdict = await provider.check()
                 print(f"{name:<14} ok     {verdict}")
             except ProviderError as exc:
                 failures += 1
                 print(f"{name:<14} FAILED {type(exc).__name__}: {exc}")
             finally:
-                await provider.close()
+                await provider.aclose()
     return EXIT_OK if not failures else EXIT_RUNTIME
 
 
@@ -178,5 +182,5 @@ async def _deliver(config: Config, store, job_ids):
             await Dispatcher(config, store, providers).process(claimed)
         finally:
             for provider in providers.values():
-                await provider.close()
+                await provider.aclose()
     return [await store.job(job_id) for job_id in job_ids]

@@ -89,7 +89,7 @@ class Bridge:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for provider in self.providers.values():
-            await provider.close()
+            await provider.aclose()
         if self._http is not None:
             await self._http.aclose()
         if self.store is not None:

@@ -44,7 +44,7 @@ from bridge.backoff import exponential_backoff
 from bridge.config import Config
 from bridge.errors import AmbiguousError, PermanentError, TransientError
 from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
 from bridge.replies import compose_status
 from bridge.routing import Route, choose_route
 from bridge.store import Job, JobState, Store
@@ -77,7 +77,7 @@ class Dispatcher:
             for name, p in _policies(config, providers).items()
         }
         self.limiters = {
-            name: RateLimiter(p.rate or providers[name].default_rate)
+            name: RateLimiter(p.rate or providers[name].capabilities.default_rate)
             for name, p in _policies(config, providers).items()
         }
         self.windows: dict[str, list[SlidingWindow]] = {
@@ -263,7 +263,7 @@ class Dispatcher:
                     transient[job.id].append(TransientError("circuit open", provider=name))
                 continue
             left: list[Job] = []
-            for chunk in _chunks(pending, provider.max_batch):
+            for chunk in _chunks(pending, provider.capabilities.max_numbers):
                 left += await self._call(name, provider, chunk, errors, transient)
             pending = left
         for job in pending:
@@ -285,7 +285,7 @@ class Dispatcher:
         sms = Sms(
             to=tuple(job.number for job in chunk), text=first.text, sender=first.sender,
             low_cost=first.low_cost, unicode=first.unicode, parts=first.parts,
-            reference=",".join(f"job-{job.id}" for job in chunk),
+            reference=",".join(f"job-{job.id}" for job in chunk), category=first.category,
         )
         breaker = self.breakers[name]
         ids = [job.id for job in chunk]
@@ -384,7 +384,7 @@ class Dispatcher:
         settled = 0
         for job in await self.store.jobs(JobState.UNKNOWN.value, limit):
             provider = self.providers.get(job.provider or "")
-            if provider is None:
+            if provider is None or not can_reconcile(provider):
                 continue
             sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
                       unicode=job.unicode, low_cost=job.low_cost, reference=f"job-{job.id}")

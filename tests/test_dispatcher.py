@@ -12,7 +12,7 @@ from conftest import ACCOUNT_KEY, Recorder, base_settings
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.intake import Envelope, Intake
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Capabilities, Provider, Receipt, Sms
 from bridge.store import Store
 
 OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
@@ -86,7 +86,7 @@ class TestCircuitBreaker:
     async def test_dead_primary_is_skipped_then_probed(self, tmp_path, world):
         """After 2 failures the primary is skipped; after the cool-down one probe closes it."""
         clock, store, make, open_accounts = world
-        with FakeHttpServer(Reply(status=503), Reply(status=503), Reply(json=OK)) as primary, \
+        with FakeHttpServer(Reply(status=429), Reply(status=429), Reply(json=OK)) as primary, \
                 FakeHttpServer(*[Reply(json=OK)] * 5) as secondary:
             settings = two_partners(tmp_path, primary.url, secondary.url, rate_per_minute=None)
             await open_accounts(settings)
@@ -251,8 +251,10 @@ class TestReconciliation:
 class Hanging(Provider):
     """A provider that has the request and never answers (until cancelled)."""
 
+    capabilities = Capabilities()
+
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.called = asyncio.Event()
 
     async def send(self, sms: Sms) -> Receipt:
