@@ -169,3 +169,21 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def raised_by(make: Callable[[httpx.AsyncClient], Any], sms: Any, *outcomes: Any) -> Exception:
+    """What ``make(client).send(sms)`` raises when the API answers ``outcomes`` in order."""
+    async with Answers(*outcomes).client() as client:
+        try:
+            await make(client).send(sms)
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on the type
+            return exc
+    raise AssertionError("send() raised nothing")
+
+
+async def requests_of(make: Callable[[httpx.AsyncClient], Any], sms: Any, *outcomes: Any) -> list[httpx.Request]:
+    """The requests ``make(client).send(sms)`` made while the API answered ``outcomes``."""
+    answers = Answers(*outcomes)
+    async with answers.client() as client:
+        await make(client).send(sms)
+    return answers.requests

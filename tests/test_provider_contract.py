@@ -28,6 +28,8 @@ TIMEOUT = 0.3
 
 
 @dataclass(frozen=True)
+
+
 class Case:
     """One provider type: settings pointing at ``base``, and its side calls (token, clock)."""
 
@@ -82,8 +84,9 @@ RECONCILERS = {"smspartner", "ovh", "twilio", "http"}
 
 
 def section(case: Case, base: str, **extra: Any) -> dict[str, Any]:
-    """The provider's config section, pointing at ``base``."""
-    return {"type": case.type, "timeout": TIMEOUT, **case.settings(base), **extra}
+    """The provider's config section, pointing at ``base``; a None in ``extra`` removes a key."""
+    full = {"type": case.type, "timeout": TIMEOUT, **case.settings(base), **extra}
+    return {key: value for key, value in full.items() if value is not None}
 
 
 async def send_to(case: Case, *replies: Reply) -> tuple[ProviderError, FakeHttpServer]:
@@ -102,6 +105,8 @@ def test_every_type_is_covered() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+
+
 class TestTransport:
     async def test_read_timeout_after_sending_is_ambiguous(self, case: Case) -> None:
         """The server read the request and never answered in time: it may have sent it."""
@@ -135,6 +140,8 @@ class TestTransport:
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+
+
 class TestSecrets:
     async def test_echoed_secrets_never_reach_errors_or_logs(self, case: Case) -> None:
         """A provider that echoes every credential back: the error and the logs show none."""
@@ -158,6 +165,8 @@ class TestSecrets:
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+
+
 class TestSettings:
     def test_each_required_key_is_named(self, case: Case) -> None:
         """A missing required setting is a ConfigError at ``providers.<name>.<key>``."""
@@ -187,7 +196,63 @@ class TestSettings:
             build_provider("p", section(case, "https://api.example"), None)  # type: ignore[arg-type]
 
 
+#: each type's own checks: (type, changed settings, the key path named)
+OWN_BAD_VALUES = [
+    ("smspartner", {"sandbox": "yes"}, "sandbox"),
+    ("smspartner", {"stop_sms": 1}, "stop_sms"),
+    ("smspartner", {"dlr_url": "not a url"}, "dlr_url"),
+    ("smspartner", {"response_url": "mailto:x@y"}, "response_url"),
+    ("smspartner", {"api_key": " "}, "api_key"),
+    ("allmysms", {"api_key": ""}, "api_key"),
+    ("allmysms", {"simulate": "1"}, "simulate"),
+    ("allo", {"api_key": " "}, "api_key"),
+    ("allo", {"sender_id": "AB"}, "sender_id"),
+    ("allo", {"sender_id": "ABCDEFGHIJKL"}, "sender_id"),
+    ("allo", {"sender_id": "My Shop"}, "sender_id"),
+    ("allo", {"sender_id": "36180"}, "sender_id"),
+    ("allo", {"sender_id": 12}, "sender_id"),
+    ("octopush", {"api_key": ""}, "api_key"),
+    ("octopush", {"purpose": "marketing"}, "purpose"),
+    ("octopush", {"purpose": 1}, "purpose"),
+    ("octopush", {"with_replies": "yes"}, "with_replies"),
+    ("octopush", {"simulate": 1}, "simulate"),
+    ("orange", {"client_secret": ""}, "client_secret"),
+    ("orange", {"sender": "0700000000"}, "sender"),
+    ("orange", {"sender": "33700000000"}, "sender"),
+    ("orange", {"sender": "+0700000000"}, "sender"),
+    ("orange", {"sender": "+33 7 00 00 00 00"}, "sender"),
+    ("orange", {"sender": "tel:+33700000000"}, "sender"),
+    ("orange", {"sender_name": " "}, "sender_name"),
+    ("orange", {"token_url": "not a url"}, "token_url"),
+    ("orange", {"allow_france": "yes"}, "allow_france"),
+    ("ovh", {"application_secret": ""}, "application_secret"),
+    ("ovh", {"consumer_key": 5}, "consumer_key"),
+    ("ovh", {"sender": ""}, "sender"),
+    ("ovh", {"no_stop_clause": "yes"}, "no_stop_clause"),
+    ("ovh", {"no_stop_clause": {"promo": True}}, "no_stop_clause"),
+    ("twilio", {"account_sid": "AC123"}, "account_sid"),
+    ("twilio", {"account_sid": "MG" + "f" * 32}, "account_sid"),
+    ("twilio", {"from": None}, "from"),
+    ("twilio", {"messaging_service_sid": "MGxyz"}, "messaging_service_sid"),
+    ("vonage", {"api_secret": "  "}, "api_secret"),
+]
+
+
+@pytest.mark.parametrize(("type_name", "changes", "key"), OWN_BAD_VALUES,
+                         ids=[f"{t}-{k}-{i}" for i, (t, _, k) in enumerate(OWN_BAD_VALUES)])
+def test_own_bad_values_name_their_key(type_name: str, changes: dict, key: str) -> None:
+    """Each type's own rules (sender formats, SIDs, choices) name the key, never a secret."""
+    case = next(c for c in CASES if c.type == type_name)
+    with pytest.raises(ConfigError) as caught:
+        validate("p", section(case, "https://api.example", **changes))
+    assert caught.value.path == f"providers.p.{key}"
+    for secret in case.secrets:
+        assert secret not in str(caught.value)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
+
+
 class TestInterface:
     async def test_protocol_and_capabilities(self, case: Case) -> None:
         """Every provider is a ``Provider`` with ``Capabilities`` and an ``aclose``."""
@@ -206,3 +271,28 @@ class TestInterface:
             assert can_reconcile(provider) == (case.type in RECONCILERS)
             for message_id in ([None, "id-1"] if can_reconcile(provider) else []):
                 assert await provider.reconcile(SMS, time.time() - 60, message_id) is None
+
+
+def test_providers_check_never_says_ok_without_a_call(tmp_path, capsys) -> None:
+    """``providers check``: a provider without a harmless call is "not checkable", not ok."""
+    import yaml
+
+    from bridge.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "smtp": {"recipients": ["m@example.com"]},
+        "providers": {
+            "partner": {"type": "smspartner", "api_key": "sp-SECRET-0123456789"},
+            "amx": {"type": "allmysms", "login": "shop", "api_key": "am-SECRET-0123456789"},
+            "gw": {"type": "http", "url": "https://gw.example/send"},
+            "outbox": {"type": "file", "path": str(tmp_path / "outbox.jsonl")},
+        },
+        "accounts": {"a": {"api_key": "k", "route": ["outbox"]}},
+        "store": f"sqlite://{tmp_path / 'bridge.db'}",
+    }))
+    assert main(["--config", str(path), "providers", "check"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in ("partner", "amx", "gw"):
+        assert "not checkable" in lines[name] and " ok " not in lines[name]
+    assert " ok " in lines["outbox"]
