@@ -283,7 +283,6 @@ def test_providers_check_never_says_ok_without_a_call(tmp_path, capsys) -> None:
     path.write_text(yaml.safe_dump({
         "smtp": {"recipients": ["m@example.com"]},
         "providers": {
-            "partner": {"type": "smspartner", "api_key": "sp-SECRET-0123456789"},
             "amx": {"type": "allmysms", "login": "shop", "api_key": "am-SECRET-0123456789"},
             "gw": {"type": "http", "url": "https://gw.example/send"},
             "outbox": {"type": "file", "path": str(tmp_path / "outbox.jsonl")},
@@ -293,6 +292,6 @@ def test_providers_check_never_says_ok_without_a_call(tmp_path, capsys) -> None:
     }))
     assert main(["--config", str(path), "providers", "check"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    for name in ("partner", "amx", "gw"):
+    for name in ("amx", "gw"):
         assert "not checkable" in lines[name] and " ok " not in lines[name]
     assert " ok " in lines["outbox"]

@@ -214,6 +214,27 @@ class TestReconcile:
         assert answers.requests[0].url.path == "/v1/message-status"
 
 
+class TestCheck:
+    async def test_credits(self) -> None:
+        """``check()`` reads ``/v1/me``: premium and low-cost credits, the balance."""
+        body = {"success": True, "code": 200, "user": {"username": "me@example.com"},
+                "credits": {"creditSms": 269, "creditSmsECO": 444, "toSend": 0, "solde": "10.5",
+                            "currency": "EUR", "balance": "10.5"}}
+        answers = Answers(httpx.Response(200, json=body))
+        async with answers.client() as client:
+            verdict = await make(client).check()
+        assert verdict == "API key accepted; 269 premium and 444 low-cost SMS credits, balance 10.5 EUR"
+        assert answers.requests[0].url.path == "/v1/me"
+        assert dict(answers.requests[0].url.params) == {"apiKey": KEY, "_format": "json"}
+
+    async def test_bad_key(self) -> None:
+        """Code 10 fails the check, without the key in the message."""
+        async with Answers(refused(10, message=f"Invalid API key {KEY}")).client() as client:
+            with pytest.raises(PermanentError) as caught:
+                await make(client).check()
+        assert caught.value.code == 10 and KEY not in str(caught.value)
+
+
 class TestConfig:
     def test_defaults_and_capabilities(self) -> None:
         """The documented defaults: the public URL, 10 s, 500 numbers per call, Unicode."""

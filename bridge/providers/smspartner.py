@@ -7,7 +7,9 @@ premium when omitted (not in seed 003: SMSPartner's current send page, as report
 issue 10's review of the official documentation); "Single Status"
 (docpartner.dev, ``GET /v1/message-status?apiKey=&messageId=&phoneNumber=``, ``statut``
 Delivered / Not delivered / Waiting, codes 1/2/3/4/10) and "Status by Tag"
-(``GET /v1/bulk-status-by-tag?apiKey=&tag=``). Assumed: the by-tag answer has the shape of
+(``GET /v1/bulk-status-by-tag?apiKey=&tag=``); "Credits" (``GET /v1/me?apiKey=`` ->
+``credits: {creditSms, creditSmsECO, toSend, balance, currency}``), used by ``check()``.
+Assumed: the by-tag answer has the shape of
 "Status by Message" (``StatutResponse_List`` of ``phoneNumber``/``status``); a successful
 by-tag answer without our number, or code 4, means SMSPartner never registered the SMS;
 which HTTP status carries an error body (any status is read for its ``code``); 401/403
@@ -113,6 +115,18 @@ class SmsPartnerProvider(ProviderBase):
             state = await self.status(message_id, sms.to[0])
             return (state, message_id) if state else None
         return None
+
+    async def check(self) -> str:
+        """``GET /v1/me``: the key works; premium and low-cost SMS credits left."""
+        body, status = await self._lookup("me", {})
+        credits = body.get("credits") if isinstance(body, dict) else None
+        if not isinstance(credits, dict):
+            return f"API key accepted (HTTP {status}), without a credits figure"
+        premium, low_cost = as_int(credits.get("creditSms")), as_int(credits.get("creditSmsECO"))
+        verdict = f"API key accepted; {premium} premium and {low_cost} low-cost SMS credits"
+        if credits.get("balance") is not None:
+            verdict += f", balance {credits['balance']} {credits.get('currency') or ''}".rstrip()
+        return verdict
 
     async def status(self, message_id: str, number: str) -> str | None:
         """Delivery state of ``message_id`` at ``number``: delivered, sent, failed or None.
