@@ -195,8 +195,13 @@ TEXT = Kind("string", _text)
 SECRET = Kind("secret string", _secret, secret=True)
 BOOL = Kind("true | false", _bool)
 DURATION = duration()
-URL = Kind("http(s) URL", _url)
-LINK = Kind("http(s) URL", lambda value: _url(value) and _text(value))  # kept as written
+def _link(value: Any) -> str:
+    _url(value)  # validates
+    return _text(value)
+
+
+URL = Kind("http(s) URL", _url)      # a base URL: the trailing slash is dropped
+LINK = Kind("http(s) URL", _link)    # a URL handed to someone else: kept exactly as written
 ANY = Kind("any", _any)
 SECTION = Kind("section", _any)   # a sub-section read on its own (its rows come from its class)
 
