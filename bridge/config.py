@@ -305,6 +305,8 @@ class Config:
     replies: RepliesConfig = setting(RepliesConfig(), "status mails", SECTION)
     dispatcher: DispatcherConfig = setting(DispatcherConfig(), "sending, retries, reconciliation", SECTION)
     providers: Mapping[str, Mapping[str, Any]] = setting(MappingProxyType({}), "providers by name", SECTION)
+    # rate and circuit of each provider (read by the dispatcher), and its type's validated
+    # settings (frozen; build_provider takes the raw section above and checks it again)
     provider_policies: Mapping[str, ProviderPolicy] = dataclasses.field(default_factory=dict)
     provider_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     pricing: Mapping[str, int] = setting(MappingProxyType({"*": 1}), "credits per SMS part by country",

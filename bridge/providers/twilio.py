@@ -24,6 +24,7 @@ a 503 is not documented as "not processed": ambiguous.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -76,7 +77,7 @@ class TwilioSettings(HttpSettings):
         pattern(r"MG[0-9a-fA-F]{32}", "must be MG followed by 32 hex digits", "SID"))
     url: str = setting(DEFAULT_URL, "base URL of the API", URL)
 
-    def problems(self):
+    def problems(self) -> Iterator[tuple[str, str]]:
         """``from`` or ``messaging_service_sid`` is needed."""
         if self.sender is None and self.messaging_service_sid is None:
             yield "from", "required unless messaging_service_sid is set"
