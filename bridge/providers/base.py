@@ -27,6 +27,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
 
+from bridge.errors import ProviderError
+from bridge.providers.calls import scrub
 from bridge.settings import REQUIRED, URL, number, setting
 
 
@@ -181,8 +183,6 @@ class ProviderBase:
 
     def scrub(self, text: str, *more: str | None) -> str:
         """``text`` without any secret setting (providers may echo keys back)."""
-        from bridge.providers.calls import scrub
-
         return scrub(text, *self.secrets(), *more)
 
     def one_number(self, sms: Sms) -> str:
@@ -194,6 +194,9 @@ class ProviderBase:
     async def aclose(self) -> None:
         """Nothing to release by default (the shared HTTP client is not ours)."""
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
 
 def can_check(provider: Any) -> bool:
     """Whether ``providers check`` can ask ``provider`` something harmless."""
@@ -202,8 +205,6 @@ def can_check(provider: Any) -> bool:
 
 async def or_none(lookup: Awaitable[Reconciled | None]) -> Reconciled | None:
     """``await lookup``, with a provider error read as "cannot tell" (None)."""
-    from bridge.errors import ProviderError
-
     try:
         return await lookup
     except ProviderError:
@@ -213,6 +214,3 @@ async def or_none(lookup: Awaitable[Reconciled | None]) -> Reconciled | None:
 def can_reconcile(provider: Any) -> bool:
     """Whether ``provider`` can look up an ``unknown`` job at all."""
     return isinstance(provider, Reconciler) and getattr(provider, "can_reconcile", True)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
