@@ -409,7 +409,9 @@ def _orange_france(accounts: Mapping[str, AccountConfig], typed: Mapping[str, An
     Orange's OAuth SMS API is documented for Middle East & Africa only (see
     ``bridge/providers/orange.py``); ``allow_france: true`` on the provider overrides.
     """
-    refused = {n for n, s in typed.items() if type(s).__name__ == "OrangeSettings" and not s.allow_france}
+    from bridge.providers.orange import OrangeSettings
+
+    refused = {n for n, s in typed.items() if isinstance(s, OrangeSettings) and not s.allow_france}
     for login, account in accounts.items():
         if not (account.allowed_countries or set()) & {"FR", "*"}:
             continue
