@@ -71,7 +71,7 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
         print(f"job {args.job} is not failed or unknown (or does not exist)")
         return EXIT_RUNTIME
     if args.action == "prune":
-        from bridge.config import parse_duration
+        from bridge.settings import parse_duration
 
         try:
             age = parse_duration(args.older_than)
@@ -148,10 +148,11 @@ async def _optout_import(config: Config, store, path: str, now: float) -> int:
 
 
 async def _providers_check(config: Config) -> int:
-    """One line per provider: ok and what it said, or the error."""
+    """One line per provider: ok and what it said, the error, or "not checkable"."""
     import httpx
 
     from bridge.errors import ProviderError
+    from bridge.providers.base import can_check
     from bridge.providers.registry import build_provider
 
     failures = 0
@@ -159,13 +160,16 @@ async def _providers_check(config: Config) -> int:
         for name, settings in config.providers.items():
             provider = build_provider(name, settings, client)
             try:
+                if not can_check(provider):
+                    print(f"{name:<14} not checkable (its API has no harmless call)")
+                    continue
                 verdict = await provider.check()
                 print(f"{name:<14} ok     {verdict}")
             except ProviderError as exc:
                 failures += 1
                 print(f"{name:<14} FAILED {type(exc).__name__}: {exc}")
             finally:
-                await provider.close()
+                await provider.aclose()
     return EXIT_OK if not failures else EXIT_RUNTIME
 
 
@@ -204,5 +208,5 @@ async def _deliver(config: Config, store, job_ids):
             await Dispatcher(config, store, providers).run_once(only=job_ids)
         finally:
             for provider in providers.values():
-                await provider.close()
+                await provider.aclose()
     return [await store.job(job_id) for job_id in job_ids]

@@ -31,8 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     count = verbs.add_parser("count", help="count SMS parts for TEXT (or stdin)")
     count.add_argument("text", nargs="?", help="the text; read from stdin when left out")
     count.add_argument("--language", choices=("en", "fr"), default="en")
+    _add_config_verbs(verbs)
     _add_admin_verbs(verbs)
     return parser
+
+
+def _add_config_verbs(verbs: argparse._SubParsersAction) -> None:
+    """``config reference``: every setting with its type, default and doc (no config needed)."""
+    config = verbs.add_parser("config", help="about the configuration file")
+    config_verbs = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reference = config_verbs.add_parser("reference", help="every setting: key, type, default, doc")
+    reference.add_argument("--format", choices=("text", "markdown"), default="text")
 
 
 def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -100,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "count":
         return _count(args)
+    if args.verb == "config":
+        from bridge.config import reference_table
+
+        print(reference_table(args.format))
+        return EXIT_OK
     from bridge.config import load_config
 
     config = load_config(args.config)

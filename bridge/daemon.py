@@ -112,7 +112,7 @@ class Bridge:
         if self._watch is not None:
             self._watch.cancel()
         for provider in self.providers.values():
-            await provider.close()
+            await provider.aclose()
         if self._http is not None:
             await self._http.aclose()
         if self.store is not None:

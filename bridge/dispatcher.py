@@ -28,7 +28,7 @@ import structlog
 
 from bridge import rules, status_mail
 from bridge.config import Config, ProviderPolicy
-from bridge.errors import ProviderError, TransientError
+from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
 from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.model import Job, JobState, Settlement
@@ -65,7 +65,8 @@ class Dispatcher:
         self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
         policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
         self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown) for n, p in policies.items()}
-        self.limiters = {n: RateLimiter(p.rate or providers[n].default_rate) for n, p in policies.items()}
+        self.limiters = {n: RateLimiter(p.rate or providers[n].capabilities.default_rate)
+                         for n, p in policies.items()}
         self.windows: dict[str, list[SlidingWindow]] = {
             login: [SlidingWindow(limit, period) for limit, period in
                     ((a.rate_per_minute, 60.0), (a.rate_per_day, 86400.0)) if limit]
@@ -77,7 +78,7 @@ class Dispatcher:
         self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
         self._open_logged: dict[tuple[str, ...], float] = {}
         self.passes = 0                       # loop passes (a busy loop would show here)
-        self._max_batch = max((p.max_batch for p in providers.values()), default=1)
+        self._max_batch = max((p.capabilities.max_numbers for p in providers.values()), default=1)
         self._per_group = 1                   # jobs to claim per free slot (bulk mails: more)
 
     async def load_windows(self) -> None:
@@ -251,7 +252,7 @@ class Dispatcher:
                 continue
             has_next = index + 1 < len(route)
             left: list[Job] = []
-            for chunk in _chunks(pending, self.providers[name].max_batch):
+            for chunk in _chunks(pending, self.providers[name].capabilities.max_numbers):
                 left += await self._call(name, chunk, has_next, transient, errors)
             pending = left
         if pending:  # still claimed: every provider said no for sure, or was open
@@ -300,7 +301,8 @@ class Dispatcher:
             return []
         first = chunk[0]
         sms = Sms(to=tuple(j.number for j in chunk), text=first.text, sender=first.sender,
-                  low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref)
+                  low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref,
+                  category=first.category)
         self._calls.update((j.id, ref) for j in chunk)
         try:
             receipt, error = await self.providers[name].send(sms), None
@@ -330,7 +332,7 @@ class Dispatcher:
             else:
                 errors[job.id].append(f"{name}: {error}")
                 if kind is Next.FAILED and not isinstance(error, TransientError) and (
-                        getattr(error, "recipient", False) or not transient):
+                        isinstance(error, RecipientRefused) or not transient):
                     note = "; ".join(errors[job.id])[:500]
                     items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
                 else:
@@ -339,6 +341,9 @@ class Dispatcher:
         if isinstance(error, TransientError):
             transient.append(error)
         refused = await self.store.settle_call(ref, items, now, self.settings.lease)
+        if isinstance(error, RecipientRefused) and error.opted_out:
+            for job in chunk:  # the provider knows this person said STOP: so do we, from now on
+                await self.store.optout_add(job.number, None, f"provider:{name}", now)
         for job in chunk:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)

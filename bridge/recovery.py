@@ -20,7 +20,7 @@ from bridge import status_mail
 from bridge.config import Config
 from bridge.leases import dead_owners
 from bridge.model import Job, JobState, Settlement
-from bridge.providers.base import Provider, Sms
+from bridge.providers.base import Provider, Sms, can_reconcile
 from bridge.store import Store
 
 log = structlog.get_logger("bridge.recovery")
@@ -69,10 +69,10 @@ class Recovery:
 
     async def _reconcile(self, job: Job) -> int:
         provider = self.providers.get(job.provider or "")
-        if provider is None or not job.client_ref:
+        if provider is None or not job.client_ref or not can_reconcile(provider):
             return 0
         sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
-                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref)
+                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref, category=job.category)
         try:
             found = await provider.reconcile(sms, job.called_at or job.created_at, job.provider_message_id)
         except Exception as exc:  # a failed lookup changes nothing

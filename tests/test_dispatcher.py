@@ -14,7 +14,7 @@ from provider_fakes import FakeHttpServer, Reply, closed_port
 
 from bridge.errors import TransientError
 from bridge.intake import Envelope, Intake
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Capabilities, Provider, Receipt, Sms
 from bridge.recovery import Recovery
 from bridge.store import Store
 
@@ -89,7 +89,7 @@ class TestCircuitBreaker:
     async def test_dead_primary_is_skipped_then_probed(self, tmp_path, world):
         """After 2 failures the primary is skipped; after the cool-down one probe closes it."""
         clock, store, make, open_accounts = world
-        with FakeHttpServer(Reply(status=503), Reply(status=503), Reply(json=OK)) as primary, \
+        with FakeHttpServer(Reply(status=429), Reply(status=429), Reply(json=OK)) as primary, \
                 FakeHttpServer(*[Reply(json=OK)] * 5) as secondary:
             settings = two_partners(tmp_path, primary.url, secondary.url, rate_per_minute=None)
             await open_accounts(settings)
@@ -234,8 +234,9 @@ class TestReconciliation:
             assert listing.path.endswith("/Messages.json") and listing.query["To"] == ["+33612121515"]
             assert len([r for r in twilio.requests if r.method == "POST"]) == 1
 
-    async def test_nothing_found_stays_unknown(self, tmp_path, world):
-        """When the provider has no trace of the SMS, the job stays unknown for an operator."""
+    async def test_nothing_found_fails_and_refunds(self, tmp_path, world):
+        """When the provider's complete list has no trace of the SMS, it never got it: the job
+        is failed and refunded (never re-queued by itself)."""
         clock, store, make, open_accounts = world
         sid = "AC" + "1" * 32
         with FakeHttpServer(Reply(json={"sid": "SM1"}, delay=3), Reply(json={"messages": []})) as twilio:
@@ -250,15 +251,19 @@ class TestReconciliation:
             await submit(intake, "0612121515")
             await dispatcher.run_once()
             clock.now += 31
-            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 0
-            assert (await store.job(1)).state.value == "unknown"
+            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 1
+            job = await store.job(1)
+            assert job.state.value == "failed" and "never received" in job.last_error
+            assert (await store.balances())["arthur45"] == 10
 
 
 class Hanging(Provider):
     """A provider that has the request and never answers (until cancelled)."""
 
+    capabilities = Capabilities()
+
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.called = asyncio.Event()
 
     async def send(self, sms: Sms) -> Receipt:
@@ -292,10 +297,10 @@ class TestShutdown:
 class BulkThenCancel(Provider):
     """Accepts a bulk call, then cancels the dispatching task while its outcome is written."""
 
-    max_batch = 10
+    capabilities = Capabilities(max_numbers=10)
 
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.task: asyncio.Task | None = None
         self.calls: list[Sms] = []
 
@@ -402,7 +407,7 @@ class TestIdleLoop:
 class BulkRecorder(Recorder):
     """A Recorder that takes up to 500 numbers per call."""
 
-    max_batch = 500
+    capabilities = Capabilities(max_numbers=500)
 
 
 class TestBulkClaims:
@@ -451,8 +456,10 @@ class TestBulkClaims:
 class FailsThenHangs(Provider):
     """Refuses connections while ``failing``; then takes the request and never answers."""
 
+    capabilities = Capabilities()
+
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.failing = True
         self.hanging = asyncio.Event()
 

@@ -6,18 +6,16 @@ import pytest
 
 from bridge.config import AccountConfig
 from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
-from bridge.providers.base import Provider
+from bridge.providers.base import Capabilities, Provider
 from bridge.routing import choose_route, configured_route, price_per_part
 
 
 class Cap(Provider):
     """A provider stand-in that only declares capabilities (never sends)."""
 
-    def __init__(self, name, *, unicode=True, alphanumeric_sender=True, max_parts=8):
-        super().__init__(name)
-        self.unicode = unicode
-        self.alphanumeric_sender = alphanumeric_sender
-        self.max_parts = max_parts
+    def __init__(self, name, **capabilities):
+        self.name = name
+        self.capabilities = Capabilities(**capabilities)
 
 
 ACCOUNT = AccountConfig(
@@ -79,6 +77,23 @@ class TestCapabilities:
         route = choose_route(ACCOUNT, providers, number="+33612121515", low_cost=False,
                              unicode=False, sender="33612345678", parts=1)
         assert route.names == ("premium", "backup")
+
+    @pytest.mark.parametrize(
+        ("capabilities", "number", "kept"),
+        [
+            pytest.param({"countries": frozenset({"FR"})}, "+33612121515", True, id="allo-like-france"),
+            pytest.param({"countries": frozenset({"FR"})}, "+262692123456", False, id="allo-like-reunion"),
+            pytest.param({"excluded": frozenset({"FR"})}, "+33612121515", False, id="orange-like-france"),
+            pytest.param({"excluded": frozenset({"FR"})}, "+2250707070707", True, id="orange-like-ivory-coast"),
+        ],
+    )
+    def test_countries(self, capabilities: dict, number: str, kept: bool):
+        """A provider is skipped for a destination outside the countries it delivers to."""
+        providers = {**PROVIDERS, "premium": Cap("premium", **capabilities)}
+        route = choose_route(ACCOUNT, providers, number=number, low_cost=False,
+                             unicode=False, sender=None, parts=1)
+        assert ("premium" in route.names) is kept
+        assert kept or "does not deliver to" in route.explain()
 
 
 class TestPricing:
