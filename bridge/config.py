@@ -61,6 +61,11 @@ class SmtpConfig:
     tls_listen: Address | None = None            # implicit TLS (SMTPS) listener
     auth_users: Mapping[str, SmtpUser] = field(default_factory=dict)
     auth_required: bool = False
+    max_connections: int = 200                   # open connections in all; 421 beyond
+    max_connections_per_client: int = 20         # open connections from one address
+    max_recipients: int = 10                     # RCPT per transaction; 452 beyond
+    auth_max_failures: int = 3                   # AUTH failures (or wrong API keys) per connection, then 421
+    auth_failure_delay: float = 1.0              # seconds added per recent failure of the address
 
 
 @dataclass(frozen=True)
@@ -298,11 +303,14 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _smtp(r: _Reader) -> SmtpConfig:
-    r.only("listen", "recipients", "hostname", "max_size", "reject_inline", "tls", "tls_listen", "auth")
+    r.only(
+        "listen", "recipients", "hostname", "max_size", "reject_inline", "tls", "tls_listen", "auth",
+        "max_connections", "max_connections_per_client", "max_recipients",
+    )
     tls = r.sub("tls")
     tls.only("cert", "key")
     auth = r.sub("auth")
-    auth.only("users", "required")
+    auth.only("users", "required", "max_failures", "failure_delay")
     users = {}
     users_reader = auth.sub("users")
     for name in users_reader.data:
@@ -323,6 +331,11 @@ def _smtp(r: _Reader) -> SmtpConfig:
         tls_listen=r.get("tls_listen", None, _address),
         auth_users=MappingProxyType(users),
         auth_required=auth.get("required", False, _bool),
+        max_connections=r.get("max_connections", SmtpConfig.max_connections, _int(1)),
+        max_connections_per_client=r.get("max_connections_per_client", SmtpConfig.max_connections_per_client, _int(1)),
+        max_recipients=r.get("max_recipients", SmtpConfig.max_recipients, _int(1)),
+        auth_max_failures=auth.get("max_failures", SmtpConfig.auth_max_failures, _int(1)),
+        auth_failure_delay=auth.get("failure_delay", SmtpConfig.auth_failure_delay, _duration),
     )
     if not config.recipients:
         r.error("recipients", "required: the addresses the bridge accepts mail for")
