@@ -261,16 +261,21 @@ class BridgeSMTP(SMTP):
             await self._hang_up()
 
     async def note_failure(self, kind: str) -> None:
-        """A wrong password or API key: slow this address down; hang up after too many."""
+        """A wrong password or API key: slow this address down; hang up after too many.
+
+        A wrong API key is answered only after the delay; a wrong password answers at
+        once, as the delay is taken before every AUTH from that address.
+        """
         client = self.client or "?"
         delay = self.guard.delay(client)
         recent = self.guard.failed(client)
         self.failures += 1
         log.info("client_failure", kind=kind, peer=client, recent=recent, on_connection=self.failures)
-        if delay:
+        if kind == "auth_failed":
+            if self.failures >= self.config.auth_max_failures:
+                await self._hang_up()
+        elif delay:
             await asyncio.sleep(delay)
-        if kind == "auth_failed" and self.failures >= self.config.auth_max_failures:
-            await self._hang_up()
 
     async def _hang_up(self) -> None:
         log.warning("client_disconnected", peer=self.client, failures=self.failures)
