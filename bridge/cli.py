@@ -158,10 +158,14 @@ def _check_config(config) -> int:
 
 
 def _preflight_ok(config) -> bool:
-    """Before ``run``: print what would make the daemon fail at start; False if any."""
+    """Before ``run``: print what would make the daemon fail at start; False if any.
+
+    A busy port is not checked here: it is no config error (exit 1, not 2, so that
+    systemd retries), and the listener itself reports it naming ``smtp.listen``.
+    """
     from bridge import preflight
 
-    problems = preflight.errors(preflight.check(config))
+    problems = preflight.errors(preflight.check(config, ports=False))
     for finding in problems:
         print(f"config error: {finding}", file=sys.stderr)
     return not problems

@@ -155,13 +155,12 @@ class GuardedIntake:
     """``Intake`` as the SMTP handler sees it, slowing down clients that guess API keys.
 
     A request refused with status 102 (no account for that login and key) counts as a
-    failure of the client address: the answer waits ``guard.delay()``, and the connection
-    counts it towards ``smtp.auth.max_failures``.
+    failure of the client address (``BridgeSMTP.note_failure``): the answer waits, and the
+    connection counts it towards ``smtp.auth.max_failures``.
     """
 
-    def __init__(self, intake: Intake, guard: ClientGuard) -> None:
+    def __init__(self, intake: Intake) -> None:
         self.intake = intake
-        self.guard = guard
 
     async def submit(self, raw: bytes, envelope: Envelope, inline: bool = False) -> Outcome:
         """``Intake.submit``, then the delay for a wrong key."""
@@ -296,7 +295,7 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
 async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.AbstractServer]:
     """Start the listener(s) in the running loop; return the servers to close on shutdown."""
     guard = ClientGuard(config.max_connections, config.max_connections_per_client, config.auth_failure_delay)
-    gate = Gate(Handler(config, GuardedIntake(intake, guard)))  # type: ignore[arg-type]
+    gate = Gate(Handler(config, GuardedIntake(intake)))  # type: ignore[arg-type]
     context = tls_context(config)
     authenticator = Authenticator(config) if config.auth_users else None
 

@@ -306,6 +306,25 @@ class TestPreflight:
         proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, accounts=accounts)))
         assert proc.returncode == 0, err(proc)
 
+    def test_busy_port_is_a_warning_for_check_config(self, tmp_path):
+        """check-config only warns about a busy port (the bridge may be the one running)."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, listen=f"127.0.0.1:{port}")))
+        assert proc.returncode == 0
+        assert f"warning: smtp.listen: 127.0.0.1:{port}: address already in use" in err(proc)
+
+    def test_run_refuses_a_config_that_cannot_work(self, tmp_path):
+        """``run`` refuses what check-config calls an error (exit 2) before listening."""
+        extra = "  tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}\n"
+        proc = mail2sms("run", "--config", str(preflight_config(tmp_path, smtp_extra=extra)))
+        assert proc.returncode == 2
+        assert "config error: smtp.tls.cert: /nonexistent/cert.pem: no such file" in err(proc)
+
     def test_relay_unreachable_is_a_warning(self, tmp_path):
         """An unreachable reply relay is a warning: OK, exit 0."""
         from provider_fakes import closed_port
@@ -316,8 +335,8 @@ class TestPreflight:
         assert proc.returncode == 0
         assert "warning: replies.relay: " in err(proc) and "cannot connect" in err(proc)
 
-    def test_run_refuses_a_busy_port_naming_smtp_listen(self, tmp_path):
-        """``run`` on a port in use exits 2 naming smtp.listen, no traceback."""
+    def test_run_on_a_busy_port_names_smtp_listen(self, tmp_path):
+        """``run`` on a port in use exits 1 (a runtime failure) naming smtp.listen, no traceback."""
         import socket
 
         with socket.socket() as taken:
@@ -325,8 +344,8 @@ class TestPreflight:
             taken.listen()
             port = taken.getsockname()[1]
             proc = mail2sms("run", "--config", str(preflight_config(tmp_path, listen=f"127.0.0.1:{port}")))
-        assert proc.returncode == 2
-        assert f"smtp.listen: 127.0.0.1:{port}: address already in use" in err(proc)
+        assert proc.returncode == 1
+        assert f"smtp.listen 127.0.0.1:{port}: address already in use" in err(proc)
         assert "Traceback" not in err(proc)
 
 
