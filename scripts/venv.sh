@@ -42,6 +42,6 @@ target=.
 stamp="$VENV/.mail2sms-installed"
 wanted="$(cksum < pyproject.toml) $target"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target"
+  "$VENV/bin/python" -m pip install -qq --disable-pip-version-check -e "$target"  # -qq: errors only
   echo "$wanted" > "$stamp"
 fi
