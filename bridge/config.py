@@ -153,6 +153,14 @@ class SmtpConfig:
     auth_users: Mapping[str, SmtpUser] = setting(
         MappingProxyType({}), "SMTP AUTH logins: {login: {password, account}}", SECTION, key="auth.users")
     auth_required: bool = setting(False, "refuse mail from clients that did not log in", BOOL, key="auth.required")
+    max_connections: int = setting(200, "open connections in all; 421 4.7.0 beyond", integer(1))
+    max_connections_per_client: int = setting(20, "open connections from one client address", integer(1))
+    max_recipients: int = setting(10, "RCPT commands per transaction, refused ones included; 452 4.5.3 beyond",
+                                  integer(1))
+    auth_max_failures: int = setting(3, "wrong passwords or API keys on one connection, then 421 and disconnect",
+                                     integer(1), key="auth.max_failures")
+    auth_failure_delay: float = setting(1.0, "extra wait per recent failure of a client address (last 15 min)",
+                                        SECONDS, key="auth.failure_delay")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Settings that only make sense together."""

@@ -4,8 +4,11 @@
 ``ReplySender`` mails queued replies through the configured relay with retries. Replies
 are stored like jobs, so a relay outage delays them and loses nothing.
 
-A reply is never sent to a null sender, to mail marked ``Auto-Submitted`` (other than
-``no``), to mailing-list mail, or past ``replies.rate_per_hour`` replies to one address.
+A reply is never sent to a null sender, to ``MAILER-DAEMON@`` or ``postmaster@``, to
+mail marked ``Auto-Submitted`` (other than ``no``) or that looks like a bounce or delivery
+report (``bridge.mail.bounce_reason``), to mailing-list mail, or past
+``replies.rate_per_hour`` replies to one address. ``reply_cap_keys`` says what "one
+address" means for that cap, so ``target+1@``, ``Target+2@`` ... count as one.
 Nothing from the incoming mail is copied into a header except its Message-ID (checked to
 hold no CR/LF), so a crafted subject cannot inject headers.
 """
@@ -25,7 +28,7 @@ import structlog
 
 from bridge.backoff import exponential_backoff
 from bridge.config import RepliesConfig
-from bridge.statuses import status_text
+from bridge.statuses import label, localise, status_text
 from bridge.model import NewReply, ReplyState
 
 if TYPE_CHECKING:
@@ -36,17 +39,44 @@ _MSGID = re.compile(r"<?([^<>\s]+@[^<>\s]+)>?")
 _MAX_AGE = 86400.0
 
 
+#: Local parts that belong to mail systems, not people: a status mail there is backscatter.
+SYSTEM_MAILBOXES = frozenset({"mailer-daemon", "postmaster"})
+
+
 def may_reply(
-    to: str | None, *, null_sender: bool, auto_submitted: bool, list_mail: bool
+    to: str | None, *, null_sender: bool, auto_submitted: bool, list_mail: bool, bounce: str | None = None
 ) -> str | None:
-    """Why no reply may be sent (a short reason), or None when replying is safe."""
+    """Why no reply may be sent (a short reason), or None when replying is safe.
+
+    ``bounce`` is ``ParsedMail.bounce`` (a delivery report, ``Return-Path: <>``, ...).
+    """
     if null_sender or not to:
         return "null_sender"
+    if to.rpartition("@")[0].lower() in SYSTEM_MAILBOXES:
+        return "mailer_daemon"
+    if bounce:
+        return "bounce"
     if auto_submitted:
         return "auto_submitted"
     if list_mail:
         return "list_mail"
     return None
+
+
+def reply_cap_keys(address: str) -> tuple[str, ...]:
+    """The counters one reply to ``address`` adds to: the mailbox, then its domain.
+
+    The mailbox is lowercased and loses its ``+tag`` (``Target+7@Victim.ORG`` and
+    ``target@victim.org`` are one inbox), the domain is lowercased without a trailing
+    dot. The domain key starts with ``@`` so both kinds can share one table. An address
+    without ``@`` gives only itself, lowercased.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local:
+        return (address.strip().lower(),)
+    domain = domain.lower().rstrip(".")
+    local = local.lower().split("+", 1)[0] or local.lower()
+    return (f"{local}@{domain}", f"@{domain}")
 
 
 def compose_status(
@@ -71,10 +101,13 @@ def compose_status(
     text = status_text(code, language, **(details or {}))
     lines = [f"Status: {code}", f"StatusText: {text}"]
     if note:
-        lines.append(("Details: " if language == "en" else "Détails : ") + _one_line(note))
+        lines.append(label("details", language) + _one_line(localise(note, language)))
     if received:
-        lines += ["", "Received:" if language == "en" else "Reçu :"]
-        lines += [f"  {label}: {_one_line(value)}" for label, value in received]
+        lines += ["", label("received", language)]
+        lines += [
+            f"  {localise(name, language)}: {_one_line(localise(value, language))}"
+            for name, value in received
+        ]
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to

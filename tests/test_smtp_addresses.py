@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, strategies as st
 
+from conftest import base_settings, make_config
+
+from bridge.guard import ClientGuard
 from bridge.smtp import BridgeSMTP
 
 
@@ -13,9 +18,14 @@ class _Handler:
     pass
 
 
+def fast_server() -> BridgeSMTP:
+    config = make_config(Path("/tmp"), base_settings(Path("/tmp"))).smtp
+    return BridgeSMTP(_Handler(), config=config, guard=ClientGuard(10, 10, 1.0))
+
+
 @pytest.fixture(scope="module")
 def servers():
-    return BridgeSMTP(_Handler()), SMTP(_Handler())
+    return fast_server(), SMTP(_Handler())
 
 
 @pytest.mark.parametrize("arg", [
@@ -41,5 +51,5 @@ def test_same_answer_as_aiosmtpd(servers, arg):
 @given(st.from_regex(r"\A<[a-z0-9._+-]{1,20}@[a-z0-9.-]{1,20}>( [A-Z]+=[0-9]+)?\Z"))
 def test_generated_addresses(arg):
     """Generated plain-looking addresses, valid or not, get aiosmtpd's answer."""
-    fast, reference = BridgeSMTP(_Handler()), SMTP(_Handler())
+    fast, reference = fast_server(), SMTP(_Handler())
     assert fast._getaddr(arg) == reference._getaddr(arg)
