@@ -68,6 +68,7 @@ def write_config(
         "method": "POST",
         "body": {"to": "{to}", "text": "{text}", "ref": "{reference}"},
         "success_status": [200],
+        "definite_503": True,                           # this gateway's 503 means "not taken"
         "permanent_status": [400],
         "message_id_path": "id",
         "timeout": 1.5,
