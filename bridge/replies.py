@@ -1,140 +1,29 @@
-"""Numbered statuses mailed back to senders.
+"""The reply sender: mails the queued numbered statuses through the configured relay.
 
-``compose_status`` builds the mail (pure); ``may_reply`` says whether replying is safe;
-``ReplySender`` mails queued replies through the configured relay with retries. Replies
-are stored like jobs, so a relay outage delays them and loses nothing.
-
-A reply is never sent to a null sender, to ``MAILER-DAEMON@`` or ``postmaster@``, to
-mail marked ``Auto-Submitted`` (other than ``no``) or that looks like a bounce or delivery
-report (``bridge.mail.bounce_reason``), to mailing-list mail, or past
-``replies.rate_per_hour`` replies to one address. ``reply_cap_keys`` says what "one
-address" means for that cap, so ``target+1@``, ``Target+2@`` ... count as one.
-Nothing from the incoming mail is copied into a header except its Message-ID (checked to
-hold no CR/LF), so a crafted subject cannot inject headers.
+Replies are stored like jobs, so a relay outage delays them and loses nothing; a reply is
+retried with backoff for a day, and a 5xx from the relay fails it for good. What a status
+mail says, and whether one may be sent at all, is ``bridge.status_mail``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 
 import aiosmtplib
 import structlog
 
 from bridge.backoff import exponential_backoff
 from bridge.config import RepliesConfig
-from bridge.statuses import label, localise, status_text
-from bridge.model import NewReply, ReplyState
+from bridge.model import ReplyState
 
 if TYPE_CHECKING:
     from bridge.store import Store
 
 log = structlog.get_logger("bridge.replies")
-_MSGID = re.compile(r"<?([^<>\s]+@[^<>\s]+)>?")
 _MAX_AGE = 86400.0
-
-
-#: Local parts that belong to mail systems, not people: a status mail there is backscatter.
-SYSTEM_MAILBOXES = frozenset({"mailer-daemon", "postmaster"})
-
-
-def may_reply(
-    to: str | None, *, null_sender: bool, auto_submitted: bool, list_mail: bool, bounce: str | None = None
-) -> str | None:
-    """Why no reply may be sent (a short reason), or None when replying is safe.
-
-    ``bounce`` is ``ParsedMail.bounce`` (a delivery report, ``Return-Path: <>``, ...).
-    """
-    if null_sender or not to:
-        return "null_sender"
-    if to.rpartition("@")[0].lower() in SYSTEM_MAILBOXES:
-        return "mailer_daemon"
-    if bounce:
-        return "bounce"
-    if auto_submitted:
-        return "auto_submitted"
-    if list_mail:
-        return "list_mail"
-    return None
-
-
-def reply_cap_keys(address: str) -> tuple[str, ...]:
-    """The counters one reply to ``address`` adds to: the mailbox, then its domain.
-
-    The mailbox is lowercased and loses its ``+tag`` (``Target+7@Victim.ORG`` and
-    ``target@victim.org`` are one inbox), the domain is lowercased without a trailing
-    dot. The domain key starts with ``@`` so both kinds can share one table. An address
-    without ``@`` gives only itself, lowercased.
-    """
-    local, at, domain = address.strip().rpartition("@")
-    if not at or not local:
-        return (address.strip().lower(),)
-    domain = domain.lower().rstrip(".")
-    local = local.lower().split("+", 1)[0] or local.lower()
-    return (f"{local}@{domain}", f"@{domain}")
-
-
-def compose_status(
-    *,
-    code: int,
-    to: str,
-    sender: str,
-    language: str = "fr",
-    note: str = "",
-    details: dict[str, object] | None = None,
-    in_reply_to: str | None = None,
-    references: Sequence[str] = (),
-    received: Sequence[tuple[str, str]] = (),
-    max_per_hour: int = 0,
-) -> NewReply:
-    """The status mail for ``code``: ``Status:``/``StatusText:`` lines, then what was received.
-
-    ``received`` holds (label, value) lines such as the redacted subject, the numbers and
-    the part count; values are printed in the body only. ``max_per_hour`` caps the
-    replies to ``to`` (checked when the reply is committed).
-    """
-    text = status_text(code, language, **(details or {}))
-    lines = [f"Status: {code}", f"StatusText: {text}"]
-    if note:
-        lines.append(label("details", language) + _one_line(localise(note, language)))
-    if received:
-        lines += ["", label("received", language)]
-        lines += [
-            f"  {localise(name, language)}: {_one_line(localise(value, language))}"
-            for name, value in received
-        ]
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = f"mail2sms: Status {code}"
-    message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
-    message["Auto-Submitted"] = "auto-replied"
-    message["X-Mail2SMS-Status"] = str(code)
-    parent = _msgid(in_reply_to)
-    if parent:
-        message["In-Reply-To"] = parent
-        chain = [m for m in (_msgid(r) for r in references) if m]
-        message["References"] = " ".join(dict.fromkeys([*chain, parent]))
-    message.set_content("\n".join(lines) + "\n", charset="utf-8")
-    return NewReply(to=to, code=code, message=bytes(message), max_per_hour=max_per_hour)
-
-
-def _msgid(value: str | None) -> str | None:
-    """``<id@host>`` when ``value`` is a plausible Message-ID, else None (no CR/LF ever)."""
-    if not value:
-        return None
-    match = _MSGID.fullmatch(value.strip())
-    return f"<{match.group(1)}>" if match else None
-
-
-def _one_line(value: str) -> str:
-    return " ".join(str(value).split())[:500]
 
 
 class ReplySender:

@@ -8,7 +8,7 @@ import email.policy
 import pytest
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send
 
-from bridge.replies import compose_status, may_reply, reply_cap_keys
+from bridge.status_mail import compose_status, may_reply, reply_cap_keys
 from bridge.statuses import localise
 
 

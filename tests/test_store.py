@@ -317,6 +317,32 @@ class TestReplies:
         assert ids[2] is None and len(await store.replies()) == 2
 
 
+class TestBackscatterCaps:
+    async def test_plus_tags_share_one_mailbox_cap(self, store):
+        """300 replies to target+N@victim.org: the mailbox cap (20/hour) holds for all of them."""
+        for i in range(300):
+            await store.queue_reply(NewReply(f"target+{i}@Victim.org", 109, b"x", max_per_hour=20), now=i)
+        assert len(await store.replies()) == 20
+
+    async def test_one_domain_has_its_own_cap(self, store):
+        """Replies to many mailboxes of one domain stop at the domain cap; others still go."""
+        for i in range(100):
+            await store.queue_reply(NewReply(f"user{i}@victim.org", 109, b"x", max_per_hour=20,
+                                             max_per_domain_per_hour=60), now=1)
+        await store.queue_reply(NewReply("ops@elsewhere.org", 109, b"x", max_per_hour=20,
+                                         max_per_domain_per_hour=60), now=1)
+        addresses = [r["to_addr"] for r in await store.replies()]
+        assert len(addresses) == 61 and addresses[-1] == "ops@elsewhere.org"
+
+    async def test_the_cap_is_per_hour(self, store):
+        """An hour later the mailbox may get replies again."""
+        for now in (0, 1, 2):
+            await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=now)
+        assert len(await store.replies()) == 2
+        await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=3601)
+        assert len(await store.replies()) == 3
+
+
 class TestMigrationAndKeys:
     async def test_v2_store_is_migrated(self, tmp_path):
         """A version-2 store: dedup keys kept, 'sending' jobs become unknown, keys hidden."""

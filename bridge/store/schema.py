@@ -2,7 +2,8 @@
 
 Version 3 splits the old ``sending`` state into ``claimed`` and ``calling`` with leases
 (jobs found ``sending`` may have gone out, so they become ``unknown``), records the client
-reference sent to the provider, and hides API keys left in ``messages.summary``.
+reference sent to the provider, hides API keys left in ``messages.summary``, and counts
+replies per mailbox (``+tag`` folded) and per domain for the backscatter caps.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_until REAL;
 UPDATE jobs SET state='unknown', last_error=COALESCE(last_error, 'interrupted while sending (before version 3); not re-sent') WHERE state='sending';
 UPDATE messages SET summary=redact_subject(summary);
+ALTER TABLE replies ADD COLUMN cap_mailbox TEXT;
+ALTER TABLE replies ADD COLUMN cap_domain TEXT;
+UPDATE replies SET cap_mailbox=to_addr;
+CREATE INDEX replies_mailbox ON replies(cap_mailbox, created_at);
+CREATE INDEX replies_domain ON replies(cap_domain, created_at);
 CREATE INDEX jobs_message ON jobs(message);
 CREATE INDEX jobs_leased ON jobs(state, lease_until)
 """
