@@ -389,7 +389,8 @@ def _account(login: str, data: Any, tz: ZoneInfo, providers: Mapping[str, Any],
 
 def _providers(data: Any, folder: Path | None, errors: list[ConfigError]):
     """Each provider's section validated into its type's settings; nothing is built."""
-    from bridge.providers.registry import POLICY_KEYS, read_settings
+    from bridge.providers.base import POLICY_KEYS
+    from bridge.providers.registry import read_settings
 
     raw: dict[str, Mapping[str, Any]] = {}
     policies: dict[str, ProviderPolicy] = {}

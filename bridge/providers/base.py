@@ -32,6 +32,10 @@ from bridge.providers.calls import scrub
 from bridge.settings import REQUIRED, URL, number, setting
 
 
+#: keys of every provider section that the dispatcher reads, not the provider module
+POLICY_KEYS = ("type", "rate", "circuit")
+
+
 @dataclass(frozen=True)
 class Sms:
     """One text to send to one or more numbers (several only for bulk-capable providers)."""
@@ -165,7 +169,6 @@ class ProviderBase:
     @classmethod
     def from_config(cls, name: str, section: Mapping[str, Any], client: httpx.AsyncClient) -> Any:
         """Validate ``providers.<name>`` and build the provider with the daemon's ``client``."""
-        from bridge.providers.registry import POLICY_KEYS
         from bridge.settings import load
 
         return cls(name, load(cls.Settings, section, f"providers.{name}", ignore=POLICY_KEYS), client)

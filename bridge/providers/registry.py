@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from bridge.errors import ConfigError, ConfigErrors
-from bridge.providers.base import Provider
+from bridge.providers.base import POLICY_KEYS, Provider
 from bridge.settings import read
 
 #: type name -> "module:Class"
@@ -30,8 +30,6 @@ PROVIDER_TYPES: dict[str, str] = {
     "vonage": "bridge.providers.vonage:VonageProvider",
     "http": "bridge.providers.http:HttpProvider",
 }
-#: keys of every provider section that the dispatcher reads, not the provider module
-POLICY_KEYS = ("type", "rate", "circuit")
 
 
 def provider_class(type_name: Any, path: str = "type") -> type:
