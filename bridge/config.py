@@ -94,6 +94,15 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP listener (health, readiness, metrics); off unless ``listen`` is set."""
+
+    listen: Address | None = None                # None: no HTTP listener
+    max_body: int = 64 * 1024                    # bytes; 413 beyond
+    timeout: float = 10.0                        # longest time to read and answer one request
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     """One Mail2SMS account (the ``login`` of ``login@apiKey``)."""
 
@@ -167,6 +176,7 @@ class Config:
     quiet_hours: QuietHours = field(default_factory=QuietHours)      # for marketing SMS
     accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
     imap: Mapping[str, ImapConfig] = field(default_factory=dict)
+    http: HttpConfig = HttpConfig()
     log_format: str = "auto"
     log_level: str = "info"
 
@@ -369,6 +379,18 @@ def _dispatcher(r: _Reader) -> DispatcherConfig:
         reconcile_interval=r.get("reconcile_interval", d.reconcile_interval, _duration),
         reconcile_after=r.get("reconcile_after", d.reconcile_after, _duration),
     )
+
+
+def _http(r: _Reader) -> HttpConfig:
+    r.only("listen", "max_body", "timeout")
+    config = HttpConfig(
+        listen=r.get("listen", None, _address),
+        max_body=r.get("max_body", HttpConfig.max_body, _int(1024)),
+        timeout=r.get("timeout", HttpConfig.timeout, _duration),
+    )
+    if config.timeout <= 0:
+        r.error("timeout", "must be above 0")
+    return config
 
 
 def _stop_text(value: Any) -> str:
@@ -575,7 +597,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     root = _Reader(data, "", errors)
     root.only(
         "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
-        "providers", "accounts", "logging", "pricing", "quiet_hours", "imap",
+        "providers", "accounts", "logging", "pricing", "quiet_hours", "imap", "http",
     )
     # One reader for the section: each _Reader built on a non-mapping reports it again.
     providers_reader = root.sub("providers")
@@ -610,6 +632,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         pricing=MappingProxyType({"*": 1, **_pricing(root.sub("pricing"))}),
         accounts=MappingProxyType(accounts),
         imap=MappingProxyType(_imap(root.sub("imap"))),
+        http=_http(root.sub("http")),
         log_format=logging.get("format", "auto", _choice("auto", "json", "console")),
         log_level=logging.get("level", "info", _choice("debug", "info", "warning", "error")),
     )
