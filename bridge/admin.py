@@ -54,6 +54,10 @@ async def _accounts(config: Config, store, args: argparse.Namespace) -> int:
 
 
 async def _queue(config: Config, store, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        from bridge.queue_show import show
+
+        return await show(store, args.job)
     if args.action == "retry":
         if await store.requeue(args.job, time.time()):
             print(f"job {args.job} queued again")

@@ -54,6 +54,7 @@ def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
     retry.add_argument("job", type=int)
     cancel = queue_verbs.add_parser("cancel", help="do not send a queued job; refund its credit")
     cancel.add_argument("job", type=int)
+    queue_verbs.add_parser("show", help="the whole life of one SMS job").add_argument("job", type=int)
     optout = verbs.add_parser("optout", help="the opt-out (STOP) list")
     optout_verbs = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "suppress a number"), ("remove", "lift a suppression")):
