@@ -94,12 +94,26 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
+class DlrMapping:
+    """How to read one ``http`` provider's delivery reports (``http.dlr.<provider>``)."""
+
+    secret: str = field(repr=False)              # the last segment of /dlr/<provider>/<secret>
+    status: str = "status"                       # field (dotted path in JSON) with the status
+    delivered: frozenset[str] = frozenset()      # status values meaning delivered (any case)
+    undelivered: frozenset[str] = frozenset()    # ... meaning not delivered, for good
+    message_id: str | None = "message_id"        # field with the provider's message id
+    reference: str | None = None                 # field with our client reference ({reference})
+    reason: str | None = None                    # field with the provider's reason, if any
+
+
+@dataclass(frozen=True)
 class HttpConfig:
-    """The HTTP listener (health, readiness, metrics); off unless ``listen`` is set."""
+    """The HTTP listener (health, readiness, metrics, reports); off unless ``listen`` is set."""
 
     listen: Address | None = None                # None: no HTTP listener
     max_body: int = 64 * 1024                    # bytes; 413 beyond
     timeout: float = 10.0                        # longest time to read and answer one request
+    dlr: Mapping[str, DlrMapping] = field(default_factory=dict)   # provider name -> mapping
 
 
 @dataclass(frozen=True)
@@ -381,16 +395,41 @@ def _dispatcher(r: _Reader) -> DispatcherConfig:
     )
 
 
-def _http(r: _Reader) -> HttpConfig:
-    r.only("listen", "max_body", "timeout")
+def _http(r: _Reader, providers: Mapping[str, Any]) -> HttpConfig:
+    r.only("listen", "max_body", "timeout", "dlr")
+    dlr = r.sub("dlr")
     config = HttpConfig(
         listen=r.get("listen", None, _address),
         max_body=r.get("max_body", HttpConfig.max_body, _int(1024)),
         timeout=r.get("timeout", HttpConfig.timeout, _duration),
+        dlr=MappingProxyType({str(name): _dlr(dlr.sub(str(name)), providers.get(name)) for name in dlr.data}),
     )
     if config.timeout <= 0:
         r.error("timeout", "must be above 0")
     return config
+
+
+def _dlr(r: _Reader, provider: Any) -> DlrMapping:
+    """``http.dlr.<provider>``: delivery reports of a provider of type ``http``."""
+    r.only("secret", "status", "delivered", "undelivered", "message_id", "reference", "reason")
+    if not isinstance(provider, Mapping) or provider.get("type") != "http":
+        r.error("", "delivery reports are read for providers of type http only")
+    mapping = DlrMapping(
+        secret=r.get("secret", "", _str),
+        status=r.get("status", DlrMapping.status, _str),
+        delivered=frozenset(v.lower() for v in r.get("delivered", (), _list(_str))),
+        undelivered=frozenset(v.lower() for v in r.get("undelivered", (), _list(_str))),
+        message_id=r.get("message_id", DlrMapping.message_id, _str),
+        reference=r.get("reference", None, _str),
+        reason=r.get("reason", None, _str),
+    )
+    if len(mapping.secret) < 16:
+        r.error("secret", "required: at least 16 characters (it is the only proof a report is genuine)")
+    if not mapping.delivered or not mapping.undelivered:
+        r.error("", "delivered and undelivered are required: the status values of each")
+    if mapping.delivered & mapping.undelivered:
+        r.error("undelivered", "a status cannot be both delivered and undelivered")
+    return mapping
 
 
 def _stop_text(value: Any) -> str:
@@ -632,7 +671,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         pricing=MappingProxyType({"*": 1, **_pricing(root.sub("pricing"))}),
         accounts=MappingProxyType(accounts),
         imap=MappingProxyType(_imap(root.sub("imap"))),
-        http=_http(root.sub("http")),
+        http=_http(root.sub("http"), providers_reader.data),
         log_format=logging.get("format", "auto", _choice("auto", "json", "console")),
         log_level=logging.get("level", "info", _choice("debug", "info", "warning", "error")),
     )

@@ -26,7 +26,9 @@ jobs                             state                    jobs in the store per 
 circuit_state                    provider                 0 closed, 1 half-open, 2 open
 replies_total                    result                   status mails sent, retried, failed
 replies_queued                   -                        status mails waiting in the store
-delivery_reports_total           provider, result         delivered, undelivered, unknown_message, forbidden
+delivery_reports_total           provider, result         delivered, undelivered, ignored (intermediate
+                                                          status), not_applied (already final),
+                                                          unknown_message, malformed, forbidden
 loop_beat_age_seconds            loop                     seconds since a supervised loop made progress
 ready                            -                        1 when ``/readyz`` would answer 200
 ===============================  =======================  ==================================
@@ -59,7 +61,7 @@ INGRESSES = ("smtp", "imap", "cli")
 MAIL_OUTCOMES = ("accepted", "refused", "duplicate", "unavailable")
 SMS_OUTCOMES = ("sent", "not_delivered", "unknown", "failed")
 REPLY_RESULTS = ("sent", "retried", "failed")
-REPORT_RESULTS = ("delivered", "undelivered", "unknown_message", "forbidden")
+REPORT_RESULTS = ("delivered", "undelivered", "ignored", "not_applied", "unknown_message", "malformed", "forbidden")
 NO_PROVIDER = "none"                      # jobs given up on without (or after) a call
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

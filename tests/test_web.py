@@ -190,3 +190,21 @@ class TestReadiness:
         assert "loop:replies" in verdict.problems
         now = await ReadinessCheck(bridge).check()
         assert now.ready and set(now.loops) >= {"dispatcher", "sweep", "reconciler", "replies"}
+
+
+class TestConfig:
+    def test_defaults(self, tmp_path):
+        """No http section: no listener, 64 KiB bodies, 10 s per request, no reports."""
+        http = make_config(tmp_path, base_settings(tmp_path)).http
+        assert http == HttpConfig(None, 65536, 10.0, {})
+
+    def test_values_and_errors_name_their_key(self, tmp_path):
+        """Good values are read; bad ones are reported with their key path."""
+        from bridge.errors import ConfigErrors
+
+        http = make_config(tmp_path, http_settings(tmp_path, max_body=4096, timeout="30s")).http
+        assert (http.listen.port, http.max_body, http.timeout) == (0, 4096, 30.0)
+        with pytest.raises(ConfigErrors) as caught:
+            make_config(tmp_path, http_settings(tmp_path, listen="nowhere", max_body=10, timeout=0, tls=True))
+        paths = sorted(error.path for error in caught.value.errors)
+        assert paths == ["http.listen", "http.max_body", "http.timeout", "http.tls"]
