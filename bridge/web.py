@@ -103,11 +103,11 @@ class HttpListener:
                 answer.headers["Allow"] = exc.headers["Allow"]
             return answer
         except asyncio.TimeoutError:
-            log.warning("http_timeout", path=request.path[:200], timeout=self.config.timeout)
+            log.warning("http_timeout", route=_route(request), timeout=self.config.timeout)
             return _error(503, "request took too long")
         except Exception as exc:  # a bug: log it with an id, never show it
             error_id = uuid.uuid4().hex[:12]
-            log.error("http_handler_failed", path=request.path[:200], error_id=error_id, exc_info=exc)
+            log.error("http_handler_failed", route=_route(request), error_id=error_id, exc_info=exc)
             return _error(500, f"internal error (error id {error_id})")
 
     # --- routes ------------------------------------------------------------------------
@@ -134,6 +134,12 @@ class HttpListener:
 
 async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "mail2sms"
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/dlr/{provider}/{secret}``), never the path: it may hold a secret."""
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "(no route)"
 
 
 def _error(status: int, message: str) -> web.Response:

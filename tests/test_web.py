@@ -11,9 +11,18 @@ import pytest
 from aiohttp import web
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send
 
+from structlog.testing import capture_logs
+
 from bridge.config import HttpConfig
 from bridge.health import ReadinessCheck
 from bridge.web import HttpListener
+
+
+def break_reads(store) -> None:
+    """Close the store's read connection, so every read fails (waiting for a read in flight:
+    closing under a reading thread would crash the process)."""
+    with store._read_lock:
+        store._reader.close()
 
 
 def http_settings(tmp_path, relay_port: int = 1, **http) -> dict:
@@ -96,15 +105,19 @@ class TestListener:
         async def broken(request: web.Request) -> web.Response:
             raise RuntimeError("secret internal detail")
 
-        listener.routes.append(web.get("/broken", broken))
+        listener.routes.append(web.get("/broken/{token}", broken))
         await listener.start()
         try:
-            answer = await client.get(f"http://127.0.0.1:{listener.port}/broken")
+            with capture_logs() as logs:
+                answer = await client.get(f"http://127.0.0.1:{listener.port}/broken/tok-123")
         finally:
             await listener.stop()
         assert answer.status_code == 500
         assert answer.json()["error"].startswith("internal error (error id ")
         assert "secret" not in answer.text and "Traceback" not in answer.text
+        [failure] = [e for e in logs if e["event"] == "http_handler_failed"]
+        assert answer.json()["error"].endswith(f"{failure['error_id']})")
+        assert failure["route"] == "/broken/{token}"     # the pattern: a path may hold a secret
 
     async def test_a_slow_handler_is_cut_at_the_timeout(self, served):
         """A request that takes longer than http.timeout is answered 503."""
@@ -150,10 +163,17 @@ class TestReadiness:
     async def test_unready_when_the_store_does_not_answer(self, served):
         """A store that cannot be read makes /readyz 503, naming the store."""
         bridge, client = served
-        bridge.store._reader.close()
+        break_reads(bridge.store)
         answer = await client.get("/readyz")
         assert answer.status_code == 503
         assert answer.json()["status"] == "not ready" and "store" in answer.json()["problems"]
+
+    async def test_metrics_still_answer_when_the_store_does_not(self, served):
+        """/metrics keeps answering (ready 0) while the store is down."""
+        bridge, client = served
+        break_reads(bridge.store)
+        answer = await client.get("/metrics")
+        assert answer.status_code == 200 and "\nmail2sms_ready 0.0\n" in answer.text
 
     async def test_unready_when_a_loop_cannot_recover(self, served):
         """A supervised loop that is given up makes /readyz 503 and SMTP answer 451."""
