@@ -13,7 +13,9 @@ Anything else is 404 (405 for a known path with another method). Every answer is
 JSON body (``/metrics`` aside): never a traceback, never a listing. A request declaring
 more than ``http.max_body`` bytes is answered 413 before its body is read, and a body
 read later is capped at the same size; handling one request takes at most
-``http.timeout`` seconds (then 503); idle keep-alive connections are closed after 15 s.
+``http.timeout`` seconds (then 503). A connection that has not sent a whole request head
+within ``KEEPALIVE`` seconds of opening (or of its previous answer) is closed, which also
+bounds clients that send their headers a byte at a time.
 """
 
 from __future__ import annotations
@@ -35,16 +37,17 @@ if TYPE_CHECKING:
     from bridge.daemon import Bridge
 
 log = structlog.get_logger("bridge.web")
-KEEPALIVE = 15.0
+KEEPALIVE = 15.0   # seconds a connection may stay without a complete request head
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpListener:
     """The HTTP side of one bridge: ``start()``, ``port``, ``stop()``."""
 
-    def __init__(self, config: HttpConfig, bridge: Bridge) -> None:
+    def __init__(self, config: HttpConfig, bridge: Bridge, keepalive: float = KEEPALIVE) -> None:
         self.config = config
         self.bridge = bridge
+        self.keepalive = keepalive
         self.readiness = ReadinessCheck(bridge)
         self.routes: list[web.RouteDef] = [
             web.get("/healthz", self.healthz),
@@ -69,7 +72,7 @@ class HttpListener:
             client_max_size=self.config.max_body,
             middlewares=[self._guard],
             # debug off whatever the loop says: aiohttp would put tracebacks in error pages.
-            handler_args={"debug": False, "keepalive_timeout": KEEPALIVE, "max_field_size": 8190,
+            handler_args={"debug": False, "keepalive_timeout": self.keepalive, "max_field_size": 8190,
                           "max_headers": 64},
         )
         app.add_routes(self.routes)

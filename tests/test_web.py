@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import socket
 import time
 
@@ -136,6 +137,29 @@ class TestListener:
         finally:
             await listener.stop()
         assert answer.status_code == 503 and answer.json() == {"error": "request took too long"}
+
+    async def test_a_client_sending_its_headers_slowly_is_disconnected(self, served):
+        """A request head still incomplete after the keep-alive delay gets the connection closed."""
+        bridge, _ = served
+        listener = HttpListener(bridge.config.http, bridge, keepalive=0.5)
+        await listener.start()
+
+        def dribble() -> int:
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+            with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as conn:
+                for sent, byte in enumerate(head):
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return sent
+                    select.select([conn], [], [], 0.05)   # pace the bytes; wake early on close
+                return len(head)
+
+        try:
+            sent = await asyncio.to_thread(dribble)
+        finally:
+            await listener.stop()
+        assert sent < 200
 
     async def test_a_malformed_request_gets_no_traceback(self, served):
         """Garbage instead of HTTP is answered 400 by the server, without internals."""
