@@ -70,7 +70,12 @@ def _bare(message_id: str) -> str:
 
 def find_job(conn: sqlite3.Connection, provider: str, message_id: str | None,
              client_ref: str | None) -> Job | None:
-    """The newest job sent through ``provider`` with this provider message id or client reference."""
+    """The newest job sent through ``provider`` with this provider message id, else client reference.
+
+    A reference names one call: with a bulk provider it is shared by every job of that
+    call, so only the message id tells them apart (the ``http`` provider sends one number
+    per call).
+    """
     for column, value in (("provider_message_id", message_id), ("client_ref", client_ref)):
         if not value:
             continue
