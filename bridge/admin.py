@@ -76,6 +76,10 @@ async def _accounts(config: Config, store, args: argparse.Namespace) -> int:
 
 
 async def _queue(config: Config, store, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        from bridge.queue_show import show
+
+        return await show(store, args.job)
     if args.action == "retry":
         if await store.requeue(args.job, time.time()):
             print(f"job {args.job} queued again")
@@ -99,13 +103,6 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"job {args.job} is not queued (or does not exist): only a queued job can be cancelled")
         return EXIT_RUNTIME
-    if args.action == "show":
-        job = await store.job(args.job)
-        if job is None:
-            print(f"no job {args.job}")
-            return EXIT_RUNTIME
-        _show_job(config, job)
-        return EXIT_OK
     jobs = await store.jobs(args.state, args.limit)
     print(f"{'job':>7} {'created':<23} {'state':<8} {'account':<12} {'number':<16} {'parts':>5} {'provider':<10} error")
     for job in jobs:
@@ -123,21 +120,6 @@ def _when(config: Config, epoch: float | None) -> str:
     if not epoch:
         return "-"
     return datetime.fromtimestamp(epoch, timezone.utc).astimezone(config.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def _show_job(config: Config, job) -> None:
-    rows = [
-        ("job", job.id), ("state", job.state.value), ("account", job.login), ("number", job.number),
-        ("sender", job.sender or "(provider default)"), ("category", job.category),
-        ("parts", job.parts), ("cost", f"{job.cost} credits"), ("encoding", "UCS-2" if job.unicode else "GSM-7"),
-        ("route", "low-cost" if job.low_cost else "premium"), ("created", _when(config, job.created_at)),
-        ("next attempt", _when(config, job.next_attempt_at)), ("attempts", job.attempts),
-        ("provider", job.provider or "-"), ("provider id", job.provider_message_id or "-"),
-        ("last error", job.last_error or "-"), ("message id", job.message_id or "-"),
-        ("replies to", job.reply_to or "-"), ("text", job.text),
-    ]
-    for label, value in rows:
-        print(f"{label + ':':<14} {value}")
 
 
 async def _replies(config: Config, store, args: argparse.Namespace) -> int:

@@ -271,6 +271,46 @@ class ProviderPolicy:
     breaker_cooldown: float = setting(30.0, "seconds before a half-open probe", DURATION, key="circuit.cooldown")
 
 
+def _lower_set(value: Any) -> frozenset[str]:
+    return frozenset(item.lower() for item in list_of(TEXT)(value))
+
+
+LOWER_SET = Kind("list of strings", _lower_set)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DlrMapping:
+    """How to read one ``http`` provider's delivery reports (``http.dlr.<provider>``)."""
+
+    secret: str = setting(REQUIRED, "last segment of /dlr/<provider>/<secret>; 16 characters or more", SECRET)
+    status: str = setting("status", "field (dotted path in JSON) holding the report's status", TEXT)
+    delivered: frozenset[str] = setting(REQUIRED, "status values meaning delivered (any case)", LOWER_SET)
+    undelivered: frozenset[str] = setting(REQUIRED, "status values meaning not delivered, for good", LOWER_SET)
+    message_id: str | None = setting("message_id", "field holding the provider's message id", TEXT)
+    reference: str | None = setting(None, "field holding our client reference ({reference})", TEXT)
+    reason: str | None = setting(None, "field holding the provider's reason, kept as the job's last error", TEXT)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """A guessable secret, or a status on both sides."""
+        if self.secret and len(self.secret) < 16:
+            yield "secret", "at least 16 characters (it is the only proof a report is genuine)"
+        if not self.delivered or not self.undelivered:
+            yield "", "delivered and undelivered are required: the status values of each"
+        elif self.delivered & self.undelivered:
+            yield "undelivered", "a status cannot be both delivered and undelivered"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """The HTTP listener: health, readiness, metrics, delivery reports (``http``)."""
+
+    listen: Address | None = setting(None, "address of the HTTP listener; none: off", ADDRESS)
+    max_body: int = setting(64 * 1024, "largest request body in bytes; 413 beyond", integer(1024))
+    timeout: float = setting(10.0, "longest time to read and answer one request", SECONDS)
+    dlr: Mapping[str, DlrMapping] = setting(MappingProxyType({}), "delivery-report mappings by provider name",
+                                            SECTION)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImapConfig:
     """One IMAP mailbox the bridge polls (``imap.<name>``); folder paths use ``/``."""
@@ -323,6 +363,7 @@ class Config:
     quiet_hours: QuietHours = setting(QuietHours(), "quiet hours for marketing SMS", SECTION)
     accounts: Mapping[str, AccountConfig] = setting(MappingProxyType({}), "accounts by login", SECTION)
     imap: Mapping[str, ImapConfig] = setting(MappingProxyType({}), "mailboxes to poll, by name", SECTION)
+    http: HttpConfig = setting(HttpConfig(), "the HTTP listener: health, metrics, delivery reports", SECTION)
     log_format: str = setting("auto", "auto: console on a terminal, JSON lines otherwise",
                               choice("auto", "json", "console"), key="logging.format")
     log_level: str = setting("info", "least important events logged", choice("debug", "info", "warning", "error"),
@@ -460,6 +501,17 @@ def _imap(data: Any, errors: list[ConfigError]) -> dict[str, ImapConfig]:
     return mailboxes
 
 
+def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
+    """``http``: the listener, and ``dlr.<provider>`` for providers of type ``http``."""
+    dlr = {}
+    for name, section in _named(_sub(data, "dlr"), "http.dlr", errors).items():
+        provider = _sub(providers, name)
+        if _sub(provider, "type") != "http":
+            errors.append(ConfigError(f"http.dlr.{name}", "delivery reports are read for providers of type http only"))
+        dlr[str(name)] = read(DlrMapping, section, f"http.dlr.{name}", errors)
+    return read(HttpConfig, data, "http", errors, dlr=MappingProxyType(dlr))
+
+
 def parse_config(data: Any, path: Path | None = None) -> Config:
     """Build a ``Config`` from parsed YAML; raise ``ConfigErrors`` listing every problem."""
     errors: list[ConfigError] = []
@@ -485,6 +537,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         quiet_hours=_quiet_hours(data.get("quiet_hours"), "quiet_hours", tz, errors),
         accounts=MappingProxyType(accounts),
         imap=MappingProxyType(_imap(data.get("imap"), errors)),
+        http=_http(data.get("http"), data.get("providers"), errors),
     )
     config = dataclasses.replace(config, pricing=MappingProxyType({"*": 1, **(config.pricing or {})}))
     if errors:
@@ -505,6 +558,7 @@ def reference() -> list[Row]:
         (DispatcherConfig, "dispatcher"), (QuietHoursSettings, "quiet_hours"),
         (AccountConfig, "accounts.<login>"), (QuietHoursSettings, "accounts.<login>.quiet_hours"),
         (ImapConfig, "imap.<name>"), (ProviderPolicy, "providers.<name>"),
+        (HttpConfig, "http"), (DlrMapping, "http.dlr.<provider>"),
     ):
         table += rows(cls, prefix)
     for type_name in PROVIDER_TYPES:

@@ -25,6 +25,7 @@ from bridge.dispatcher import Dispatcher
 from bridge.errors import StoreError
 from bridge.imap import MailboxPoller
 from bridge.intake import Intake
+from bridge.metrics import Metrics
 from bridge.notify import sd_notify
 from bridge.providers.base import Provider
 from bridge.providers.registry import build_provider
@@ -33,6 +34,7 @@ from bridge.replies import ReplySender
 from bridge.smtp import start_smtp
 from bridge.store import Store, open_store
 from bridge.supervise import Supervisor
+from bridge.web import HttpListener
 
 log = structlog.get_logger("bridge.daemon")
 
@@ -50,6 +52,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.intake: Intake | None = None
         self.servers: list[asyncio.AbstractServer] = []
+        self.metrics = Metrics(config.providers, config.accounts)
+        self.web: HttpListener | None = None
         self._http: httpx.AsyncClient | None = None
         self._watch: asyncio.Task | None = None
 
@@ -70,12 +74,13 @@ class Bridge:
         self.providers = {
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }
-        dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock)
+        dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock,
+                                                  metrics=self.metrics)
         recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake)
         await recovery.sweep()  # leases of a dead predecessor on this host end now
         await dispatcher.load_windows()
-        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake)
-        replies = ReplySender(config.replies, self.store, self.clock)
+        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake, metrics=self.metrics)
+        replies = ReplySender(config.replies, self.store, self.clock, metrics=self.metrics)
         run = self.supervisor
         settings = config.dispatcher
         run.start("dispatcher", lambda: dispatcher.run(self.stopping))
@@ -87,6 +92,9 @@ class Bridge:
             run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))
         self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
         self.servers = await start_smtp(config.smtp, self.intake)
+        if config.http.listen is not None:
+            self.web = HttpListener(config.http, self)
+            await self.web.start()
         log.info("bridge_started", accounts=len(config.accounts), providers=list(self.providers),
                  imap=list(config.imap), lease_owner=dispatcher.owner,
                  event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
@@ -104,6 +112,8 @@ class Bridge:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.web is not None:
+            await self.web.stop()
         self.stopping.set()
         grace = self.config.dispatcher.grace_period
         await self.supervisor.join(grace)

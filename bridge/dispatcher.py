@@ -31,6 +31,7 @@ from bridge.config import Config, ProviderPolicy
 from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
 from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms
@@ -53,6 +54,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.dispatcher
@@ -62,6 +64,7 @@ class Dispatcher:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.owner = owner or new_owner()
+        self.metrics = metrics or Metrics(providers, config.accounts)
         self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
         policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
         self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown) for n, p in policies.items()}
@@ -305,7 +308,7 @@ class Dispatcher:
                   category=first.category)
         self._calls.update((j.id, ref) for j in chunk)
         try:
-            receipt, error = await self.providers[name].send(sms), None
+            receipt, error = await self.metrics.timed(name, self.providers[name].send(sms)), None
         except asyncio.CancelledError:
             raise  # the jobs stay in _calls: process() marks them unknown
         except Exception as exc:
@@ -344,6 +347,7 @@ class Dispatcher:
         if isinstance(error, RecipientRefused) and error.opted_out:
             for job in chunk:  # the provider knows this person said STOP: so do we, from now on
                 await self.store.optout_add(job.number, None, f"provider:{name}", now)
+        self.metrics.settled(name, chunk, items, refused)
         for job in chunk:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)
@@ -362,6 +366,7 @@ class Dispatcher:
             else:
                 items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
         await self.store.settle_claimed(self.owner, items, now)
+        self.metrics.settled(None, jobs, items)
         retry = [i for i in items if i.state is JobState.QUEUED]
         if retry:
             log.info("retry_scheduled", job_ids=[i.job_id for i in retry],
@@ -386,6 +391,7 @@ class Dispatcher:
     async def _fail_claimed(self, jobs: list[Job], error: str, code: int = 122) -> None:
         items = [Settlement(j.id, JobState.FAILED, error, reply=self._status(j, code, error)) for j in jobs]
         await self.store.settle_claimed(self.owner, items, self.clock())
+        self.metrics.settled(None, jobs, items)
         log.warning("job_failed", job_ids=[j.id for j in jobs], error=error, status=code)
 
     def _status(self, job: Job, code: int, note: str):

@@ -17,6 +17,7 @@ import structlog
 
 from bridge.backoff import exponential_backoff
 from bridge.config import RepliesConfig
+from bridge.metrics import Metrics
 from bridge.model import ReplyState
 
 if TYPE_CHECKING:
@@ -30,11 +31,13 @@ class ReplySender:
     """Mails queued replies through the relay, retrying with backoff for a day."""
 
     def __init__(
-        self, config: RepliesConfig, store: "Store", clock: Callable[[], float] = time.time
+        self, config: RepliesConfig, store: "Store", clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
     async def send_due(self, limit: int = 50) -> int:
         """Send the replies that are due; return how many went out."""
@@ -63,11 +66,14 @@ class ReplySender:
             if permanent or now - reply.created_at > _MAX_AGE:
                 log.warning("reply_failed", reply_id=reply.id, code=reply.code, error=error)
                 await self.store.finish_reply(reply.id, ReplyState.FAILED, error, now, now)
+                self.metrics.reply("failed")
             else:
                 delay = exponential_backoff(reply.attempts + 1, 5.0, 600.0)
                 log.info("reply_retry", reply_id=reply.id, error=error, delay=round(delay, 1))
                 await self.store.finish_reply(reply.id, ReplyState.QUEUED, error, now + delay, now)
+                self.metrics.reply("retried")
             return 0
         log.info("reply_sent", reply_id=reply.id, code=reply.code)
         await self.store.finish_reply(reply.id, ReplyState.SENT, None, now, now)
+        self.metrics.reply("sent")
         return 1

@@ -371,7 +371,7 @@ class TestAdminVerbs:
         assert lines[0].split()[:3] == ["job", "created", "state"]
         assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (CET|CEST) sent", lines[1])
         shown = out(mail2sms("--config", str(config), "queue", "show", "1"))
-        assert "state:         sent" in shown and "text:          Hi" in shown
+        assert shown.startswith("Job 1: sent") and "+33612121515" in shown
 
     def test_send_warns_about_a_dropped_sender(self, config):
         """``send --sender SHOP`` to France without STOP says the sender is not used."""

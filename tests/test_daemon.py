@@ -373,7 +373,7 @@ class TestSupervision:
         bridge.supervisor.backoff_base = bridge.supervisor.backoff_max = 0.01
         await bridge.start()
         try:
-            with bridge.store._read_lock:  # never close it under a running read
+            with bridge.store._read_lock:  # not under a read in flight: that would crash the process
                 bridge.store._reader.close()  # every read fails from now on
             await wait_until(lambda: bridge.supervisor.failed.is_set(), what="supervisor gave up")
             assert "StoreError" in bridge.supervisor.reason

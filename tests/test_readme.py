@@ -55,7 +55,12 @@ def merge(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
 
 def env_for(text: str) -> dict[str, str]:
     """A value for every ``${VAR}`` (a well-formed one where the provider checks the form)."""
-    return {name: "AC" + "0" * 32 if name.endswith("ACCOUNT_SID") else "test-value" for name in _VAR.findall(text)}
+    def value(name: str) -> str:
+        if name.endswith("ACCOUNT_SID"):
+            return "AC" + "0" * 32
+        return "test-secret-value-0123" if name.endswith("SECRET") else "test-value"
+
+    return {name: value(name) for name in _VAR.findall(text)}
 
 
 @pytest.fixture(scope="module", name="sandbox")

@@ -3,7 +3,9 @@
 Version 3 splits the old ``sending`` state into ``claimed`` and ``calling`` with leases
 (jobs found ``sending`` may have gone out, so they become ``unknown``), records the client
 reference sent to the provider, hides API keys left in ``messages.summary``, and counts
-replies per mailbox (``+tag`` folded) and per domain for the backscatter caps.
+replies per mailbox (``+tag`` folded) and per domain for the backscatter caps. Version 4
+indexes the provider's message id and the client reference, which delivery reports look
+jobs up by.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.text import redact_subject
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,8 +108,13 @@ CREATE INDEX jobs_message ON jobs(message);
 CREATE INDEX jobs_leased ON jobs(state, lease_until)
 """
 
+_V4 = """
+CREATE INDEX jobs_provider_message ON jobs(provider_message_id) WHERE provider_message_id IS NOT NULL;
+CREATE INDEX jobs_client_ref ON jobs(client_ref) WHERE client_ref IS NOT NULL
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import sql_intake, sql_jobs
+from bridge.store import sql_history, sql_intake, sql_jobs
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
 from bridge.store.writer import Writer
@@ -67,7 +67,13 @@ class SqliteStore:
         self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
-        self._reader.close()
+        await asyncio.to_thread(self._close_reader)
+
+    def _close_reader(self) -> None:
+        # Under the read lock: closing a connection another thread is reading on crashes
+        # the process (sqlite3 does not guard it).
+        with self._read_lock:
+            self._reader.close()
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction; return once it is committed to disk."""
@@ -238,6 +244,15 @@ class SqliteStore:
         rows = await self.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         return {r[0]: r[1] for r in rows}
 
+    async def job_history(self, job_id: int) -> dict[str, Any] | None:
+        """Everything known about one job (see ``sql_history.job_history``), or None."""
+        return await self.read(lambda c: sql_history.job_history(c, job_id))
+
+    async def find_job(self, provider: str, message_id: str | None = None,
+                       client_ref: str | None = None) -> Job | None:
+        """The job ``provider`` knows by ``message_id`` (else by our ``client_ref``), or None."""
+        return await self.read(lambda c: sql_history.find_job(c, provider, message_id, client_ref))
+
     # --- replies -----------------------------------------------------------------------
 
     async def queue_reply(self, reply: NewReply, now: float) -> int | None:
@@ -266,6 +281,11 @@ class SqliteStore:
                 (ReplyState(state).value, error, when, reply_id),
             )
         )
+
+    async def count_replies(self, state: str) -> int:
+        """How many replies are in ``state`` (queued, sent, failed)."""
+        row = await self.read(lambda c: c.execute("SELECT COUNT(*) FROM replies WHERE state=?", (state,)).fetchone())
+        return row[0]
 
     async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
         """Replies (for tests and the operator), oldest first."""
