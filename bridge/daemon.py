@@ -76,7 +76,8 @@ class Bridge:
         }
         dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock,
                                                   metrics=self.metrics)
-        recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake)
+        recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake,
+                            metrics=self.metrics)
         await recovery.sweep()  # leases of a dead predecessor on this host end now
         await dispatcher.load_windows()
         self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake, metrics=self.metrics)

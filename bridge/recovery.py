@@ -19,6 +19,7 @@ import structlog
 from bridge import status_mail
 from bridge.config import Config
 from bridge.leases import dead_owners
+from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.providers.base import Provider, Sms, can_reconcile
 from bridge.store import Store
@@ -37,6 +38,7 @@ class Recovery:
         owner: str,
         clock: Callable[[], float] = time.time,
         wake: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.dispatcher
@@ -45,6 +47,7 @@ class Recovery:
         self.owner = owner
         self.clock = clock
         self.wake = wake
+        self.metrics = metrics or Metrics(providers, config.accounts)
         self._after = 0
 
     async def sweep(self) -> tuple[list[int], list[int]]:
@@ -90,5 +93,6 @@ class Recovery:
         else:
             return 0
         refused = await self.store.settle_call(job.client_ref, [item], self.clock())
+        self.metrics.settled(job.provider, [job], [item], refused)
         log.info("job_reconciled", job_id=job.id, provider=job.provider, state=state, applied=not refused)
         return 0 if refused else 1

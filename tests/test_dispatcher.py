@@ -12,7 +12,7 @@ from conftest import ACCOUNT_KEY, Recorder, base_settings, wait_until
 from structlog.testing import capture_logs
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
-from bridge.errors import TransientError
+from bridge.errors import RecipientRefused, TransientError
 from bridge.intake import Envelope, Intake
 from bridge.providers.base import Capabilities, Provider, Receipt, Sms
 from bridge.recovery import Recovery
@@ -499,3 +499,40 @@ class TestHalfOpen:
         assert "retry_scheduled" not in events and events.count("route_open") <= 1
         waiting = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
         assert len(waiting) == 19 and all(j.next_attempt_at >= clock.now + 5 - 0.01 for j in waiting)
+
+
+class RefusesRecipient(Provider):
+    """Says the recipient sent STOP (as Twilio 21610 does)."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[Sms] = []
+
+    async def send(self, sms: Sms) -> Receipt:
+        self.calls.append(sms)
+        raise RecipientRefused("21610: the recipient replied STOP", provider=self.name, opted_out=True)
+
+
+class TestRecipientRefused:
+    async def test_an_opted_out_recipient_stops_the_route_and_is_remembered(self, tmp_path, world):
+        """The first provider says the person sent STOP: no other provider texts them, the job
+        fails and is refunded, and the number joins the opt-out list (later mails: 125)."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(
+            tmp_path,
+            providers={"first": {"type": "file", "path": str(tmp_path / "a.jsonl")},
+                       "second": {"type": "file", "path": str(tmp_path / "b.jsonl")}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["first", "second"]}},
+        )
+        await open_accounts(settings)
+        first, second = RefusesRecipient("first"), Recorder("second", clock)
+        dispatcher, intake = make(settings, {"first": first, "second": second})
+        await submit(intake, "0612121515")
+        await dispatcher.run_once()
+        job = await store.job(1)
+        assert job.state.value == "failed" and len(first.calls) == 1 and second.calls == []
+        assert (await store.balances())["arthur45"] == 10
+        [row] = await store.optouts()
+        assert row["number"] == "+33612121515" and row["source"] == "provider:first"
