@@ -269,6 +269,8 @@ class ProviderPolicy:
     breaker_failures: int = setting(5, "consecutive failures that open the circuit", integer(1),
                                     key="circuit.failures")
     breaker_cooldown: float = setting(30.0, "seconds before a half-open probe", DURATION, key="circuit.cooldown")
+    breaker_max_cooldown: float = setting(600.0, "each failed probe doubles the wait, up to this", DURATION,
+                                          key="circuit.max_cooldown")
 
 
 def _lower_set(value: Any) -> frozenset[str]:

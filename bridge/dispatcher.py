@@ -67,7 +67,8 @@ class Dispatcher:
         self.metrics = metrics or Metrics(providers, config.accounts)
         self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
         policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
-        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown) for n, p in policies.items()}
+        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown, p.breaker_max_cooldown)
+                         for n, p in policies.items()}
         self.limiters = {n: RateLimiter(p.rate or providers[n].capabilities.default_rate)
                          for n, p in policies.items()}
         self.windows: dict[str, list[SlidingWindow]] = {

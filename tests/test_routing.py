@@ -162,3 +162,23 @@ class TestCircuitBreaker:
         assert breaker.allow(10)
         assert breaker.failure(10)
         assert not breaker.allow(15) and breaker.allow(20)
+
+    def test_failed_probes_double_the_wait_up_to_the_maximum(self):
+        """A provider that stays down is probed after 10, 20, 40 s, then every 60 s at most;
+        a success brings the wait back to 10 s."""
+        breaker = CircuitBreaker(failures=1, cooldown=10, max_cooldown=60)
+        now = 0.0
+        breaker.failure(now)
+        waits = []
+        for _ in range(5):
+            opened = breaker.opened_at
+            assert not breaker.allow(opened + breaker.cooldown - 0.001)
+            now = opened + breaker.cooldown
+            assert breaker.allow(now)
+            waits.append(breaker.cooldown)
+            breaker.failure(now)
+        assert waits == [10, 20, 40, 60, 60]
+        now += breaker.cooldown
+        assert breaker.allow(now)
+        breaker.success()
+        assert breaker.cooldown == 10
