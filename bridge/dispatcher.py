@@ -256,7 +256,12 @@ class Dispatcher:
                 continue
             has_next = index + 1 < len(route)
             left: list[Job] = []
-            for chunk in _chunks(pending, self.providers[name].capabilities.max_numbers):
+            for i, chunk in enumerate(_chunks(pending, self.providers[name].capabilities.max_numbers)):
+                if i and self.breakers[name].blocked(self.clock()):  # opened by an earlier chunk
+                    left += chunk
+                    for job in chunk:
+                        errors[job.id].append(f"{name}: circuit open")
+                    continue
                 left += await self._call(name, chunk, has_next, transient, errors)
             pending = left
         if pending:  # still claimed: every provider said no for sure, or was open

@@ -536,3 +536,20 @@ class TestRecipientRefused:
         assert (await store.balances())["arthur45"] == 10
         [row] = await store.optouts()
         assert row["number"] == "+33612121515" and row["source"] == "provider:first"
+
+
+class TestBreakerBetweenChunks:
+    async def test_a_circuit_opened_by_one_chunk_spares_the_next_chunks(self, tmp_path, world):
+        """Sixteen numbers, one per call, to a provider refusing connections: once its
+        circuit opens, the group's remaining numbers are not tried one by one."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 1})
+        settings["providers"]["outbox"]["circuit"] = {"failures": 2, "cooldown": 30}
+        settings["providers"]["outbox"]["rate"] = 100_000
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock, fail_first=1000)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, ";".join(f"06121215{i:02d}" for i in range(16)), text="Same text")
+        await dispatcher.run_once(only=range(1, 17))
+        assert len(recorder.calls) == 2
+        assert Counter(await states(store)) == {"queued": 16}
