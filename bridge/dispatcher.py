@@ -259,6 +259,7 @@ class Dispatcher:
             for i, chunk in enumerate(_chunks(pending, self.providers[name].capabilities.max_numbers)):
                 if i and self.breakers[name].blocked(self.clock()):  # opened by an earlier chunk
                     left += chunk
+                    transient.append(TransientError("circuit open", provider=name))
                     for job in chunk:
                         errors[job.id].append(f"{name}: circuit open")
                     continue
