@@ -13,7 +13,8 @@ about it. A crash leaves leases that its sweep ends.
 
 An open circuit on every provider of a route defers that route's jobs, and every due job
 of accounts that have no other way out, to the end of the cooldown in one write, with one
-log line per route and interval.
+log line per route and interval. When every provider is down the loop pauses until the
+first may take a call, and no queued row is touched whatever the backlog.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class Dispatcher:
                 self._slot.clear()
                 await _first(stop.wait(), self._slot.wait())
                 continue
+            paused = self._paused_until(self.clock())
+            if paused is not None:  # every provider is down: nothing could go out before then
+                await _first(stop.wait(), timeout=max(0.0, paused - self.clock()))
+                continue
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
             wanted = free * self._per_group
@@ -125,6 +130,12 @@ class Dispatcher:
             if len(jobs) < wanted:  # everything due is taken: sleep until woken or due
                 timeout = await self._next_wait()
                 await _first(stop.wait(), self._wake.wait(), timeout=timeout)
+
+    def _paused_until(self, now: float) -> float | None:
+        """When every provider's circuit is open: the first time one may take a call."""
+        if not self.breakers or not all(b.blocked(now) for b in self.breakers.values()):
+            return None
+        return min(b.retry_at(now) for b in self.breakers.values())
 
     async def run_once(self, only: Sequence[int] = ()) -> int:
         """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
@@ -274,7 +285,9 @@ class Dispatcher:
         reason = f"circuit open on {', '.join(route)}"
         await self.store.settle_claimed(
             self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
-        logins = sorted({j.login for j in jobs if self._all_open(j.login, now)})
+        # With every provider down the loop pauses (no row is touched); else the accounts that
+        # have no other way out wait, all their due jobs in one write.
+        logins = [] if self._paused_until(now) else sorted({j.login for j in jobs if self._all_open(j.login, now)})
         deferred = await self.store.defer_logins(logins, until, reason, now) if logins else 0
         if now - self._open_logged.get(route, 0.0) >= self.settings.poll_interval * 30:
             self._open_logged[route] = now
