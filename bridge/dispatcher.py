@@ -213,16 +213,16 @@ class Dispatcher:
         await self.store.settle_claimed(self.owner, back, now)  # refused ids: already settled
 
     async def _screen(self, jobs: list[Job]) -> list[Job]:
-        """Last checks: quiet hours (marketing), opt-outs since intake, the account's rate."""
+        """Last checks: quiet hours (marketing), opt-outs since intake (read at the claim), the
+        account's rate."""
         now = self.clock()
-        optouts = frozenset((r["number"], r["sender"]) for r in await self.store.optouts([j.number for j in jobs]))
         kept, later, failed = [], [], []
         windows = self.windows.get(jobs[0].login, []) if jobs else []
         for job in jobs:
             account = self.config.accounts.get(job.login)
             quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
             release = rules.quiet_release(quiet, job.category, now)
-            reason = rules.optout_reason(optouts, job.number, job.sender)
+            reason = job.suppressed  # the opt-outs, read when the job was claimed
             when = max((w.next_free(now) for w in windows), default=now)
             if release is not None:
                 later.append(Settlement(job.id, JobState.QUEUED, "quiet hours (marketing)", retry_at=release))
