@@ -35,7 +35,7 @@ from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
 from bridge.routing import Route, choose_route, configured_route
 from bridge.store import Store
 
@@ -351,7 +351,7 @@ class Dispatcher:
                                         reply=self._status(job, 122, f"{name}: {rejected}")) if rejected
                              else Settlement(job.id, JobState.SENT, None, receipt.message_ids.get(job.number)))
             elif kind is Next.UNKNOWN:
-                items.append(Settlement(job.id, JobState.UNKNOWN, _describe(error)[:500]))
+                items.append(Settlement(job.id, JobState.UNKNOWN, self._unknown_note(name, error)))
             else:
                 errors[job.id].append(f"{name}: {error}")
                 if kind is Next.FAILED and not isinstance(error, TransientError) and (
@@ -372,6 +372,14 @@ class Dispatcher:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)
         return [job for job in left if job.id not in refused]
+
+    def _unknown_note(self, name: str, error: BaseException | None) -> str:
+        """Why a job is unknown and what happens next (``queue list --state unknown``)."""
+        if can_reconcile(self.providers[name]):
+            then = f"it will be looked up at {name}"
+        else:
+            then = f"{name} offers no lookup: check with it, then `mail2sms queue retry` if it did not go out"
+        return f"{_describe(error)[:300]}; {then}"
 
     async def _after_route(self, jobs: list[Job], transient, errors) -> None:
         """Jobs back in ``claimed`` after the whole route: retry later or fail, in one write."""

@@ -553,3 +553,22 @@ class TestBreakerBetweenChunks:
         await dispatcher.run_once(only=range(1, 17))
         assert len(recorder.calls) == 2
         assert Counter(await states(store)) == {"queued": 16}
+
+
+class TestUnknownSaysWhy:
+    async def test_unknown_job_says_whether_it_will_be_looked_up(self, tmp_path, world):
+        """A timeout at a provider without a lookup: the job says to check with the provider."""
+        clock, store, make, open_accounts = world
+        with FakeHttpServer(Reply(json=OK, delay=3)) as slow:
+            settings = base_settings(
+                tmp_path,
+                providers={"vonage": {"type": "vonage", "api_key": "k", "api_secret": "s", "from": "BRIDGE",
+                                      "url": slow.url, "timeout": 0.5}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["vonage"]}},
+            )
+            await open_accounts(settings)
+            dispatcher, intake = make(settings)
+            await submit(intake, "0612121515")
+            await dispatcher.run_once()
+        job = await store.job(1)
+        assert job.state.value == "unknown" and "vonage offers no lookup" in job.last_error
