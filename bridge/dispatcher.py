@@ -28,10 +28,10 @@ from itertools import groupby
 import structlog
 
 from bridge import rules, status_mail
-from bridge.config import Config, ProviderPolicy
+from bridge.config import Config
 from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
-from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.limits import Throttles
 from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
@@ -67,16 +67,8 @@ class Dispatcher:
         self.owner = owner or new_owner()
         self.metrics = metrics or Metrics(providers, config.accounts)
         self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
-        policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
-        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown, p.breaker_max_cooldown)
-                         for n, p in policies.items()}
-        self.limiters = {n: RateLimiter(p.rate or providers[n].capabilities.default_rate)
-                         for n, p in policies.items()}
-        self.windows: dict[str, list[SlidingWindow]] = {
-            login: [SlidingWindow(limit, period) for limit, period in
-                    ((a.rate_per_minute, 60.0), (a.rate_per_day, 86400.0)) if limit]
-            for login, a in config.accounts.items()
-        }
+        self.throttles = Throttles.from_config(config, providers)
+        self.breakers, self.limiters = self.throttles.breakers, self.throttles.limiters
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
@@ -88,10 +80,7 @@ class Dispatcher:
 
     async def load_windows(self) -> None:
         """Rebuild the per-account windows from what the store says was sent lately."""
-        for login, times in (await self.store.sent_times(self.clock() - 86400)).items():
-            for window in self.windows.get(login, []):
-                for when in times:
-                    window.record(when)
+        self.throttles.load_windows(await self.store.sent_times(self.clock() - 86400))
 
     def wake(self) -> None:
         """New work was committed: look for due jobs now rather than at the next poll."""
@@ -107,7 +96,7 @@ class Dispatcher:
                 self._slot.clear()
                 await _first(stop.wait(), self._slot.wait())
                 continue
-            paused = self._paused_until(self.clock())
+            paused = self.throttles.paused_until(self.clock())
             if paused is not None:  # every provider is down: nothing could go out before then
                 await _first(stop.wait(), timeout=max(0.0, paused - self.clock()))
                 continue
@@ -132,10 +121,7 @@ class Dispatcher:
                 await _first(stop.wait(), self._wake.wait(), timeout=timeout)
 
     def _paused_until(self, now: float) -> float | None:
-        """When every provider's circuit is open: the first time one may take a call."""
-        if not self.breakers or not all(b.blocked(now) for b in self.breakers.values()):
-            return None
-        return min(b.retry_at(now) for b in self.breakers.values())
+        return self.throttles.paused_until(now)
 
     async def run_once(self, only: Sequence[int] = ()) -> int:
         """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
@@ -217,7 +203,7 @@ class Dispatcher:
         account's rate."""
         now = self.clock()
         kept, later, failed = [], [], []
-        windows = self.windows.get(jobs[0].login, []) if jobs else []
+        windows = self.throttles.windows.get(jobs[0].login, []) if jobs else []
         for job in jobs:
             account = self.config.accounts.get(job.login)
             quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
@@ -287,21 +273,13 @@ class Dispatcher:
             self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
         # With every provider down the loop pauses (no row is touched); else the accounts that
         # have no other way out wait, all their due jobs in one write.
-        logins = [] if self._paused_until(now) else sorted({j.login for j in jobs if self._all_open(j.login, now)})
+        throttles = self.throttles
+        logins = [] if throttles.paused_until(now) else sorted(
+            {j.login for j in jobs if throttles.account_blocked(self.config.accounts.get(j.login), now)})
         deferred = await self.store.defer_logins(logins, until, reason, now) if logins else 0
         if now - self._open_logged.get(route, 0.0) >= self.settings.poll_interval * 30:
             self._open_logged[route] = now
             log.warning("route_open", route=list(route), deferred=len(jobs) + deferred, until=round(until, 1))
-
-    def _all_open(self, login: str, now: float) -> bool:
-        """True when no provider any route of ``login`` could use would take a call now."""
-        account = self.config.accounts.get(login)
-        if account is None:
-            return False
-        names = set(account.route) | set(account.lowcost_route)
-        for extra in account.country_routes.values():
-            names |= set(extra)
-        return all(self.breakers[n].blocked(now) for n in names if n in self.breakers)
 
     async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors) -> list[Job]:
         """One provider call for ``chunk``; return the jobs to try at the next provider."""

@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import math
 from collections import deque
 from enum import Enum
@@ -135,3 +138,50 @@ class CircuitBreaker:
             self.opened_at = now
             return reopened
         return False
+
+
+class Throttles:
+    """Every provider's breaker and rate limiter, and every account's rate windows."""
+
+    def __init__(self, breakers: dict[str, CircuitBreaker], limiters: dict[str, RateLimiter],
+                 windows: dict[str, list[SlidingWindow]]) -> None:
+        self.breakers = breakers
+        self.limiters = limiters
+        self.windows = windows
+
+    @classmethod
+    def from_config(cls, config: Any, providers: Mapping[str, Any]) -> "Throttles":
+        """From ``providers.<name>.rate``/``circuit`` and ``accounts.<login>.rate_per_*``."""
+        from bridge.config import ProviderPolicy
+
+        policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
+        return cls(
+            {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown, p.breaker_max_cooldown)
+             for n, p in policies.items()},
+            {n: RateLimiter(p.rate or providers[n].capabilities.default_rate) for n, p in policies.items()},
+            {login: [SlidingWindow(limit, period) for limit, period in
+                     ((a.rate_per_minute, 60.0), (a.rate_per_day, 86400.0)) if limit]
+             for login, a in config.accounts.items()},
+        )
+
+    def load_windows(self, sent: Mapping[str, Iterable[float]]) -> None:
+        """Count what each account sent lately (``{login: [times]}``) in its windows."""
+        for login, times in sent.items():
+            for window in self.windows.get(login, []):
+                for when in times:
+                    window.record(when)
+
+    def paused_until(self, now: float) -> float | None:
+        """When every provider's circuit is open: the first time one may take a call."""
+        if not self.breakers or not all(b.blocked(now) for b in self.breakers.values()):
+            return None
+        return min(b.retry_at(now) for b in self.breakers.values())
+
+    def account_blocked(self, account: Any, now: float) -> bool:
+        """True when no provider any route of ``account`` could use would take a call now."""
+        if account is None:
+            return False
+        names = set(account.route) | set(account.lowcost_route)
+        for extra in account.country_routes.values():
+            names |= set(extra)
+        return all(self.breakers[n].blocked(now) for n in names if n in self.breakers)
