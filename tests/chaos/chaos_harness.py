@@ -87,6 +87,7 @@ def write_config(
         "store": "sqlite://bridge.db",
         "smtp": {"listen": f"127.0.0.1:{smtp_port}", "recipients": [RECIPIENT]},
         "replies": {"relay": f"127.0.0.1:{relay.port}", "from": RECIPIENT, "rate_per_hour": 100000,
+                    "rate_per_domain_per_hour": 100000,   # every client is @clients.example
                     "timeout": 5},
         "dispatcher": dispatcher,
         "pricing": {"*": PRICE_PER_PART},
