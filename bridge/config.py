@@ -591,8 +591,8 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     logging = root.sub("logging")
     logging.only("format", "level")
     store = root.get("store", Config.store, _str)
-    if not store.startswith(("sqlite://",)):
-        root.error("store", "must be sqlite://PATH (postgresql:// is not supported yet)")
+    if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
+        root.error("store", "must be sqlite://PATH or postgresql://USER@HOST/DATABASE")
     config = Config(
         path=path,
         timezone=tz,

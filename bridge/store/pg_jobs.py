@@ -1,0 +1,185 @@
+"""The job life cycle on PostgreSQL: claims, calls, settlements, the sweep, operator commands.
+
+Every state change goes through ``pg_sql.transition`` (a compare-and-set on the states the
+table allows), as ``sql_jobs`` does for SQLite. Claims pick due jobs with ``FOR UPDATE SKIP
+LOCKED``: two instances claiming at once each take different jobs and neither waits for
+the other. Claimed jobs are matched by their lease owner, jobs whose call started by the
+client reference recorded before the call. The sweep is one ``UPDATE`` per state, safe to
+run on every instance at once: a row another sweep already moved no longer matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from bridge.model import IllegalTransition, Job, JobState as S, Settlement, check_transition
+from bridge.store.pg_sql import JOB_SELECT, Params, log, move, queue_reply, transition
+from bridge.store.sql import job_of
+
+#: From which states each outcome of a call may be written.
+_CALL_SOURCES = {
+    S.SENT: frozenset({S.CALLING, S.UNKNOWN}),
+    S.FAILED: frozenset({S.CALLING, S.UNKNOWN}),
+    S.DELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.UNDELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.CLAIMED: frozenset({S.CALLING}),
+    S.QUEUED: frozenset({S.CALLING}),
+    S.UNKNOWN: frozenset({S.CALLING}),
+}
+
+_FREE = ", lease_owner=NULL, lease_until=NULL"
+#: The columns that go with each new state, from the settlement table ``u``.
+_SETS = {
+    S.SENT: ", provider_message_id=COALESCE(u.pmid, j.provider_message_id), last_error=u.error" + _FREE,
+    S.DELIVERED: ", provider_message_id=COALESCE(u.pmid, j.provider_message_id), last_error=u.error" + _FREE,
+    S.UNDELIVERED: ", provider_message_id=COALESCE(u.pmid, j.provider_message_id), last_error=u.error" + _FREE,
+    S.UNKNOWN: ", provider_message_id=COALESCE(u.pmid, j.provider_message_id), last_error=u.error" + _FREE,
+    S.CLAIMED: ", last_error=u.error, lease_until={lease_until}",
+    S.QUEUED: ", last_error=u.error, next_attempt_at=COALESCE(u.retry_at, {now})" + _FREE,
+    S.FAILED: ", last_error=u.error" + _FREE,
+}
+
+
+async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,
+                only: Sequence[int]) -> list[Job]:
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``)."""
+    p = Params()
+    among = f" AND id = ANY({p(list(only))}::bigint[])" if only else ""
+    picked = await conn.fetch(
+        f"SELECT id FROM jobs WHERE state='queued' AND next_attempt_at<={p(now)}::float8{among} "
+        f"ORDER BY next_attempt_at, id LIMIT {p(limit)} FOR UPDATE SKIP LOCKED", *p.args)
+    if not picked:
+        return []
+    p = Params()
+    sets = f", lease_owner={p(owner)}, lease_until={p(lease_until)}::float8"
+    taken = await transition(conn, [r["id"] for r in picked], S.CLAIMED, S.QUEUED, now, sets=sets, p=p)
+    rows = await conn.fetch(f"{JOB_SELECT} WHERE j.id = ANY($1::bigint[]) ORDER BY j.next_attempt_at, j.id",
+                            list(taken))
+    return [job_of(r) for r in rows]
+
+
+async def start_call(conn: asyncpg.Connection, owner: str, ids: Sequence[int], provider: str, ref: str,
+                     now: float, lease_until: float) -> list[int]:
+    """Record the call before it is made (``claimed -> calling``); the ids still ours."""
+    p = Params()
+    sets = (f", provider={p(provider)}, client_ref={p(ref)}, called_at={p(now)}::float8, "
+            f"attempts=attempts+1, lease_until={p(lease_until)}::float8")
+    taken = await transition(conn, ids, S.CALLING, S.CLAIMED, now, {"lease_owner": owner}, sets, p)
+    return sorted(taken)
+
+
+async def settle_call(conn: asyncpg.Connection, ref: str, items: Sequence[Settlement], now: float,
+                      lease_until: float) -> list[int]:
+    """Write the outcome of the call ``ref`` for each of its jobs; return the ids refused."""
+    return await _settle(conn, items, now, lease_until, lambda state: _CALL_SOURCES[state], "client_ref", ref)
+
+
+async def settle_claimed(conn: asyncpg.Connection, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
+    """Outcomes decided before any call: ``claimed -> queued | failed``; the ids refused."""
+    return await _settle(conn, items, now, None, lambda state: S.CLAIMED, "lease_owner", owner)
+
+
+async def _settle(conn, items, now, lease_until, sources_of, column: str, value: str) -> list[int]:
+    """One ``UPDATE ... FROM unnest(...)`` per target state; refunds and replies for ``failed``."""
+    refused: list[int] = []
+    for state in dict.fromkeys(i.state for i in items):
+        group = [i for i in items if i.state is state]
+        matched = await _settle_group(conn, group, state, sources_of(state), now, lease_until, column, value)
+        refused += [i.job_id for i in group if i.job_id not in matched]
+        if state is S.FAILED:
+            for item in group:
+                if item.job_id in matched:
+                    row = matched[item.job_id]
+                    await move(conn, row["login"], row["cost"], "refund", item.job_id, now)
+                    if item.reply is not None:
+                        await queue_reply(conn, item.reply, now)
+    return refused
+
+
+async def _settle_group(conn, group: Sequence[Settlement], state: S, sources, now: float,
+                        lease_until: float | None, column: str, value: str) -> dict[int, asyncpg.Record]:
+    """The CAS for one target state, with each job's own columns, in one statement."""
+    try:
+        sources = check_transition(sources, state)
+    except IllegalTransition as exc:
+        log.error("illegal_transition", error=str(exc), job_ids=[i.job_id for i in group][:20])
+        raise
+    p = Params()
+    table = (f"unnest({p([i.job_id for i in group])}::bigint[], {p([i.error for i in group])}::text[], "
+             f"{p([i.provider_message_id for i in group])}::text[], "
+             f"{p([None if i.retry_at is None else float(i.retry_at) for i in group])}::float8[]) "
+             "AS u(id, error, pmid, retry_at)")
+    sets = _SETS[state]
+    if "{lease_until}" in sets:  # a placeholder only where used: an unused one has no type
+        sets = sets.replace("{lease_until}", f"{p(lease_until)}::float8")
+    if "{now}" in sets:
+        sets = sets.replace("{now}", f"{p(now)}::float8")
+    rows = await conn.fetch(
+        f"UPDATE jobs j SET state={p(state.value)}, updated_at={p(now)}::float8{sets} FROM {table} "
+        f"WHERE j.id = u.id AND j.state = ANY({p(sorted(s.value for s in sources))}::text[]) "
+        f"AND j.{column} = {p(value)} RETURNING j.id, j.login, j.cost", *p.args)
+    return {row["id"]: row for row in rows}
+
+
+async def sweep(conn: asyncpg.Connection, now: float, dead_owners: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Expired leases: ``claimed -> queued`` (never called), ``calling -> unknown``.
+
+    A lease expires at ``lease_until``, or at once when its owner is known to be dead.
+    Returns (requeued ids, unknown ids).
+    """
+    p = Params()
+    expired = f" AND (lease_until < {p(now)}::float8 OR lease_owner = ANY({p(list(dead_owners))}::text[]))"
+    requeued = await _sweep_one(conn, S.QUEUED, S.CLAIMED, now, expired, _FREE, p)
+    p = Params()
+    expired = f" AND (lease_until < {p(now)}::float8 OR lease_owner = ANY({p(list(dead_owners))}::text[]))"
+    note = (f"{_FREE}, last_error='the bridge stopped during the call to ' || COALESCE(provider, '?') "
+            "|| ': it may have been sent; to be reconciled'")
+    lost = await _sweep_one(conn, S.UNKNOWN, S.CALLING, now, expired, note, p)
+    return requeued, lost
+
+
+async def _sweep_one(conn, target: S, source: S, now: float, expired: str, sets: str, p: Params) -> list[int]:
+    """Move every job of ``source`` whose lease expired to ``target``; their ids."""
+    check_transition(source, target)
+    rows = await conn.fetch(
+        f"UPDATE jobs SET state={p(target.value)}, updated_at={p(now)}::float8{sets} "
+        f"WHERE state={p(source.value)}{expired} RETURNING id", *p.args)
+    return sorted(r["id"] for r in rows)
+
+
+async def requeue(conn: asyncpg.Connection, job_id: int, now: float, channel: str) -> bool:
+    """Operator: send a ``failed`` or ``unknown`` job again (re-debiting a refund)."""
+    state = await conn.fetchval("SELECT state FROM jobs WHERE id=$1 FOR UPDATE", job_id)
+    if state not in (S.FAILED.value, S.UNKNOWN.value):
+        return False
+    p = Params()
+    sets = f", next_attempt_at={p(now)}::float8, client_ref=NULL"
+    taken = await transition(conn, [job_id], S.QUEUED, S(state), now, sets=sets, p=p)
+    if not taken:
+        return False
+    if state == S.FAILED.value:
+        await move(conn, taken[job_id]["login"], -taken[job_id]["cost"], "debit", job_id, now)
+    await conn.execute("SELECT pg_notify($1, '')", channel)
+    return True
+
+
+async def cancel(conn: asyncpg.Connection, job_id: int, now: float) -> bool:
+    """Operator: a ``queued`` job is not sent after all; its credit is refunded."""
+    taken = await transition(conn, [job_id], S.CANCELLED, S.QUEUED, now, sets=", last_error='cancelled by the operator'")
+    if not taken:
+        return False
+    await move(conn, taken[job_id]["login"], taken[job_id]["cost"], "refund", job_id, now)
+    return True
+
+
+async def defer_logins(conn: asyncpg.Connection, logins: Sequence[str], until: float, reason: str,
+                       now: float) -> int:
+    """Push every due queued job of these accounts to ``until`` (not a state change)."""
+    if not logins:
+        return 0
+    status = await conn.execute(
+        "UPDATE jobs SET next_attempt_at=$1, last_error=$2, updated_at=$3 WHERE state='queued' "
+        "AND next_attempt_at<$1 AND login = ANY($4::text[])", float(until), reason, float(now), list(logins))
+    return int(status.split()[-1])
