@@ -64,10 +64,10 @@ class PostgresStore:
         """
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
+                url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=300)
         except DRIVER_ERRORS as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {_describe(exc)}") from None
+            raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from None
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 await migrate(conn)
@@ -357,13 +357,15 @@ class PostgresStore:
 
     async def _listen_once(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _: lost.set())
         try:
             await conn.add_listener(self.channel, lambda *_: on_wake())
             on_wake()  # whatever was committed while nobody listened
             while not stop.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 10.0)
-                await conn.fetchval("SELECT 1")  # a dead connection shows here, not never
+                await _first(stop.wait(), lost.wait(), timeout=10.0)
+                # A session the server ended shows at once (lost); a silently dead link here.
+                await conn.fetchval("SELECT 1")
         finally:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)
@@ -395,6 +397,16 @@ class PostgresStore:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)  # ends the session: unlocks
             conn.terminate()
+
+
+async def _first(*waits: Awaitable[Any], timeout: float) -> None:
+    """Wait until any of ``waits`` finishes or ``timeout`` passes."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _describe(exc: BaseException) -> str:
