@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument("text", nargs="?", help="the text; read from stdin when left out")
     count.add_argument("--language", choices=("en", "fr"), default="en")
     _add_admin_verbs(verbs)
+    from bridge.store.copy import add_store_verbs
+
+    add_store_verbs(verbs)  # store migrate | store copy
     return parser
 
 
@@ -99,6 +102,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _count(args)
     from bridge.config import load_config
 
+    if args.verb == "store":  # `store copy` names its stores itself: no config needed
+        import asyncio
+
+        from bridge.store.copy import run_store_verb
+
+        return asyncio.run(run_store_verb(args, lambda: load_config(args.config)))
     config = load_config(args.config)
     if args.verb == "check-config":
         print(f"{args.config}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers)")
