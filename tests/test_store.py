@@ -399,3 +399,21 @@ class TestMigrationAndKeys:
         assert await store.mailbox_state("INBOX") == (10, 5)
         await store.set_mailbox_state("INBOX", 11, 1)
         assert await store.mailbox_state("INBOX") == (11, 1)
+
+
+class TestInstances:
+    async def test_a_lone_instance_gets_its_mailbox(self, store):
+        """One bridge asking for a mailbox gets it, and can ask again once it let go."""
+        async with store.mailbox_lock("work:INBOX") as lock:
+            assert lock
+        async with store.mailbox_lock("work:INBOX") as lock:
+            assert lock and not lock.lost.is_set()
+
+    async def test_listen_ends_when_asked(self, store):
+        """The wake-up listener runs until the bridge stops, then returns."""
+        stop = asyncio.Event()
+        listener = asyncio.create_task(store.listen(lambda: None, stop))
+        await asyncio.sleep(0.1)
+        assert not listener.done()
+        stop.set()
+        await asyncio.wait_for(listener, 15)
