@@ -9,6 +9,7 @@ job out of the same state.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +21,21 @@ from bridge.store.sql import JOB_SELECT
 
 log = structlog.get_logger("bridge.store")
 
-__all__ = ["JOB_SELECT", "Params", "transition", "move", "queue_reply", "xact_lock"]
+__all__ = ["JOB_SELECT", "DRIVER_ERRORS", "Params", "describe", "transition", "move", "queue_reply", "xact_lock"]
+
+#: Everything the driver (or the network under it) raises.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                 asyncio.TimeoutError)
+CONNECT_TIMEOUT = 5.0      # seconds to open a connection: SMTP answers 451 rather than hang
+ACQUIRE_TIMEOUT = 10.0     # seconds to wait for a free pooled connection
+COMMAND_TIMEOUT = 30.0     # seconds for any one statement
+POOL_SIZE = 10
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a driver failure (never the connection URL: it may hold a password)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Params:

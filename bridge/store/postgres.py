@@ -16,8 +16,8 @@ The tables and their columns are those of the SQLite backend. Cross-instance pie
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -25,22 +25,16 @@ import structlog
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import pg_intake, pg_jobs
+from bridge.store import pg_instances, pg_intake, pg_jobs
 from bridge.store.pg_schema import migrate
-from bridge.store.pg_sql import JOB_SELECT, move, queue_reply
+from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
+                                 POOL_SIZE, describe as _describe, move, queue_reply)
 from bridge.store.protocol import MailboxLock
 from bridge.store.sql import job_of
 
 log = structlog.get_logger("bridge.store")
 T = TypeVar("T")
 
-#: Everything the driver (or the network under it) raises.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
-                 asyncio.TimeoutError)
-CONNECT_TIMEOUT = 5.0      # seconds to open a connection: SMTP answers 451 rather than hang
-ACQUIRE_TIMEOUT = 10.0     # seconds to wait for a free pooled connection
-COMMAND_TIMEOUT = 30.0     # seconds for any one statement
-POOL_SIZE = 10
 REPLY_LEASE = 300.0        # a claimed reply is not handed to another instance for this long
 
 
@@ -335,84 +329,15 @@ class PostgresStore:
                                      list(numbers))
         return [dict(r) for r in rows]
 
-    # --- several instances -----------------------------------------------------------------
+    # --- several instances (pg_instances) ------------------------------------------------
 
     async def listen(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
-        """Call ``on_wake`` whenever any instance commits jobs (``LISTEN``), until ``stop``.
+        """Call ``on_wake`` whenever any instance commits jobs (``LISTEN``), until ``stop``."""
+        await pg_instances.listen(self.url, self.channel, on_wake, stop)
 
-        Its own connection, outside the pool. When it breaks, ``on_wake`` is called once
-        more after reconnecting (notifications sent meanwhile are lost), and it retries
-        with backoff while the server is away: this never raises for a connection problem.
-        """
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                await self._listen_once(on_wake, stop)
-                delay = 0.5
-            except DRIVER_ERRORS as exc:
-                log.warning("store_listen_failed", error=_describe(exc), retry_in=delay)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
-
-    async def _listen_once(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT)
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _: lost.set())
-        try:
-            await conn.add_listener(self.channel, lambda *_: on_wake())
-            on_wake()  # whatever was committed while nobody listened
-            while not stop.is_set():
-                await _first(stop.wait(), lost.wait(), timeout=10.0)
-                # A session the server ended shows at once (lost); a silently dead link here.
-                await conn.fetchval("SELECT 1")
-        finally:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)
-            conn.terminate()
-
-    @contextlib.asynccontextmanager
-    async def mailbox_lock(self, name: str) -> AsyncIterator[MailboxLock]:
-        """Try to become the one instance polling mailbox ``name``, for the duration of the block.
-
-        A session advisory lock on a connection of its own (outside the pool, whose reset
-        would release it): if this process dies, PostgreSQL ends its session and another
-        instance gets the lock on its next try. Yields a falsy lock when another instance
-        holds it; ``lost`` is set if the connection breaks while held.
-        """
-        try:
-            conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT)
-        except DRIVER_ERRORS as exc:
-            raise StoreError(_describe(exc)) from None
-        try:
-            try:
-                held = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1 || current_schema(), 0))",
-                                           f"mail2sms:mailbox:{name}:")
-            except DRIVER_ERRORS as exc:
-                raise StoreError(_describe(exc)) from None
-            lock = MailboxLock(bool(held))
-            conn.add_termination_listener(lambda _: lock.lost.set())
-            yield lock
-        finally:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)  # ends the session: unlocks
-            conn.terminate()
-
-
-async def _first(*waits: Awaitable[Any], timeout: float) -> None:
-    """Wait until any of ``waits`` finishes or ``timeout`` passes."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line reason for a driver failure (never the connection URL: it may hold a password)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    def mailbox_lock(self, name: str) -> AbstractAsyncContextManager[MailboxLock]:
+        """Try to become the one instance polling mailbox ``name``, for the duration of the block."""
+        return pg_instances.mailbox_lock(self.url, name)
 
 
 def _forget(tasks: set[asyncio.Task]) -> Callable[[asyncio.Task], None]:
