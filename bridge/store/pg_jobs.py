@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from bridge.model import IllegalTransition, Job, JobState as S, Settlement, check_transition
-from bridge.store.pg_sql import JOB_SELECT, Params, log, move, queue_reply, transition
+from bridge.store.pg_sql import Params, log, move, queue_reply, transition
 from bridge.store.sql import job_of
 
 #: From which states each outcome of a call may be written.
@@ -44,19 +44,22 @@ _SETS = {
 
 async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,
                 only: Sequence[int]) -> list[Job]:
-    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``)."""
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``): one statement.
+
+    ``SKIP LOCKED``: jobs another instance is claiming at this moment are passed over, not
+    waited for; the ``UPDATE`` re-checks the state (the CAS) on the rows it locked.
+    """
+    sources = check_transition(S.QUEUED, S.CLAIMED)
     p = Params()
     among = f" AND id = ANY({p(list(only))}::bigint[])" if only else ""
-    picked = await conn.fetch(
-        f"SELECT id FROM jobs WHERE state='queued' AND next_attempt_at<={p(now)}::float8{among} "
-        f"ORDER BY next_attempt_at, id LIMIT {p(limit)} FOR UPDATE SKIP LOCKED", *p.args)
-    if not picked:
-        return []
-    p = Params()
-    sets = f", lease_owner={p(owner)}, lease_until={p(lease_until)}::float8"
-    taken = await transition(conn, [r["id"] for r in picked], S.CLAIMED, S.QUEUED, now, sets=sets, p=p)
-    rows = await conn.fetch(f"{JOB_SELECT} WHERE j.id = ANY($1::bigint[]) ORDER BY j.next_attempt_at, j.id",
-                            list(taken))
+    rows = await conn.fetch(
+        f"WITH picked AS (SELECT id FROM jobs WHERE state = 'queued' AND next_attempt_at <= {p(now)}::float8{among} "
+        f"ORDER BY next_attempt_at, id LIMIT {p(limit)} FOR UPDATE SKIP LOCKED), "
+        f"taken AS (UPDATE jobs j SET state = {p(S.CLAIMED.value)}, updated_at = {p(now)}::float8, "
+        f"lease_owner = {p(owner)}, lease_until = {p(lease_until)}::float8 FROM picked "
+        f"WHERE j.id = picked.id AND j.state = ANY({p(sorted(x.value for x in sources))}::text[]) RETURNING j.*) "
+        "SELECT t.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
+        "FROM taken t JOIN messages m ON m.id = t.message ORDER BY t.next_attempt_at, t.id", *p.args)
     return [job_of(r) for r in rows]
 
 
@@ -79,6 +82,11 @@ async def settle_call(conn: asyncpg.Connection, ref: str, items: Sequence[Settle
 async def settle_claimed(conn: asyncpg.Connection, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
     """Outcomes decided before any call: ``claimed -> queued | failed``; the ids refused."""
     return await _settle(conn, items, now, None, lambda state: S.CLAIMED, "lease_owner", owner)
+
+
+def one_statement(items: Sequence[Settlement]) -> bool:
+    """Whether settling ``items`` is one ``UPDATE`` (one target state, no refund to write)."""
+    return len({i.state for i in items}) <= 1 and all(i.state is not S.FAILED for i in items)
 
 
 async def _settle(conn, items, now, lease_until, sources_of, column: str, value: str) -> list[int]:

@@ -58,7 +58,7 @@ class PostgresStore:
         """
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
+                url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, reset=_keep_session,
                 command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=300)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from None
@@ -87,15 +87,17 @@ class PostgresStore:
 
     # --- running transactions --------------------------------------------------------------
 
-    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], single: bool = False) -> T:
         """Run ``fn`` in a transaction; return once it is committed.
 
-        The transaction runs in its own task: a cancelled caller does not cut it short.
-        A deadlock or serialization failure (another instance won a race) is retried.
+        ``single``: ``fn`` runs one statement, which is a transaction by itself (no
+        ``BEGIN``/``COMMIT``: two round trips fewer). The transaction runs in its own task:
+        a cancelled caller does not cut it short. A deadlock or serialization failure
+        (another instance won a race) is retried.
         """
         if self._closed:
             raise StoreError("store is closed")
-        task = asyncio.ensure_future(self._transaction(fn))
+        task = asyncio.ensure_future(self._transaction(fn, single))
         self._writes.add(task)
         task.add_done_callback(_forget(self._writes))
         try:
@@ -103,10 +105,12 @@ class PostgresStore:
         except DRIVER_ERRORS as exc:
             raise StoreError(_describe(exc)) from None
 
-    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _transaction(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], single: bool) -> T:
         for attempt in range(5):
             try:
                 async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    if single:
+                        return await fn(conn)
                     async with conn.transaction():
                         return await fn(conn)
             except asyncpg.TransactionRollbackError as exc:
@@ -179,20 +183,23 @@ class PostgresStore:
 
     async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
         """Take up to ``limit`` due queued jobs (of ``only``, if given) under a lease."""
-        return await self.write(lambda c: pg_jobs.claim(c, owner, now, limit, now + lease, list(only)))
+        return await self.write(lambda c: pg_jobs.claim(c, owner, now, limit, now + lease, list(only)), True)
 
     async def start_call(self, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                          lease: float) -> list[int]:
         """Record a call before it is made; return the ids still leased to ``owner``."""
-        return await self.write(lambda c: pg_jobs.start_call(c, owner, list(ids), provider, ref, now, now + lease))
+        return await self.write(lambda c: pg_jobs.start_call(c, owner, list(ids), provider, ref, now, now + lease),
+                                single=True)
 
     async def settle_call(self, ref: str, items: Sequence[Settlement], now: float, lease: float = 0.0) -> list[int]:
         """Write the outcomes of the call ``ref`` in one transaction; return the ids refused."""
-        return await self.write(lambda c: pg_jobs.settle_call(c, ref, list(items), now, now + lease))
+        return await self.write(lambda c: pg_jobs.settle_call(c, ref, list(items), now, now + lease),
+                                single=pg_jobs.one_statement(items))
 
     async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
         """Outcomes decided before any call (deferred, refused); return the ids refused."""
-        return await self.write(lambda c: pg_jobs.settle_claimed(c, owner, list(items), now))
+        return await self.write(lambda c: pg_jobs.settle_claimed(c, owner, list(items), now),
+                                single=pg_jobs.one_statement(items))
 
     async def sweep(self, now: float, dead_owners: Sequence[str] = ()) -> tuple[list[int], list[int]]:
         """Expired leases: claimed -> queued, calling -> unknown; (requeued, unknown) ids."""
@@ -206,7 +213,7 @@ class PostgresStore:
 
     async def defer_logins(self, logins: Sequence[str], until: float, reason: str, now: float) -> int:
         """Push every due queued job of these accounts to ``until`` in one write."""
-        return await self.write(lambda c: pg_jobs.defer_logins(c, list(logins), until, reason, now))
+        return await self.write(lambda c: pg_jobs.defer_logins(c, list(logins), until, reason, now), True)
 
     async def next_due(self) -> float | None:
         """When the next queued job is due (epoch seconds), or None."""
@@ -269,7 +276,7 @@ class PostgresStore:
         rows = await self.write(lambda c: c.fetch(
             "UPDATE replies r SET next_attempt_at=$2 FROM (SELECT id FROM replies WHERE state='queued' "
             "AND next_attempt_at<=$1 ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) due "
-            "WHERE r.id = due.id RETURNING r.*", float(now), float(now) + REPLY_LEASE, limit))
+            "WHERE r.id = due.id RETURNING r.*", float(now), float(now) + REPLY_LEASE, limit), single=True)
         rows = sorted(rows, key=lambda r: r["id"])
         return [Reply(r["id"], r["to_addr"], r["code"], bytes(r["message"]), r["attempts"], r["created_at"])
                 for r in rows]
@@ -278,7 +285,7 @@ class PostgresStore:
         """Record a reply's outcome: ``sent``, ``failed``, or ``queued`` again at ``when``."""
         await self.write(lambda c: c.execute(
             "UPDATE replies SET state=$1, attempts=attempts+1, last_error=$2, next_attempt_at=$3 WHERE id=$4",
-            ReplyState(state).value, error, float(when), reply_id))
+            ReplyState(state).value, error, float(when), reply_id), single=True)
 
     async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
         """Replies (for tests and the operator), oldest first."""
@@ -302,7 +309,7 @@ class PostgresStore:
             "INSERT INTO mailboxes VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET "
             "uidvalidity=excluded.uidvalidity, last_uid=CASE WHEN mailboxes.uidvalidity=excluded.uidvalidity "
             "THEN GREATEST(mailboxes.last_uid, excluded.last_uid) ELSE excluded.last_uid END",
-            name, uidvalidity, last_uid))
+            name, uidvalidity, last_uid), single=True)
 
     # --- opt-outs --------------------------------------------------------------------------
 
@@ -310,13 +317,14 @@ class PostgresStore:
         """Suppress ``number`` (for ``sender`` only, or globally); False if it already was."""
         added = await self.write(lambda c: c.fetchval(
             "INSERT INTO optouts VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING number",
-            number, (sender or "").lower(), source, float(now)))
+            number, (sender or "").lower(), source, float(now)), single=True)
         return added is not None
 
     async def optout_remove(self, number: str, sender: str | None) -> bool:
         """Lift a suppression; False if there was none."""
         removed = await self.write(lambda c: c.fetchval(
-            "DELETE FROM optouts WHERE number=$1 AND sender=$2 RETURNING number", number, (sender or "").lower()))
+            "DELETE FROM optouts WHERE number=$1 AND sender=$2 RETURNING number", number, (sender or "").lower()),
+            single=True)
         return removed is not None
 
     async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -338,6 +346,13 @@ class PostgresStore:
     def mailbox_lock(self, name: str) -> AbstractAsyncContextManager[MailboxLock]:
         """Try to become the one instance polling mailbox ``name``, for the duration of the block."""
         return pg_instances.mailbox_lock(self.url, name)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection needs no reset query when it goes back (one round trip saved per
+    call): the store never changes session state on one. ``LISTEN`` and session advisory
+    locks live on connections of their own (``pg_instances``); an open transaction is
+    still rolled back by the pool itself."""
 
 
 def _forget(tasks: set[asyncio.Task]) -> Callable[[asyncio.Task], None]:
