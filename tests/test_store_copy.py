@@ -100,6 +100,21 @@ class TestCopy:
             await target.close()
 
 
+    async def test_the_admin_verbs_work_on_the_copy(self, tmp_path, pg_url):
+        """After the switch, `accounts list` and `queue list` read the PostgreSQL store the config names."""
+        await (await an_installation(tmp_path / "bridge.db")).close()
+        assert mail2sms("store", "copy", "--from", f"sqlite://{tmp_path / 'bridge.db'}", "--to", pg_url).returncode == 0
+        config = tmp_path / "config.yaml"
+        config.write_text(f"store: {pg_url}\nsmtp: {{recipients: [m@example.com]}}\n"
+                          "providers: {outbox: {type: file, path: outbox.jsonl}}\n"
+                          "accounts: {a: {api_key: k, credits: 999, route: [outbox]}}\n")
+        accounts = mail2sms("--config", str(config), "accounts", "list")
+        assert accounts.returncode == 0, accounts.stderr
+        assert " 46 " in accounts.stdout and "999" not in accounts.stdout   # the copied balance, no new opening
+        queued = mail2sms("--config", str(config), "queue", "list", "--state", "queued")
+        assert queued.returncode == 0 and queued.stdout.count("+3361212150") == 2
+
+
 class TestMigrate:
     async def test_migrate_creates_the_schema_and_exits(self, pg_url):
         """`store migrate --url` on an empty database creates the tables, at this bridge's version."""

@@ -202,6 +202,11 @@ class TestOutage:
                     await store.commit(plan("during"), 2)
                 with pytest.raises(StoreError):
                     await store.claim("me", 2, 10, 60)
+                with pytest.raises(StoreError):
+                    await store.balances()
+                with pytest.raises(StoreError):
+                    async with store.mailbox_lock("work:INBOX"):
+                        pass
                 assert time.monotonic() - started < CONNECT_BOUND
                 woken.clear()
                 await asyncio.to_thread(server.start)
