@@ -69,7 +69,13 @@ class SqliteStore:
         self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
-        self._reader.close()
+        await asyncio.to_thread(self._close_reader)
+
+    def _close_reader(self) -> None:
+        # Under the read lock: closing the connection while a read thread is inside it
+        # crashes the interpreter (SIGSEGV); a read queued behind us gets a clean error.
+        with self._read_lock:
+            self._reader.close()
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a transaction; return once it is committed to disk."""
