@@ -373,7 +373,8 @@ class TestSupervision:
         bridge.supervisor.backoff_base = bridge.supervisor.backoff_max = 0.01
         await bridge.start()
         try:
-            bridge.store._reader.close()  # every read fails from now on
+            with bridge.store._read_lock:  # not under a read in flight: that would be a SIGSEGV
+                bridge.store._reader.close()  # every read fails from now on
             await wait_until(lambda: bridge.supervisor.failed.is_set(), what="supervisor gave up")
             assert "StoreError" in bridge.supervisor.reason
             code, text = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515"))
