@@ -1,17 +1,28 @@
-.PHONY: run test bench install
+.PHONY: run test bench venv check-config clean-venv
 
+# Everything runs from the project's own virtual environment, created on first use
+# (Debian's /usr/bin/python3 refuses `pip install`: PEP 668). PYTHON picks the
+# interpreter that creates it.
 PYTHON ?= python3
+VENV := .venv
 
-install:
-	$(PYTHON) -m pip install --quiet -e .
+venv:
+	PYTHON=$(PYTHON) ./scripts/venv.sh
 
 # Run the daemon on the embedded default (config.yaml: SQLite + the file provider).
-run: install
-	$(PYTHON) -m bridge run --config config.yaml
+run: venv
+	$(VENV)/bin/mail2sms run --config config.yaml
 
-# Install what the tests need (Python extras, dovecot-imapd when missing) and run them.
+check-config: venv
+	$(VENV)/bin/mail2sms check-config --config config.yaml
+
+# Install what the tests need (.venv with the test extras, dovecot-imapd when missing)
+# and run them.
 test:
-	./scripts/test.sh -q
+	PYTHON=$(PYTHON) ./scripts/test.sh -q
 
-bench: install
-	$(PYTHON) bench/smtp_throughput.py
+bench: venv
+	$(VENV)/bin/python bench/smtp_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,4 +1,8 @@
-"""The operator's verbs: ``run``, ``accounts``, ``queue``, ``send`` (called by ``cli.py``)."""
+"""The operator's verbs: ``run``, ``accounts``, ``queue``, ``replies``, ``optout``,
+``providers``, ``send`` (called by ``cli.py``).
+
+Times are shown in the bridge's ``timezone`` with the zone's abbreviation (``CET``).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,21 @@ def run_verb(config: Config, args: argparse.Namespace) -> int:
         from bridge.daemon import serve
 
         log.configure(config.log_format, config.log_level)
-        return asyncio.run(serve(config))
+        return _run_loop(serve(config))
     if args.verb == "providers":
         return asyncio.run(_providers_check(config))
-    verb = {"accounts": _accounts, "queue": _queue, "send": _send, "optout": _optout}[args.verb]
+    verbs = {"accounts": _accounts, "queue": _queue, "send": _send, "optout": _optout, "replies": _replies}
+    verb = verbs[args.verb]
     return asyncio.run(_with_store(config, verb, args))
+
+
+def _run_loop(main):
+    """Run the daemon on uvloop when it is installed (``pip install 'mail2sms-bridge[fast]'``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _with_store(config: Config, verb, args: argparse.Namespace) -> int:
@@ -44,6 +58,13 @@ async def _accounts(config: Config, store, args: argparse.Namespace) -> int:
         if args.login not in config.accounts:
             print(f"unknown account {args.login!r}")
             return EXIT_USAGE
+        current = (await store.balances()).get(args.login, 0)
+        if current + args.amount < 0 and not args.allow_negative:
+            print(
+                f"refused: {args.login} has {current} credits; {args.amount} would leave "
+                f"{current + args.amount} (add --allow-negative to do it anyway)"
+            )
+            return EXIT_RUNTIME
         balance = await store.credit(args.login, args.amount, "manual", time.time())
         print(f"{args.login}: {balance} credits")
         return EXIT_OK
@@ -55,24 +76,63 @@ async def _accounts(config: Config, store, args: argparse.Namespace) -> int:
 
 
 async def _queue(config: Config, store, args: argparse.Namespace) -> int:
+    if args.action == "show":
+        from bridge.queue_show import show
+
+        return await show(store, args.job)
     if args.action == "retry":
         if await store.requeue(args.job, time.time()):
             print(f"job {args.job} queued again")
             return EXIT_OK
         print(f"job {args.job} is not failed or unknown (or does not exist)")
         return EXIT_RUNTIME
+    if args.action == "prune":
+        from bridge.settings import parse_duration
+
+        try:
+            age = parse_duration(args.older_than)
+        except ValueError as exc:
+            print(f"--older-than: {exc}")
+            return EXIT_USAGE
+        counts = await store.prune(time.time() - age)
+        print(", ".join(f"{n} {what} deleted" for what, n in counts.items()))
+        return EXIT_OK
     if args.action == "cancel":
         if await store.cancel(args.job, time.time()):
             print(f"job {args.job} cancelled, its credit refunded")
             return EXIT_OK
         print(f"job {args.job} is not queued (or does not exist): only a queued job can be cancelled")
         return EXIT_RUNTIME
-    for job in await store.jobs(args.state, args.limit):
-        when = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    jobs = await store.jobs(args.state, args.limit)
+    print(f"{'job':>7} {'created':<23} {'state':<8} {'account':<12} {'number':<16} {'parts':>5} {'provider':<10} error")
+    for job in jobs:
         print(
-            f"{job.id:>7} {when} {job.state.value:<8} {job.login:<12} {job.number:<16} "
-            f"{job.parts}p {job.provider or '-':<10} {job.last_error or ''}"[:200]
+            f"{job.id:>7} {_when(config, job.created_at):<23} {job.state.value:<8} {job.login:<12} "
+            f"{job.number:<16} {job.parts:>5} {job.provider or '-':<10} {job.last_error or ''}"[:200]
         )
+    if not jobs:
+        print("(no jobs" + (f" in state {args.state})" if args.state else ")"))
+    return EXIT_OK
+
+
+def _when(config: Config, epoch: float | None) -> str:
+    """``epoch`` in the bridge's time zone, with the zone's abbreviation."""
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, timezone.utc).astimezone(config.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+async def _replies(config: Config, store, args: argparse.Namespace) -> int:
+    """The status mails, oldest first; queued ones wait for the relay."""
+    rows = await store.replies(args.state)
+    print(f"{'reply':>7} {'state':<7} {'status':>6} {'attempts':>8}  {'to':<32} last error")
+    for row in rows:
+        print(
+            f"{row['id']:>7} {row['state']:<7} {row['code']:>6} {row['attempts']:>8}  "
+            f"{row['to_addr']:<32} {row['last_error'] or ''}"[:200]
+        )
+    if not rows:
+        print("(no status mails" + (f" in state {args.state})" if args.state else ")"))
     return EXIT_OK
 
 
@@ -82,7 +142,7 @@ async def _optout(config: Config, store, args: argparse.Namespace) -> int:
     now = time.time()
     if args.action == "list":
         for row in await store.optouts():
-            when = datetime.fromtimestamp(row["created_at"], timezone.utc).strftime("%Y-%m-%d %H:%M")
+            when = _when(config, row["created_at"])
             print(f"{row['number']:<16} {row['sender'] or '(all senders)':<14} {row['source']:<8} {when}")
         return EXIT_OK
     if args.action == "import":
@@ -128,10 +188,11 @@ async def _optout_import(config: Config, store, path: str, now: float) -> int:
 
 
 async def _providers_check(config: Config) -> int:
-    """One line per provider: ok and what it said, or the error."""
+    """One line per provider: ok and what it said, the error, or "not checkable"."""
     import httpx
 
     from bridge.errors import ProviderError
+    from bridge.providers.base import can_check
     from bridge.providers.registry import build_provider
 
     failures = 0
@@ -139,13 +200,16 @@ async def _providers_check(config: Config) -> int:
         for name, settings in config.providers.items():
             provider = build_provider(name, settings, client)
             try:
+                if not can_check(provider):
+                    print(f"{name:<14} not checkable (its API has no harmless call)")
+                    continue
                 verdict = await provider.check()
                 print(f"{name:<14} ok     {verdict}")
             except ProviderError as exc:
                 failures += 1
                 print(f"{name:<14} FAILED {type(exc).__name__}: {exc}")
             finally:
-                await provider.close()
+                await provider.aclose()
     return EXIT_OK if not failures else EXIT_RUNTIME
 
 
@@ -161,6 +225,8 @@ async def _send(config: Config, store, args: argparse.Namespace) -> int:
     mail["Subject"] = subject + (f"|from={args.sms_sender}" if args.sms_sender else "")
     mail["From"] = "mail2sms-cli@localhost"
     mail.set_content(args.text)
+    for warning in _warnings(config, mail):
+        print(f"warning: {warning}")
     outcome = await Intake(config, store).submit(bytes(mail), Envelope(None, source="cli"), inline=True)
     if not outcome.accepted:
         print(f"Status {outcome.status}: {outcome.text} {outcome.note}".strip())
@@ -169,6 +235,15 @@ async def _send(config: Config, store, args: argparse.Namespace) -> int:
     for job in jobs:
         print(f"job {job.id} {job.number}: {job.state.value} via {job.provider or '-'} {job.last_error or ''}".rstrip())
     return EXIT_OK if all(j.state is JobState.SENT for j in jobs) else EXIT_RUNTIME
+
+
+def _warnings(config: Config, mail: EmailMessage) -> tuple[str, ...]:
+    """What the checks would change about this request (e.g. a custom sender dropped)."""
+    from bridge.decide import Envelope, evaluate
+    from bridge.mail import parse_mail
+
+    verdict = evaluate(parse_mail(bytes(mail)), Envelope(None, source="cli"), config, datetime.now(timezone.utc))
+    return verdict.request.warnings if verdict.request else ()
 
 
 async def _deliver(config: Config, store, job_ids):
@@ -184,5 +259,5 @@ async def _deliver(config: Config, store, job_ids):
             await Dispatcher(config, store, providers).run_once(only=job_ids)
         finally:
             for provider in providers.values():
-                await provider.close()
+                await provider.aclose()
     return [await store.job(job_id) for job_id in job_ids]

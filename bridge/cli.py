@@ -9,15 +9,23 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from bridge import __version__
 from bridge.errors import BridgeError, ConfigError, ConfigErrors
-from bridge.model import JobState
+from bridge.model import JobState, ReplyState
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+#: The states ``queue list --state`` takes (the store's job states).
+JOB_STATES = tuple(state.value for state in JobState)
+#: The states ``replies list --state`` takes.
+REPLY_STATES = tuple(state.value for state in ReplyState)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mail2sms", description="E-mail to SMS bridge.")
+    parser.add_argument("--version", action="version", version=f"mail2sms {__version__}")
     parser.add_argument(
         "--config",
         default=os.environ.get("MAIL2SMS_CONFIG", "config.yaml"),
@@ -31,11 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     count = verbs.add_parser("count", help="count SMS parts for TEXT (or stdin)")
     count.add_argument("text", nargs="?", help="the text; read from stdin when left out")
     count.add_argument("--language", choices=("en", "fr"), default="en")
+    _add_config_verbs(verbs)
     _add_admin_verbs(verbs)
     from bridge.store.copy import add_store_verbs
 
     add_store_verbs(verbs)  # store migrate | store copy
     return parser
+
+
+def _add_config_verbs(verbs: argparse._SubParsersAction) -> None:
+    """``config reference``: every setting with its type, default and doc (no config needed)."""
+    config = verbs.add_parser("config", help="about the configuration file")
+    config_verbs = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reference = config_verbs.add_parser("reference", help="every setting: key, type, default, doc")
+    reference.add_argument("--format", choices=("text", "markdown"), default="text")
 
 
 def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -46,17 +63,28 @@ def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
     credit = accounts_verbs.add_parser("credit", help="add (or remove, if negative) credits")
     credit.add_argument("login")
     credit.add_argument("amount", type=int)
+    credit.add_argument(
+        "--allow-negative", action="store_true", help="allow the balance to go below zero"
+    )
     queue = verbs.add_parser("queue", help="the SMS jobs")
     queue_verbs = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = queue_verbs.add_parser("list", help="jobs, newest first")
-    listing.add_argument("--state", choices=[state.value for state in JobState],
-                         help="only jobs in this state")
+    listing.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     listing.add_argument("--limit", type=int, default=50)
+    show = queue_verbs.add_parser("show", help="everything about one job")
+    show.add_argument("job", type=int)
     retry = queue_verbs.add_parser(
         "retry", help="put a failed or unknown job back in the queue (an unknown one may be sent twice)")
     retry.add_argument("job", type=int)
     cancel = queue_verbs.add_parser("cancel", help="do not send a queued job; refund its credit")
     cancel.add_argument("job", type=int)
+    prune = queue_verbs.add_parser("prune", help="delete finished jobs, sent status mails and their mails")
+    prune.add_argument("--older-than", required=True, metavar="DURATION",
+                       help="e.g. 90d: what finished longer ago than this (the ledger is kept)")
+    replies = verbs.add_parser("replies", help="the status mails to senders")
+    replies_verbs = replies.add_subparsers(dest="action", required=True, metavar="ACTION")
+    replies_list = replies_verbs.add_parser("list", help="status mails, oldest first")
+    replies_list.add_argument("--state", choices=REPLY_STATES, help="only those in this state")
     optout = verbs.add_parser("optout", help="the opt-out (STOP) list")
     optout_verbs = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "suppress a number"), ("remove", "lift a suppression")):
@@ -95,11 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_RUNTIME
+    except Exception as exc:  # a bug: one line for the user, never a traceback
+        print(f"error: unexpected {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.verb == "count":
         return _count(args)
+    if args.verb == "config":
+        from bridge.config import reference_table
+
+        print(reference_table(args.format))
+        return EXIT_OK
     from bridge.config import load_config
 
     if args.verb == "store":  # `store copy` names its stores itself: no config needed
@@ -107,24 +143,74 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from bridge.store.copy import run_store_verb
 
-        return asyncio.run(run_store_verb(args, lambda: load_config(args.config)))
-    config = load_config(args.config)
+        return asyncio.run(run_store_verb(args, lambda: load_config(_config_path(args.config))))
+    config = load_config(_config_path(args.config))
     if args.verb == "check-config":
-        print(f"{args.config}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers)")
-        return EXIT_OK
+        return _check_config(config)
+    # The store, its WAL and the outbox hold phone numbers and texts: 0600, 0700 folders.
+    os.umask(0o077)
+    if args.verb == "run":
+        if not _preflight_ok(config):
+            return EXIT_USAGE
     from bridge import admin
 
     return admin.run_verb(config, args)
 
 
+def _config_path(name: str) -> Path:
+    """The config file's absolute path; a missing one is a ``ConfigError`` with a hint."""
+    path = Path(name).expanduser().absolute()
+    if not path.exists():
+        raise ConfigError(
+            "",
+            f"cannot read {path}: no such file (give another with --config PATH or "
+            "$MAIL2SMS_CONFIG; the repository's config.yaml is a working example)",
+        )
+    return path
+
+
+def _check_config(config) -> int:
+    """Print OK or every problem that would stop ``run``, plus warnings; exit 0 or 2."""
+    from bridge import preflight
+
+    findings = []
+    for finding in preflight.check(config, network=True):
+        if finding.key in ("smtp.listen", "smtp.tls_listen"):  # fine while the bridge runs
+            finding = preflight.Finding(finding.key, finding.problem, fatal=False)
+        findings.append(finding)
+    for finding in findings:
+        label = "config error" if finding.fatal else "warning"
+        print(f"{label}: {finding}", file=sys.stderr)
+    if preflight.errors(findings):
+        return EXIT_USAGE
+    print(f"{config.path}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers)")
+    return EXIT_OK
+
+
+def _preflight_ok(config) -> bool:
+    """Before ``run``: print what would make the daemon fail at start; False if any.
+
+    A busy port is not checked here: it is no config error (exit 1, not 2, so that
+    systemd retries), and the listener itself reports it naming ``smtp.listen``.
+    """
+    from bridge import preflight
+
+    problems = preflight.errors(preflight.check(config, ports=False))
+    for finding in problems:
+        print(f"config error: {finding}", file=sys.stderr)
+    return not problems
+
+
 def _count(args: argparse.Namespace) -> int:
-    from bridge.encoding import count_report
+    """Print the count report; exit 1 when the text needs more parts than allowed."""
+    from bridge.encoding import MAX_PARTS, count_report, segment
 
     text = args.text if args.text is not None else sys.stdin.read()
     # Count what the bridge would send: build_request drops leading and trailing line
     # breaks, so the newline `echo` or a heredoc adds must not cost a character (or a part).
-    print(count_report(text.strip("\n"), args.language))
-    return EXIT_OK
+    text = text.strip("\n")
+    print(count_report(text, args.language))
+    return EXIT_OK if segment(text).count <= MAX_PARTS else EXIT_RUNTIME
 
 
 if __name__ == "__main__":

@@ -1,31 +1,35 @@
-"""Reading ``config.yaml`` once into frozen dataclasses.
+"""Reading ``config.yaml`` once into frozen dataclasses, each setting declared once.
 
-Strings may use ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); an unset variable without a
-default is an error naming the key. Every bad value raises ``ConfigError`` naming its key
-path (``smtp.listen: expected host:port``); ``load_config`` gathers all of them into one
+Every section is a frozen dataclass whose fields are declared with ``bridge.settings.setting``
+(type, default, one-line doc); ``mail2sms config reference`` prints them all. Strings may use
+``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); an unset variable without a default is an error
+naming the key. Every bad value raises ``ConfigError`` naming its key path
+(``smtp.listen: expected host:port``); ``load_config`` gathers all of them into one
 ``ConfigErrors`` so ``check-config`` can print each.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
 from bridge.calendar_rules import QuietHours, parse_windows
 from bridge.errors import ConfigError, ConfigErrors
+from bridge.settings import (
+    BOOL, DURATION, REQUIRED, SECRET, SECTION, TEXT, Kind, Row, SubError, choice, duration,
+    integer, list_of, number, read, rows, setting,
+)
 
-T = TypeVar("T")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
-_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -39,220 +43,11 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class SmtpUser:
-    """An SMTP AUTH login and the account it may send for."""
-
-    password: str = field(repr=False)
-    account: str
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    """The SMTP listener."""
-
-    listen: Address = Address("127.0.0.1", 2525)
-    recipients: tuple[str, ...] = ()
-    hostname: str | None = None
-    max_size: int = 256 * 1024
-    reject_inline: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_listen: Address | None = None            # implicit TLS (SMTPS) listener
-    auth_users: Mapping[str, SmtpUser] = field(default_factory=dict)
-    auth_required: bool = False
-
-
-@dataclass(frozen=True)
-class RepliesConfig:
-    """Where numbered statuses are mailed from and through."""
-
-    relay: Address = Address("127.0.0.1", 25)
-    sender: str = "mail2sms@localhost"
-    enabled: bool = True
-    rate_per_hour: int = 20                      # replies per recipient address
-    timeout: float = 30.0
-    starttls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class DispatcherConfig:
-    """How jobs are taken and retried."""
-
-    concurrency: int = 16
-    max_age: float = 86400.0                     # give up (refund, status 122) after this
-    backoff_base: float = 5.0
-    backoff_max: float = 900.0
-    poll_interval: float = 1.0                   # idle check for due jobs
-    grace_period: float = 10.0                   # on shutdown, wait for in-flight calls
-    lease: float = 60.0                          # a claim held this long is taken back by the sweep
-    sweep_interval: float = 15.0                 # how often expired leases are looked for
-    reconcile_interval: float = 60.0             # how often unknown jobs are looked up
-    reconcile_after: float = 30.0                # a call is looked up only this long after it
-
-
-@dataclass(frozen=True)
-class AccountConfig:
-    """One Mail2SMS account (the ``login`` of ``login@apiKey``)."""
-
-    login: str
-    api_key: str = field(repr=False)
-    credits: int = 0                             # opening balance, applied once
-    route: tuple[str, ...] = ()
-    language: str = "fr"
-    transliterate: bool = False
-    allowed_senders: tuple[str, ...] = ()        # empty: any sender address
-    receipts: bool = False                       # also mail 100/101 on success
-    lowcost_route: tuple[str, ...] = ()          # for lc=1; empty: `route`
-    country_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # FR -> [...], "*"
-    pricing: Mapping[str, int] = field(default_factory=dict)  # credits per part by country, "*"
-    rate_per_minute: int | None = None           # SMS sent per minute, queued beyond
-    rate_per_day: int | None = None              # SMS sent per 24 hours, queued beyond
-    category: str = "transactional"              # or marketing (quiet hours, STOP)
-    quiet_hours: QuietHours | None = None        # None: the global quiet_hours
-    stop: str = "append"                         # marketing to France without STOP: append | reject
-    stop_text: str = "STOP au 36180"
-    allowed_countries: frozenset[str] = frozenset({"FR"})  # FR covers the overseas departments
-    max_per_number_per_hour: int | None = 30     # anti-pumping caps: refused beyond (status 127)
-    max_sms_per_day: int | None = None
-    max_spend_per_day: int | None = None         # credits per 24 hours
-
-
-@dataclass(frozen=True)
-class ProviderPolicy:
-    """What the dispatcher applies around a provider, whatever its type."""
-
-    rate: float | None = None                    # messages per second; None: the type's default
-    breaker_failures: int = 5                    # consecutive failures that open the circuit
-    breaker_cooldown: float = 30.0               # seconds before a half-open probe
-
-
-@dataclass(frozen=True)
-class ImapConfig:
-    """One IMAP mailbox the bridge polls (``imap.<name>``); folder paths use ``/``."""
-
-    host: str
-    user: str
-    password: str = field(repr=False)
-    port: int = 993                              # 993 with tls: implicit, else 143
-    tls: str = "implicit"                        # implicit | starttls | none
-    tls_verify: bool = True
-    mailbox: str = "INBOX"
-    processed: str = "mail2sms/processed"
-    failed: str = "mail2sms/failed"
-    poll_interval: float = 60.0                  # without IDLE
-    idle: bool = True
-    idle_renew: float = 540.0                    # re-issue IDLE (servers drop it at 30 min)
-    batch: int = 50
-    timeout: float = 30.0                        # any single server answer
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration."""
-
-    path: Path | None = None
-    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Europe/Paris"))
-    region: str = "FR"
-    store: str = "sqlite://mail2sms.db"
-    max_recipients: int = 500
-    smtp: SmtpConfig = SmtpConfig()
-    replies: RepliesConfig = RepliesConfig()
-    dispatcher: DispatcherConfig = DispatcherConfig()
-    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    provider_policies: Mapping[str, ProviderPolicy] = field(default_factory=dict)
-    pricing: Mapping[str, int] = field(default_factory=lambda: {"*": 1})  # credits per part
-    quiet_hours: QuietHours = field(default_factory=QuietHours)      # for marketing SMS
-    accounts: Mapping[str, AccountConfig] = field(default_factory=dict)
-    imap: Mapping[str, ImapConfig] = field(default_factory=dict)
-    log_format: str = "auto"
-    log_level: str = "info"
-
-    def sqlite_path(self) -> Path:
-        """The SQLite file of ``store`` (relative paths are from the config's folder)."""
-        if not self.store.startswith("sqlite://"):
-            raise ConfigError("store", "only sqlite:// stores are supported so far")
-        path = Path(self.store.removeprefix("sqlite://"))
-        if not path.is_absolute() and self.path is not None:
-            path = self.path.parent / path
-        return path
-
-
-class _Reader:
-    """Typed access to one mapping of the YAML, naming key paths and collecting errors."""
-
-    def __init__(self, data: Any, path: str, errors: list[ConfigError]) -> None:
-        self.path = path
-        self.errors = errors
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            self.error("", "must be a mapping")
-            data = {}
-        self.data = data
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path and name else (name or self.path)
-
-    def error(self, name: str, problem: str) -> None:
-        self.errors.append(ConfigError(self.key(name), problem))
-
-    def only(self, *names: str) -> None:
-        for name in self.data:
-            if name not in names:
-                self.error(str(name), "unknown setting")
-
-    def get(self, name: str, default: T, convert: Callable[[Any], T]) -> T:
-        if name not in self.data or self.data[name] is None:
-            return default
-        try:
-            return convert(self.data[name])
-        except (ValueError, TypeError) as exc:
-            self.error(name, str(exc))
-            return default
-
-    def sub(self, name: str) -> "_Reader":
-        return _Reader(self.data.get(name), self.key(name), self.errors)
-
-
-# --- converters: raise ValueError with a message that completes "key: ..." ------------
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value.strip()
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _int(minimum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"must be a whole number >= {minimum}")
-        return value
-
-    return convert
-
-
-def _duration(value: Any) -> float:
-    """Seconds from a number or a string such as ``30s``, ``15m``, ``24h``, ``7d``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
-    if not match:
-        raise ValueError("must be a duration such as 30, 30s, 15m, 24h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+# --- kinds of the sections below --------------------------------------------------------
 
 
 def _address(value: Any) -> Address:
-    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected host:port")
@@ -260,187 +55,29 @@ def _address(value: Any) -> Address:
 
 
 def _email(value: Any) -> str:
-    text = _str(value).lower()
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    text = value.strip().lower()
     local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain or any(c.isspace() or c in "<>" for c in text):
         raise ValueError(f"not an e-mail address: {text!r}")
     return text
 
 
-def _list(item: Callable[[Any], T]) -> Callable[[Any], tuple[T, ...]]:
-    def convert(value: Any) -> tuple[T, ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ValueError("must be a list")
-        return tuple(item(v) for v in value)
-
-    return convert
-
-
 def _timezone(value: Any) -> ZoneInfo:
     try:
-        return ZoneInfo(_str(value))
+        return ZoneInfo(TEXT(value))
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {value!r}") from None
 
 
-def _path(value: Any) -> Path:
-    return Path(_str(value))
+def _region(value: Any) -> str:
+    import phonenumbers
 
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return convert
-
-
-# --- sections ---------------------------------------------------------------------------
-
-
-def _smtp(r: _Reader) -> SmtpConfig:
-    r.only("listen", "recipients", "hostname", "max_size", "reject_inline", "tls", "tls_listen", "auth")
-    tls = r.sub("tls")
-    tls.only("cert", "key")
-    auth = r.sub("auth")
-    auth.only("users", "required")
-    users = {}
-    users_reader = auth.sub("users")
-    for name in users_reader.data:
-        u = users_reader.sub(str(name))
-        u.only("password", "account")
-        users[str(name)] = SmtpUser(u.get("password", "", _str), u.get("account", "", _str))
-        for key in ("password", "account"):
-            if key not in u.data:
-                u.error(key, "required")
-    config = SmtpConfig(
-        listen=r.get("listen", SmtpConfig.listen, _address),
-        recipients=r.get("recipients", (), _list(_email)),
-        hostname=r.get("hostname", None, _str),
-        max_size=r.get("max_size", SmtpConfig.max_size, _int(1024)),
-        reject_inline=r.get("reject_inline", False, _bool),
-        tls_cert=tls.get("cert", None, _path),
-        tls_key=tls.get("key", None, _path),
-        tls_listen=r.get("tls_listen", None, _address),
-        auth_users=MappingProxyType(users),
-        auth_required=auth.get("required", False, _bool),
-    )
-    if not config.recipients:
-        r.error("recipients", "required: the addresses the bridge accepts mail for")
-    if (config.tls_cert is None) != (config.tls_key is None):
-        tls.error("", "cert and key go together")
-    if config.tls_listen and config.tls_cert is None:
-        r.error("tls_listen", "needs smtp.tls.cert and smtp.tls.key")
-    if config.auth_required and not config.auth_users:
-        auth.error("users", "required when auth.required is true")
-    return config
-
-
-def _replies(r: _Reader) -> RepliesConfig:
-    r.only("relay", "from", "enabled", "rate_per_hour", "timeout", "starttls", "username", "password")
-    return RepliesConfig(
-        relay=r.get("relay", RepliesConfig.relay, _address),
-        sender=r.get("from", RepliesConfig.sender, _email),
-        enabled=r.get("enabled", True, _bool),
-        rate_per_hour=r.get("rate_per_hour", RepliesConfig.rate_per_hour, _int(1)),
-        timeout=r.get("timeout", RepliesConfig.timeout, _duration),
-        starttls=r.get("starttls", False, _bool),
-        username=r.get("username", None, _str),
-        password=r.get("password", None, _str),
-    )
-
-
-def _dispatcher(r: _Reader) -> DispatcherConfig:
-    d = DispatcherConfig
-    r.only("concurrency", "max_age", "backoff_base", "backoff_max", "poll_interval", "grace_period",
-           "lease", "sweep_interval", "reconcile_interval", "reconcile_after")
-    return DispatcherConfig(
-        concurrency=r.get("concurrency", d.concurrency, _int(1)),
-        max_age=r.get("max_age", d.max_age, _duration),
-        backoff_base=r.get("backoff_base", d.backoff_base, _duration),
-        backoff_max=r.get("backoff_max", d.backoff_max, _duration),
-        poll_interval=r.get("poll_interval", d.poll_interval, _duration),
-        grace_period=r.get("grace_period", d.grace_period, _duration),
-        lease=r.get("lease", d.lease, _duration),
-        sweep_interval=r.get("sweep_interval", d.sweep_interval, _duration),
-        reconcile_interval=r.get("reconcile_interval", d.reconcile_interval, _duration),
-        reconcile_after=r.get("reconcile_after", d.reconcile_after, _duration),
-    )
-
-
-def _stop_text(value: Any) -> str:
-    from bridge.sender import has_stop_mention
-
-    text = _str(value)
-    if not has_stop_mention(" " + text):
-        raise ValueError("must read 'STOP au 36xxx' (the opt-out short code)")
+    text = TEXT(value).upper()
+    if text not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown region {value!r} (ISO 3166 code such as FR)")
     return text
-
-
-def _quiet_hours(r: _Reader, tz: ZoneInfo) -> QuietHours:
-    """``{windows: ["mon-sat 08:00-20:00"], holidays: true, alsace_moselle: false}``."""
-    r.only("windows", "holidays", "alsace_moselle")
-    defaults = QuietHours(tz=tz)
-    windows = defaults.windows
-    if "windows" in r.data:
-        try:
-            windows = parse_windows(r.data["windows"])
-        except (ValueError, TypeError) as exc:
-            r.error("windows", str(exc))
-    return QuietHours(
-        tz=tz,
-        windows=windows,
-        holidays=r.get("holidays", True, _bool),
-        alsace_moselle=r.get("alsace_moselle", False, _bool),
-    )
-
-
-def _account(
-    login: str, r: _Reader, providers: Mapping[str, Any], timezone: ZoneInfo = ZoneInfo("Europe/Paris")
-) -> AccountConfig:
-    r.only(
-        "api_key", "credits", "route", "language", "transliterate", "allowed_senders", "receipts",
-        "lowcost_route", "country_routes", "pricing", "rate_per_minute", "rate_per_day",
-        "category", "quiet_hours", "stop", "stop_text", "allowed_countries",
-        "max_per_number_per_hour", "max_sms_per_day", "max_spend_per_day",
-    )
-    if "api_key" not in r.data:
-        r.error("api_key", "required")
-    account = AccountConfig(
-        login=login,
-        api_key=r.get("api_key", "", _str),
-        credits=r.get("credits", 0, _int(0)),
-        route=r.get("route", (), _list(_str)),
-        language=r.get("language", "fr", _choice("fr", "en")),
-        transliterate=r.get("transliterate", False, _bool),
-        allowed_senders=r.get("allowed_senders", (), _list(_email)),
-        receipts=r.get("receipts", False, _bool),
-        lowcost_route=r.get("lowcost_route", (), _list(_str)),
-        country_routes=_country_routes(r.sub("country_routes")),
-        pricing=_pricing(r.sub("pricing")),
-        rate_per_minute=r.get("rate_per_minute", None, _int(1)),
-        rate_per_day=r.get("rate_per_day", None, _int(1)),
-        category=r.get("category", "transactional", _choice("transactional", "marketing")),
-        quiet_hours=_quiet_hours(r.sub("quiet_hours"), timezone) if "quiet_hours" in r.data else None,
-        stop=r.get("stop", "append", _choice("append", "reject")),
-        stop_text=r.get("stop_text", "STOP au 36180", _stop_text),
-        allowed_countries=frozenset(r.get("allowed_countries", ("FR",), _list(_country))),
-        max_per_number_per_hour=r.get("max_per_number_per_hour", 30, _int(1)),
-        max_sms_per_day=r.get("max_sms_per_day", None, _int(1)),
-        max_spend_per_day=r.get("max_spend_per_day", None, _int(1)),
-    )
-    if not account.route:
-        r.error("route", "required: the providers to try, in order")
-    routes = [("route", account.route), ("lowcost_route", account.lowcost_route)]
-    routes += [(f"country_routes.{c}", names) for c, names in account.country_routes.items()]
-    for key, names in routes:
-        for name in names:
-            if name not in providers:
-                r.error(key, f"unknown provider {name!r}")
-    return account
 
 
 def _country(value: Any) -> str:
@@ -453,111 +90,397 @@ def _country(value: Any) -> str:
     return text
 
 
-def _country_routes(r: _Reader) -> Mapping[str, tuple[str, ...]]:
-    routes = {}
-    for key in r.data:
-        try:
-            country = _country(key)
-        except ValueError as exc:
-            r.error(str(key), str(exc))
-            continue
-        routes[country] = r.get(key, (), _list(_str))
-    return MappingProxyType(routes)
+def _by_country(item: Kind) -> Kind:
+    """A mapping ``{FR: ..., "*": ...}``; a bad entry is reported at its own key."""
+    def convert(value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping of country codes (FR, BE, ..., or *)")
+        result = {}
+        for key, entry in value.items():
+            try:
+                result[_country(key)] = item(entry)
+            except ValueError as exc:
+                raise SubError(str(key), str(exc)) from None
+        return MappingProxyType(result)
+    return Kind(f"mapping country -> {item.name}", convert)
 
 
-def _pricing(r: _Reader) -> Mapping[str, int]:
-    prices = {}
-    for key in r.data:
-        try:
-            country = _country(key)
-        except ValueError as exc:
-            r.error(str(key), str(exc))
-            continue
-        prices[country] = r.get(key, 1, _int(0))
-    return MappingProxyType(prices)
+def _stop_text(value: Any) -> str:
+    from bridge.sender import has_stop_mention
+
+    text = TEXT(value)
+    if not has_stop_mention(" " + text):
+        raise ValueError("must read 'STOP au 36xxx' (the opt-out short code)")
+    return text
 
 
-#: Settings every provider takes, read by the dispatcher rather than the provider module.
-_POLICY_KEYS = ("rate", "circuit")
+def _path(value: Any) -> Path:
+    return Path(TEXT(value))
 
 
-def _policy(r: _Reader) -> ProviderPolicy:
-    circuit = r.sub("circuit")
-    circuit.only("failures", "cooldown")
-    rate = r.get("rate", None, _positive)
-    return ProviderPolicy(
-        rate=rate,
-        breaker_failures=circuit.get("failures", ProviderPolicy.breaker_failures, _int(1)),
-        breaker_cooldown=circuit.get("cooldown", ProviderPolicy.breaker_cooldown, _duration),
-    )
+ADDRESS = Kind("host:port", _address)
+EMAIL = Kind("e-mail address", _email)
+NAMES = list_of(TEXT)
+CREDITS = integer(0)
+COUNTRY = Kind("ISO country code or *", _country)
+SECONDS = duration(above=True)   # a wait that must be above zero
 
 
-def _positive(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("must be a number > 0")
-    return float(value)
+# --- sections ---------------------------------------------------------------------------
 
 
-def _imap(r: _Reader) -> dict[str, ImapConfig]:
-    """``imap: {name: {host, user, password, ...}}``: the mailboxes to poll."""
-    mailboxes = {}
-    for name in r.data:
-        m = r.sub(str(name))
-        m.only(
-            "host", "port", "tls", "tls_verify", "user", "password", "mailbox", "processed",
-            "failed", "poll_interval", "idle", "idle_renew", "batch", "timeout",
-        )
-        for key in ("host", "user", "password"):
-            if key not in m.data:
-                m.error(key, "required")
-        tls = m.get("tls", "implicit", _choice("implicit", "starttls", "none"))
-        d = ImapConfig
-        config = ImapConfig(
-            host=m.get("host", "", _str),
-            user=m.get("user", "", _str),
-            password=m.get("password", "", _str),
-            port=m.get("port", 993 if tls == "implicit" else 143, _int(1)),
-            tls=tls,
-            tls_verify=m.get("tls_verify", True, _bool),
-            mailbox=m.get("mailbox", d.mailbox, _str),
-            processed=m.get("processed", d.processed, _str),
-            failed=m.get("failed", d.failed, _str),
-            poll_interval=m.get("poll_interval", d.poll_interval, _duration),
-            idle=m.get("idle", True, _bool),
-            idle_renew=m.get("idle_renew", d.idle_renew, _duration),
-            batch=m.get("batch", d.batch, _int(1)),
-            timeout=m.get("timeout", d.timeout, _duration),
-        )
-        if config.port > 65535:
-            m.error("port", "must be a port number (1-65535)")
-        if not 0 < config.idle_renew < 29 * 60:
-            m.error("idle_renew", "must be above 0 and below 29m (servers may drop IDLE at 30 minutes)")
-        for key in ("poll_interval", "timeout"):
-            if getattr(config, key) <= 0:
-                m.error(key, "must be above 0")
-        folders = [config.mailbox.lower(), config.processed.lower(), config.failed.lower()]
+@dataclass(frozen=True, kw_only=True)
+class SmtpUser:
+    """An SMTP AUTH login and the account it may send for (``smtp.auth.users.<login>``)."""
+
+    password: str = setting(REQUIRED, "the login's password", SECRET)
+    account: str = setting(REQUIRED, "the account (accounts.<login>) it may send for", TEXT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmtpConfig:
+    """The SMTP listener (``smtp``)."""
+
+    listen: Address = setting(Address("127.0.0.1", 2525), "address the listener binds", ADDRESS)
+    recipients: tuple[str, ...] = setting((), "addresses the bridge accepts mail for; RCPT to others: 550",
+                                          list_of(EMAIL), shown="required")
+    hostname: str | None = setting(None, "name in the greeting (default: the host name)", TEXT)
+    max_size: int = setting(256 * 1024, "largest mail in bytes; 552 beyond", integer(1024))
+    reject_inline: bool = setting(False, "refused requests get 550 with the status instead of a mail", BOOL)
+    tls_cert: Path | None = setting(None, "certificate (PEM); enables STARTTLS", Kind("path", _path), key="tls.cert")
+    tls_key: Path | None = setting(None, "private key (PEM) of tls.cert", Kind("path", _path), key="tls.key")
+    tls_listen: Address | None = setting(None, "optional implicit-TLS (SMTPS) listener", ADDRESS)
+    auth_users: Mapping[str, SmtpUser] = setting(
+        MappingProxyType({}), "SMTP AUTH logins: {login: {password, account}}", SECTION, key="auth.users")
+    auth_required: bool = setting(False, "refuse mail from clients that did not log in", BOOL, key="auth.required")
+    max_connections: int = setting(200, "open connections in all; 421 4.7.0 beyond", integer(1))
+    max_connections_per_client: int = setting(20, "open connections from one client address", integer(1))
+    max_recipients: int = setting(10, "RCPT commands per transaction, refused ones included; 452 4.5.3 beyond",
+                                  integer(1))
+    auth_max_failures: int = setting(3, "wrong passwords or API keys on one connection, then 421 and disconnect",
+                                     integer(1), key="auth.max_failures")
+    auth_failure_delay: float = setting(1.0, "extra wait per recent failure of a client address (last 15 min)",
+                                        SECONDS, key="auth.failure_delay")
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """Settings that only make sense together."""
+        if not self.recipients:
+            yield "recipients", "required: the addresses the bridge accepts mail for"
+        if (self.tls_cert is None) != (self.tls_key is None):
+            yield "tls", "cert and key go together"
+        if self.tls_listen and self.tls_cert is None:
+            yield "tls_listen", "needs smtp.tls.cert and smtp.tls.key"
+        if self.auth_required and not self.auth_users:
+            yield "auth.users", "required when auth.required is true"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepliesConfig:
+    """Where numbered statuses are mailed from and through (``replies``)."""
+
+    relay: Address = setting(Address("127.0.0.1", 25), "SMTP relay status mails go through", ADDRESS)
+    sender: str = setting("mail2sms@localhost", "From address of status mails", EMAIL, key="from")
+    enabled: bool = setting(True, "false: never mail a status", BOOL)
+    rate_per_hour: int = setting(20, "status mails per recipient mailbox (+tags folded) per hour", integer(1))
+    rate_per_domain_per_hour: int = setting(60, "status mails per recipient domain per hour", integer(1))
+    timeout: float = setting(30.0, "longest wait for the relay", DURATION)
+    starttls: bool = setting(False, "use STARTTLS with the relay", BOOL)
+    username: str | None = setting(None, "relay login", TEXT)
+    password: str | None = setting(None, "relay password", SECRET)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherConfig:
+    """How jobs are taken, retried and reconciled (``dispatcher``)."""
+
+    concurrency: int = setting(16, "provider calls in flight", integer(1))
+    max_age: float = setting(86400.0, "give up on transient failures after this (status 122, refund)", DURATION)
+    backoff_base: float = setting(5.0, "first retry delay, doubled each time (with ±20% jitter)", DURATION)
+    backoff_max: float = setting(900.0, "longest retry delay", DURATION)
+    poll_interval: float = setting(1.0, "idle check for due jobs", DURATION)
+    grace_period: float = setting(10.0, "on shutdown, wait this long for in-flight calls", DURATION)
+    lease: float = setting(60.0, "how long a claim is held before another sweep may take it back", SECONDS)
+    sweep_interval: float = setting(15.0, "how often expired claims are looked for", SECONDS)
+    reconcile_interval: float = setting(60.0, "how often unknown jobs are looked up at their provider", SECONDS)
+    reconcile_after: float = setting(30.0, "a job is looked up only this long after its call", SECONDS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuietHoursSettings:
+    """When marketing SMS may go out (``quiet_hours``, or an account's own)."""
+
+    windows: Any = setting(None, 'allowed windows, e.g. ["mon-fri 08:00-20:00", "sat 10:00-18:00"]',
+                           Kind("list of windows", parse_windows), shown="mon-sat 08:00-20:00")
+    holidays: bool = setting(True, "no marketing on French public holidays", BOOL)
+    alsace_moselle: bool = setting(False, "also Good Friday and 26 December", BOOL)
+
+    def build(self, tz: ZoneInfo) -> QuietHours:
+        """The ``QuietHours`` rule in time zone ``tz``."""
+        windows = self.windows if self.windows is not None else QuietHours(tz=tz).windows
+        return QuietHours(tz=tz, windows=windows, holidays=self.holidays, alsace_moselle=self.alsace_moselle)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountConfig:
+    """One Mail2SMS account (``accounts.<login>``, the ``login`` of ``login@apiKey``)."""
+
+    login: str = ""
+    api_key: str = setting(REQUIRED, "the account's API key (compared in constant time)", SECRET)
+    credits: int = setting(0, "opening balance, applied once", CREDITS)
+    route: tuple[str, ...] = setting((), "providers to try in order (failover)", NAMES, shown="required")
+    language: str = setting("fr", "language of status mails", choice("fr", "en"))
+    transliterate: bool = setting(False, "replace characters outside GSM-7 by their closest GSM-7 form", BOOL)
+    allowed_senders: tuple[str, ...] = setting((), "if set, only these addresses may use the account",
+                                               list_of(EMAIL))
+    receipts: bool = setting(False, "also mail status 100/101 on success", BOOL)
+    lowcost_route: tuple[str, ...] = setting((), "route for lc=1 (empty: route)", NAMES)
+    country_routes: Mapping[str, tuple[str, ...]] = setting(
+        MappingProxyType({}), "route by destination country, * for the others; wins over route", _by_country(NAMES))
+    pricing: Mapping[str, int] = setting(MappingProxyType({}), "credits per part by country (wins over pricing)",
+                                         _by_country(CREDITS))
+    rate_per_minute: int | None = setting(None, "SMS sent per minute; the rest wait", integer(1))
+    rate_per_day: int | None = setting(None, "SMS sent per 24 hours; the rest wait", integer(1))
+    category: str = setting("transactional", "marketing: quiet hours and STOP apply",
+                            choice("transactional", "marketing"))
+    quiet_hours: QuietHours | None = setting(None, "the account's own quiet hours (see quiet_hours)", SECTION)
+    stop: str = setting("append", "marketing to France without STOP: append it, or reject (124)",
+                        choice("append", "reject"))
+    stop_text: str = setting("STOP au 36180", "the STOP mention appended", Kind("STOP au 36xxx", _stop_text))
+    allowed_countries: frozenset[str] = setting(frozenset({"FR"}), "destination countries allowed (* any)",
+                                                Kind("list of ISO codes or *", lambda v: frozenset(list_of(COUNTRY)(v))))
+    max_per_number_per_hour: int | None = setting(30, "anti-pumping: SMS per number per hour (127 beyond)", integer(1))
+    max_sms_per_day: int | None = setting(None, "anti-pumping: SMS per 24 hours", integer(1))
+    max_spend_per_day: int | None = setting(None, "anti-pumping: credits per 24 hours", integer(1))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """A route is required."""
+        if not self.route:
+            yield "route", "required: the providers to try, in order"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderPolicy:
+    """What the dispatcher applies around a provider, whatever its type (``providers.<name>``)."""
+
+    type: str = setting("", "the provider type: file, smspartner, allmysms, allo, orange, octopush, "
+                            "ovh, twilio, vonage, http", TEXT, shown="required")
+    rate: float | None = setting(None, "messages per second (default: the type's documented rate)",
+                                 number(0, above=True))
+    breaker_failures: int = setting(5, "consecutive failures that open the circuit", integer(1),
+                                    key="circuit.failures")
+    breaker_cooldown: float = setting(30.0, "seconds before a half-open probe", DURATION, key="circuit.cooldown")
+    breaker_max_cooldown: float = setting(600.0, "each failed probe doubles the wait, up to this", DURATION,
+                                          key="circuit.max_cooldown")
+
+
+def _lower_set(value: Any) -> frozenset[str]:
+    return frozenset(item.lower() for item in list_of(TEXT)(value))
+
+
+LOWER_SET = Kind("list of strings", _lower_set)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DlrMapping:
+    """How to read one ``http`` provider's delivery reports (``http.dlr.<provider>``)."""
+
+    secret: str = setting(REQUIRED, "last segment of /dlr/<provider>/<secret>; 16 characters or more", SECRET)
+    status: str = setting("status", "field (dotted path in JSON) holding the report's status", TEXT)
+    delivered: frozenset[str] = setting(REQUIRED, "status values meaning delivered (any case)", LOWER_SET)
+    undelivered: frozenset[str] = setting(REQUIRED, "status values meaning not delivered, for good", LOWER_SET)
+    message_id: str | None = setting("message_id", "field holding the provider's message id", TEXT)
+    reference: str | None = setting(None, "field holding our client reference ({reference})", TEXT)
+    reason: str | None = setting(None, "field holding the provider's reason, kept as the job's last error", TEXT)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """A guessable secret, or a status on both sides."""
+        if self.secret and len(self.secret) < 16:
+            yield "secret", "at least 16 characters (it is the only proof a report is genuine)"
+        if not self.delivered or not self.undelivered:
+            yield "", "delivered and undelivered are required: the status values of each"
+        elif self.delivered & self.undelivered:
+            yield "undelivered", "a status cannot be both delivered and undelivered"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """The HTTP listener: health, readiness, metrics, delivery reports (``http``)."""
+
+    listen: Address | None = setting(None, "address of the HTTP listener; none: off", ADDRESS)
+    max_body: int = setting(64 * 1024, "largest request body in bytes; 413 beyond", integer(1024))
+    timeout: float = setting(10.0, "longest time to read and answer one request", SECONDS)
+    dlr: Mapping[str, DlrMapping] = setting(MappingProxyType({}), "delivery-report mappings by provider name",
+                                            SECTION)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapConfig:
+    """One IMAP mailbox the bridge polls (``imap.<name>``); folder paths use ``/``."""
+
+    host: str = setting(REQUIRED, "IMAP server", TEXT)
+    user: str = setting(REQUIRED, "login", TEXT)
+    password: str = setting(REQUIRED, "password (app password for Gmail)", SECRET)
+    port: int = setting(993, "server port", integer(1, 65535), shown="993 with tls: implicit, else 143")
+    tls: str = setting("implicit", "implicit (IMAPS) | starttls | none", choice("implicit", "starttls", "none"))
+    tls_verify: bool = setting(True, "false only for a self-signed server on a trusted network", BOOL)
+    mailbox: str = setting("INBOX", "the folder to read", TEXT)
+    processed: str = setting("mail2sms/processed", "where handled mail goes (created if missing)", TEXT)
+    failed: str = setting("mail2sms/failed", "where refused mail goes (created if missing)", TEXT)
+    poll_interval: float = setting(60.0, "poll period without IDLE", SECONDS)
+    idle: bool = setting(True, "use IDLE when the server has it", BOOL)
+    idle_renew: float = setting(540.0, "re-issue IDLE this often (below 29m)", SECONDS)
+    batch: int = setting(50, "UIDs handled per search", integer(1))
+    timeout: float = setting(30.0, "longest wait for any one server answer", SECONDS)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """IDLE renewal and distinct folders."""
+        if not self.idle_renew < 29 * 60:
+            yield "idle_renew", "must be above 0 and below 29m (servers may drop IDLE at 30 minutes)"
+        folders = [str(f).lower() for f in (self.mailbox, self.processed, self.failed)]
         if len(set(folders)) < 3:
-            m.error("", "mailbox, processed and failed must be three different folders")
-        mailboxes[str(name)] = config
-    return mailboxes
+            yield "", "mailbox, processed and failed must be three different folders"
 
 
-def _providers(r: _Reader, folder: Path | None) -> dict[str, Mapping[str, Any]]:
-    from bridge.providers.registry import build_provider
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration (the top level of ``config.yaml``)."""
 
-    providers: dict[str, Mapping[str, Any]] = {}
-    for name, settings in r.data.items():
-        try:
-            if not isinstance(settings, Mapping):
-                raise ConfigError(r.key(str(name)), "must be a mapping")
-            settings = _resolve_paths(settings, folder)
-            settings = {k: v for k, v in settings.items() if k not in _POLICY_KEYS}
-            build_provider(str(name), settings)   # validates, builds nothing that lasts
-        except ConfigError as exc:
-            r.errors.append(exc)
+    path: Path | None = None
+    timezone: ZoneInfo = setting(ZoneInfo("Europe/Paris"), "time zone of date= and quiet hours",
+                                 Kind("IANA time zone", _timezone))
+    region: str = setting("FR", "country of national numbers (0612...)", Kind("ISO country code", _region))
+    store: str = setting("sqlite://mail2sms.db", "sqlite://PATH (relative: to the config's folder), or postgresql://...",
+                         Kind("sqlite://PATH or postgresql://...", lambda v: _store(TEXT(v))))
+    max_recipients: int = setting(500, "numbers per mail (status 120 beyond)", integer(1))
+    smtp: SmtpConfig = setting(SmtpConfig(), "the SMTP listener", SECTION)
+    replies: RepliesConfig = setting(RepliesConfig(), "status mails", SECTION)
+    dispatcher: DispatcherConfig = setting(DispatcherConfig(), "sending, retries, reconciliation", SECTION)
+    providers: Mapping[str, Mapping[str, Any]] = setting(MappingProxyType({}), "providers by name", SECTION)
+    # rate and circuit of each provider (read by the dispatcher), and its type's validated
+    # settings (frozen; build_provider takes the raw section above and checks it again)
+    provider_policies: Mapping[str, ProviderPolicy] = dataclasses.field(default_factory=dict)
+    provider_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pricing: Mapping[str, int] = setting(MappingProxyType({"*": 1}), "credits per SMS part by country",
+                                         _by_country(CREDITS), shown="{*: 1}")
+    quiet_hours: QuietHours = setting(QuietHours(), "quiet hours for marketing SMS", SECTION)
+    accounts: Mapping[str, AccountConfig] = setting(MappingProxyType({}), "accounts by login", SECTION)
+    imap: Mapping[str, ImapConfig] = setting(MappingProxyType({}), "mailboxes to poll, by name", SECTION)
+    http: HttpConfig = setting(HttpConfig(), "the HTTP listener: health, metrics, delivery reports", SECTION)
+    log_format: str = setting("auto", "auto: console on a terminal, JSON lines otherwise",
+                              choice("auto", "json", "console"), key="logging.format")
+    log_level: str = setting("info", "least important events logged", choice("debug", "info", "warning", "error"),
+                             key="logging.level")
+
+    def sqlite_path(self) -> Path:
+        """The SQLite file of ``store`` (relative paths are from the config's folder)."""
+        if not self.store.startswith("sqlite://"):
+            raise ConfigError("store", "only sqlite:// stores are supported so far")
+        path = Path(self.store.removeprefix("sqlite://"))
+        if not path.is_absolute() and self.path is not None:
+            path = self.path.parent / path
+        return path
+
+
+def _store(text: str) -> str:
+    if not text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ValueError("must be sqlite://PATH or postgresql://USER@HOST/DATABASE")
+    return text
+
+
+# --- reading the sections that hold named sub-sections ----------------------------------
+
+
+def _sub(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, Mapping) else None
+
+
+def _named(data: Any, path: str, errors: list[ConfigError]) -> Mapping[str, Any]:
+    """A mapping of named sub-sections (``accounts``, ``imap``); reported once if not one."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        errors.append(ConfigError(path, "must be a mapping"))
+        return {}
+    return data
+
+
+def _smtp(data: Any, errors: list[ConfigError]) -> SmtpConfig:
+    users_data = _sub(_sub(data, "auth"), "users")
+    users = {str(login): read(SmtpUser, section, f"smtp.auth.users.{login}", errors)
+             for login, section in _named(users_data, "smtp.auth.users", errors).items()}
+    return read(SmtpConfig, data, "smtp", errors, auth_users=MappingProxyType(users))
+
+
+def _quiet_hours(data: Any, path: str, tz: ZoneInfo, errors: list[ConfigError]) -> QuietHours:
+    return read(QuietHoursSettings, data, path, errors).build(tz)
+
+
+def _account(login: str, data: Any, tz: ZoneInfo, providers: Mapping[str, Any],
+             errors: list[ConfigError]) -> AccountConfig:
+    path = f"accounts.{login}"
+    own = _sub(data, "quiet_hours")
+    quiet = _quiet_hours(own, f"{path}.quiet_hours", tz, errors) if own is not None else None
+    account = read(AccountConfig, data, path, errors, login=login, quiet_hours=quiet)
+    routes = [("route", account.route or ()), ("lowcost_route", account.lowcost_route or ())]
+    routes += [(f"country_routes.{c}", names) for c, names in (account.country_routes or {}).items()]
+    for key, names in routes:
+        for name in names:
+            if name not in providers:
+                errors.append(ConfigError(f"{path}.{key}", f"unknown provider {name!r}"))
+    return account
+
+
+def _providers(data: Any, folder: Path | None, errors: list[ConfigError]):
+    """Each provider's section validated into its type's settings; nothing is built."""
+    from bridge.providers.base import POLICY_KEYS
+    from bridge.providers.registry import read_settings
+
+    raw: dict[str, Mapping[str, Any]] = {}
+    policies: dict[str, ProviderPolicy] = {}
+    typed: dict[str, Any] = {}
+    for name, section in _named(data, "providers", errors).items():
+        name = str(name)
+        if not isinstance(section, Mapping):
+            errors.append(ConfigError(f"providers.{name}", "must be a mapping"))
             continue
-        providers[str(name)] = MappingProxyType(dict(settings))
-    return providers
+        section = _resolve_paths(section, folder)
+        before = len(errors)
+        settings = read_settings(name, section, errors)
+        own = tuple(k for k in section if k not in POLICY_KEYS)
+        policy = read(ProviderPolicy, section, f"providers.{name}", errors, ignore=own)
+        if len(errors) > before or settings is None:
+            continue
+        raw[name] = MappingProxyType({k: v for k, v in section.items() if k not in POLICY_KEYS[1:]})
+        policies[name], typed[name] = policy, settings
+    return raw, policies, typed
+
+
+def _orange_france(accounts: Mapping[str, AccountConfig], typed: Mapping[str, Any],
+                   errors: list[ConfigError]) -> None:
+    """An account that may send to France must not route France through Orange's API.
+
+    Orange's OAuth SMS API is documented for Middle East & Africa only (see
+    ``bridge/providers/orange.py``); ``allow_france: true`` on the provider overrides.
+    """
+    from bridge.providers.orange import OrangeSettings
+
+    refused = {n for n, s in typed.items() if isinstance(s, OrangeSettings) and not s.allow_france}
+    for login, account in accounts.items():
+        if not (account.allowed_countries or set()) & {"FR", "*"}:
+            continue
+        routes = {"route": account.route or (), "lowcost_route": account.lowcost_route or ()}
+        country_routes = account.country_routes or {}
+        if "FR" in country_routes:
+            routes = {"country_routes.FR": country_routes["FR"]}
+        elif "*" in country_routes:
+            routes["country_routes.*"] = country_routes["*"]
+        for key, names in routes.items():
+            for name in refused & set(names):
+                errors.append(ConfigError(
+                    f"accounts.{login}.{key}",
+                    f"provider {name!r} (Orange) is not documented to deliver to France; route "
+                    f"France elsewhere, or set providers.{name}.allow_france: true if your "
+                    f"Orange contract covers +33"))
 
 
 def _resolve_paths(settings: Mapping[str, Any], folder: Path | None) -> dict[str, Any]:
@@ -569,62 +492,94 @@ def _resolve_paths(settings: Mapping[str, Any], folder: Path | None) -> dict[str
     return settings
 
 
+def _imap(data: Any, errors: list[ConfigError]) -> dict[str, ImapConfig]:
+    """``imap: {name: {host, user, password, ...}}``: the mailboxes to poll."""
+    mailboxes = {}
+    for name, section in _named(data, "imap", errors).items():
+        config = read(ImapConfig, section, f"imap.{name}", errors)
+        if _sub(section, "port") is None and config.tls != "implicit":
+            config = dataclasses.replace(config, port=143)
+        mailboxes[str(name)] = config
+    return mailboxes
+
+
+def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
+    """``http``: the listener, and ``dlr.<provider>`` for providers of type ``http``."""
+    dlr = {}
+    for name, section in _named(_sub(data, "dlr"), "http.dlr", errors).items():
+        provider = _sub(providers, name)
+        if _sub(provider, "type") != "http":
+            errors.append(ConfigError(f"http.dlr.{name}", "delivery reports are read for providers of type http only"))
+        dlr[str(name)] = read(DlrMapping, section, f"http.dlr.{name}", errors)
+    return read(HttpConfig, data, "http", errors, dlr=MappingProxyType(dlr))
+
+
 def parse_config(data: Any, path: Path | None = None) -> Config:
     """Build a ``Config`` from parsed YAML; raise ``ConfigErrors`` listing every problem."""
     errors: list[ConfigError] = []
-    root = _Reader(data, "", errors)
-    root.only(
-        "timezone", "region", "store", "max_recipients", "smtp", "replies", "dispatcher",
-        "providers", "accounts", "logging", "pricing", "quiet_hours", "imap",
-    )
-    # One reader for the section: each _Reader built on a non-mapping reports it again.
-    providers_reader = root.sub("providers")
-    providers = _providers(providers_reader, path.parent if path else None)
-    if not root.data.get("providers"):
-        root.error("providers", "required: at least one provider")
-    tz = root.get("timezone", ZoneInfo("Europe/Paris"), _timezone)
-    accounts_reader = root.sub("accounts")
-    accounts = {
-        str(login): _account(str(login), accounts_reader.sub(str(login)), providers_reader.data, tz)
-        for login in accounts_reader.data
-    }
-    logging = root.sub("logging")
-    logging.only("format", "level")
-    store = root.get("store", Config.store, _str)
-    if not store.startswith(("sqlite://", "postgresql://", "postgres://")):
-        root.error("store", "must be sqlite://PATH or postgresql://USER@HOST/DATABASE")
-    config = Config(
+    if not isinstance(data, Mapping):
+        raise ConfigError("", "the top level must be a mapping of settings")
+    tz_errors: list[ConfigError] = []
+    tz = read(Config, {"timezone": data.get("timezone")}, "", tz_errors).timezone
+    raw, policies, typed = _providers(data.get("providers"), path.parent if path else None, errors)
+    if not data.get("providers"):
+        errors.append(ConfigError("providers", "required: at least one provider"))
+    accounts = {str(login): _account(str(login), section, tz, data.get("providers") or {}, errors)
+                for login, section in _named(data.get("accounts"), "accounts", errors).items()}
+    _orange_france(accounts, typed, errors)
+    config = read(
+        Config, data, "", errors,
         path=path,
-        timezone=tz,
-        quiet_hours=_quiet_hours(root.sub("quiet_hours"), tz),
-        region=root.get("region", "FR", _region),
-        store=store,
-        max_recipients=root.get("max_recipients", 500, _int(1)),
-        smtp=_smtp(root.sub("smtp")),
-        replies=_replies(root.sub("replies")),
-        dispatcher=_dispatcher(root.sub("dispatcher")),
-        providers=MappingProxyType(providers),
-        provider_policies=MappingProxyType(
-            {name: _policy(providers_reader.sub(name)) for name in providers}
-        ),
-        pricing=MappingProxyType({"*": 1, **_pricing(root.sub("pricing"))}),
+        smtp=_smtp(data.get("smtp"), errors),
+        replies=read(RepliesConfig, data.get("replies"), "replies", errors),
+        dispatcher=read(DispatcherConfig, data.get("dispatcher"), "dispatcher", errors),
+        providers=MappingProxyType(raw),
+        provider_policies=MappingProxyType(policies),
+        provider_settings=MappingProxyType(typed),
+        quiet_hours=_quiet_hours(data.get("quiet_hours"), "quiet_hours", tz, errors),
         accounts=MappingProxyType(accounts),
-        imap=MappingProxyType(_imap(root.sub("imap"))),
-        log_format=logging.get("format", "auto", _choice("auto", "json", "console")),
-        log_level=logging.get("level", "info", _choice("debug", "info", "warning", "error")),
+        imap=MappingProxyType(_imap(data.get("imap"), errors)),
+        http=_http(data.get("http"), data.get("providers"), errors),
     )
+    config = dataclasses.replace(config, pricing=MappingProxyType({"*": 1, **(config.pricing or {})}))
     if errors:
         raise ConfigErrors(errors)
     return config
 
 
-def _region(value: Any) -> str:
-    import phonenumbers
+# --- the reference ----------------------------------------------------------------------
 
-    text = _str(value).upper()
-    if text not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError(f"unknown region {value!r} (ISO 3166 code such as FR)")
-    return text
+
+def reference() -> list[Row]:
+    """Every setting of ``config.yaml``: key, type, default, one-line doc."""
+    from bridge.providers.registry import PROVIDER_TYPES, provider_class
+
+    table = list(rows(Config, ""))
+    for cls, prefix in (
+        (SmtpConfig, "smtp"), (SmtpUser, "smtp.auth.users.<login>"), (RepliesConfig, "replies"),
+        (DispatcherConfig, "dispatcher"), (QuietHoursSettings, "quiet_hours"),
+        (AccountConfig, "accounts.<login>"), (QuietHoursSettings, "accounts.<login>.quiet_hours"),
+        (ImapConfig, "imap.<name>"), (ProviderPolicy, "providers.<name>"),
+        (HttpConfig, "http"), (DlrMapping, "http.dlr.<provider>"),
+    ):
+        table += rows(cls, prefix)
+    for type_name in PROVIDER_TYPES:
+        table += rows(provider_class(type_name).Settings, f"providers.<name>[{type_name}]")
+    return table
+
+
+def reference_table(form: str = "text") -> str:
+    """``reference()`` as aligned text, or as the Markdown table the README carries."""
+    table = reference()
+    if form == "markdown":
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|")
+        lines = ["| key | type | default | doc |", "|---|---|---|---|"]
+        lines += [f"| `{r.key}` | {cell(r.kind)} | {cell(r.default)} | {cell(r.doc)} |" for r in table]
+        return "\n".join(lines)
+    width = max(len(r.key) for r in table)
+    kinds = max(len(r.kind) for r in table)
+    return "\n".join(f"{r.key:<{width}}  {r.kind:<{kinds}}  {r.default}  -  {r.doc}" for r in table)
 
 
 def interpolate(data: Any, path: str = "", errors: list[ConfigError] | None = None) -> Any:

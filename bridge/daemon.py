@@ -25,6 +25,7 @@ from bridge.dispatcher import Dispatcher
 from bridge.errors import StoreError
 from bridge.imap import MailboxPoller
 from bridge.intake import Intake
+from bridge.metrics import Metrics
 from bridge.notify import sd_notify
 from bridge.providers.base import Provider
 from bridge.providers.registry import build_provider
@@ -34,6 +35,7 @@ from bridge.smtp import start_smtp
 from bridge.store import Store, is_postgres, open_store
 from bridge.store.outage import riding_out
 from bridge.supervise import Supervisor
+from bridge.web import HttpListener
 
 log = structlog.get_logger("bridge.daemon")
 
@@ -51,6 +53,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.intake: Intake | None = None
         self.servers: list[asyncio.AbstractServer] = []
+        self.metrics = Metrics(config.providers, config.accounts)
+        self.web: HttpListener | None = None
         self._http: httpx.AsyncClient | None = None
         self._watch: asyncio.Task | None = None
 
@@ -71,12 +75,14 @@ class Bridge:
         self.providers = {
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }
-        dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock)
-        recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake)
+        dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock,
+                                                  metrics=self.metrics)
+        recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake,
+                            metrics=self.metrics)
         await recovery.sweep()  # leases of a dead predecessor on this host end now
         await dispatcher.load_windows()
-        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake)
-        replies = ReplySender(config.replies, self.store, self.clock)
+        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake, metrics=self.metrics)
+        replies = ReplySender(config.replies, self.store, self.clock, metrics=self.metrics)
         run = self.supervisor
         settings = config.dispatcher
         # A shared server comes back after an outage: its loops wait for it (store.outage).
@@ -91,8 +97,12 @@ class Bridge:
             run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))
         self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
         self.servers = await start_smtp(config.smtp, self.intake)
+        if config.http.listen is not None:
+            self.web = HttpListener(config.http, self)
+            await self.web.start()
         log.info("bridge_started", accounts=len(config.accounts), providers=list(self.providers),
-                 imap=list(config.imap), lease_owner=dispatcher.owner)
+                 imap=list(config.imap), lease_owner=dispatcher.owner,
+                 event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def _refuse_when_failed(self) -> None:
         await self.supervisor.failed.wait()
@@ -107,6 +117,8 @@ class Bridge:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.web is not None:
+            await self.web.stop()
         self.stopping.set()
         grace = self.config.dispatcher.grace_period
         await self.supervisor.join(grace)
@@ -115,7 +127,7 @@ class Bridge:
         if self._watch is not None:
             self._watch.cancel()
         for provider in self.providers.values():
-            await provider.close()
+            await provider.aclose()
         if self._http is not None:
             await self._http.aclose()
         if self.store is not None:

@@ -26,7 +26,7 @@ from bridge.errors import StatusError
 from bridge.mail import ParsedMail
 from bridge.model import Limits, NewJob, Plan, Refusal, StatusRecipe
 from bridge.numbers import region_of
-from bridge.replies import may_reply
+from bridge.status_mail import may_reply
 from bridge.request import RequestPolicy, SmsRequest, build_request
 from bridge.routing import price_per_part
 from bridge.subject import Subject, parse_subject
@@ -164,6 +164,7 @@ def _no_reply(mail: ParsedMail, envelope: Envelope, to: str | None, config: Conf
         null_sender=envelope.mail_from == "" or (not envelope.mail_from and envelope.source == "smtp"),
         auto_submitted=mail.auto_submitted,
         list_mail=mail.list_mail,
+        bounce=mail.bounce,
     )
     if reason is None and not config.replies.enabled:
         reason = "replies_disabled"
@@ -192,6 +193,7 @@ def _recipe(verdict: Verdict, to: str | None, config: Config) -> StatusRecipe:
         references=tuple(verdict.mail.references),
         received=tuple(received),
         max_per_hour=config.replies.rate_per_hour,
+        max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
         receipts=bool(account and account.receipts),
     )
 

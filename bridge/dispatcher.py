@@ -28,9 +28,10 @@ import structlog
 
 from bridge import rules, status_mail
 from bridge.config import Config, ProviderPolicy
-from bridge.errors import ProviderError, TransientError
+from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
-from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
+from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms
@@ -53,6 +54,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.dispatcher
@@ -62,10 +64,13 @@ class Dispatcher:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.owner = owner or new_owner()
+        self.metrics = metrics or Metrics(providers, config.accounts)
         self.policy = RetryPolicy(self.settings.max_age, self.settings.backoff_base, self.settings.backoff_max)
         policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
-        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown) for n, p in policies.items()}
-        self.limiters = {n: RateLimiter(p.rate or providers[n].default_rate) for n, p in policies.items()}
+        self.breakers = {n: CircuitBreaker(p.breaker_failures, p.breaker_cooldown, p.breaker_max_cooldown)
+                         for n, p in policies.items()}
+        self.limiters = {n: RateLimiter(p.rate or providers[n].capabilities.default_rate)
+                         for n, p in policies.items()}
         self.windows: dict[str, list[SlidingWindow]] = {
             login: [SlidingWindow(limit, period) for limit, period in
                     ((a.rate_per_minute, 60.0), (a.rate_per_day, 86400.0)) if limit]
@@ -77,7 +82,7 @@ class Dispatcher:
         self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
         self._open_logged: dict[tuple[str, ...], float] = {}
         self.passes = 0                       # loop passes (a busy loop would show here)
-        self._max_batch = max((p.max_batch for p in providers.values()), default=1)
+        self._max_batch = max((p.capabilities.max_numbers for p in providers.values()), default=1)
         self._per_group = 1                   # jobs to claim per free slot (bulk mails: more)
 
     async def load_windows(self) -> None:
@@ -237,7 +242,7 @@ class Dispatcher:
     async def _deliver(self, jobs: list[Job], route: tuple[str, ...]) -> None:
         """Walk the route with the jobs not yet delivered; settle every job."""
         now = self.clock()
-        if all(self.breakers[name].state(now) is BreakerState.OPEN for name in route):
+        if all(self.breakers[name].blocked(now) for name in route):
             await self._route_open(jobs, route, now)
             return
         pending, transient, errors = jobs, [], {job.id: [] for job in jobs}
@@ -251,7 +256,7 @@ class Dispatcher:
                 continue
             has_next = index + 1 < len(route)
             left: list[Job] = []
-            for chunk in _chunks(pending, self.providers[name].max_batch):
+            for chunk in _chunks(pending, self.providers[name].capabilities.max_numbers):
                 left += await self._call(name, chunk, has_next, transient, errors)
             pending = left
         if pending:  # still claimed: every provider said no for sure, or was open
@@ -259,7 +264,7 @@ class Dispatcher:
 
     async def _route_open(self, jobs: list[Job], route: tuple[str, ...], now: float) -> None:
         """Every provider of the route is open: defer to the first reopening, in one write."""
-        until = min(b.opened_at + b.cooldown for b in (self.breakers[n] for n in route) if b.opened_at)
+        until = min(self.breakers[n].retry_at(now) for n in route)
         reason = f"circuit open on {', '.join(route)}"
         await self.store.settle_claimed(
             self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
@@ -277,7 +282,7 @@ class Dispatcher:
         names = set(account.route) | set(account.lowcost_route)
         for extra in account.country_routes.values():
             names |= set(extra)
-        return all(self.breakers[n].state(now) is BreakerState.OPEN for n in names if n in self.breakers)
+        return all(self.breakers[n].blocked(now) for n in names if n in self.breakers)
 
     async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors) -> list[Job]:
         """One provider call for ``chunk``; return the jobs to try at the next provider."""
@@ -300,10 +305,11 @@ class Dispatcher:
             return []
         first = chunk[0]
         sms = Sms(to=tuple(j.number for j in chunk), text=first.text, sender=first.sender,
-                  low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref)
+                  low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref,
+                  category=first.category)
         self._calls.update((j.id, ref) for j in chunk)
         try:
-            receipt, error = await self.providers[name].send(sms), None
+            receipt, error = await self.metrics.timed(name, self.providers[name].send(sms)), None
         except asyncio.CancelledError:
             raise  # the jobs stay in _calls: process() marks them unknown
         except Exception as exc:
@@ -330,7 +336,7 @@ class Dispatcher:
             else:
                 errors[job.id].append(f"{name}: {error}")
                 if kind is Next.FAILED and not isinstance(error, TransientError) and (
-                        getattr(error, "recipient", False) or not transient):
+                        isinstance(error, RecipientRefused) or not transient):
                     note = "; ".join(errors[job.id])[:500]
                     items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
                 else:
@@ -339,6 +345,10 @@ class Dispatcher:
         if isinstance(error, TransientError):
             transient.append(error)
         refused = await self.store.settle_call(ref, items, now, self.settings.lease)
+        if isinstance(error, RecipientRefused) and error.opted_out:
+            for job in chunk:  # the provider knows this person said STOP: so do we, from now on
+                await self.store.optout_add(job.number, None, f"provider:{name}", now)
+        self.metrics.settled(name, chunk, items, refused)
         for job in chunk:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)
@@ -357,6 +367,7 @@ class Dispatcher:
             else:
                 items.append(Settlement(job.id, JobState.FAILED, note, reply=self._status(job, 122, note)))
         await self.store.settle_claimed(self.owner, items, now)
+        self.metrics.settled(None, jobs, items)
         retry = [i for i in items if i.state is JobState.QUEUED]
         if retry:
             log.info("retry_scheduled", job_ids=[i.job_id for i in retry],
@@ -381,6 +392,7 @@ class Dispatcher:
     async def _fail_claimed(self, jobs: list[Job], error: str, code: int = 122) -> None:
         items = [Settlement(j.id, JobState.FAILED, error, reply=self._status(j, code, error)) for j in jobs]
         await self.store.settle_claimed(self.owner, items, self.clock())
+        self.metrics.settled(None, jobs, items)
         log.warning("job_failed", job_ids=[j.id for j in jobs], error=error, status=code)
 
     def _status(self, job: Job, code: int, note: str):

@@ -11,6 +11,9 @@
         ├── AmbiguousError     the request may have gone out (read timeout after sending,
         │                      HTTP 500, unparsable answer); never retried blindly
         └── PermanentError     refused for good (bad number, bad key, no credit there)
+            └── RecipientRefused   the recipient opted out (STOP) or is barred: no other
+                                   provider may be tried, the number goes on the opt-out
+                                   list (source ``provider``)
 
 Only ``cli.py`` turns these into exit codes.
 """
@@ -93,3 +96,17 @@ class AmbiguousError(ProviderError):
 
 class PermanentError(ProviderError):
     """The provider refused this SMS for good; retrying cannot help."""
+
+
+class RecipientRefused(PermanentError):
+    """The provider refuses because of the *recipient*: opted out (STOP) or barred.
+
+    Trying the next provider would text someone who said STOP, so the route stops here.
+    ``opted_out`` is True when the provider says the person unsubscribed (the dispatcher
+    adds the number to the opt-out list), False for a number barred for another reason.
+    """
+
+    def __init__(self, message: str, *, provider: str = "", code: str | int | None = None,
+                 opted_out: bool = True) -> None:
+        super().__init__(message, provider=provider, code=code)
+        self.opted_out = opted_out

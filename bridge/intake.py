@@ -18,6 +18,7 @@ from bridge.config import Config
 from bridge.decide import Decision, Envelope, decide
 from bridge.errors import StoreError
 from bridge.mail import parse_mail
+from bridge.metrics import Metrics
 from bridge.model import Acceptance
 from bridge.statuses import status_text
 from bridge.store import Store
@@ -56,12 +57,14 @@ class Intake:
         store: Store,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.on_commit = on_commit  # wakes the dispatcher when jobs were committed
         self.refusing: str | None = None
+        self.metrics = metrics or Metrics()
 
     def refuse(self, reason: str) -> None:
         """From now on ``submit`` raises ``Unavailable`` (SMTP 451): nothing is accepted."""
@@ -74,13 +77,16 @@ class Intake:
         mail is queued for them.
         """
         if self.refusing is not None:
+            self.metrics.unavailable(envelope.source)
             raise Unavailable(self.refusing)
         now = self.clock()
         decision = decide(parse_mail(raw, envelope.mail_from or None), envelope, self.config, now, inline)
         result = await self.store.commit(decision.plan, now)
         if result.job_ids and self.on_commit is not None:
             self.on_commit()
-        return _report(decision, envelope, result)
+        outcome = _report(decision, envelope, result)
+        self.metrics.mail(envelope.source, outcome, decision.plan.login, result.used)
+        return outcome
 
 
 def _report(decision: Decision, envelope: Envelope, result: Acceptance) -> Outcome:

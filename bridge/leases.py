@@ -15,14 +15,20 @@ def new_owner() -> str:
 
 
 def dead_owners(owners: Iterable[str], me: str) -> list[str]:
-    """The owners on this host whose process is gone (other hosts wait for expiry)."""
+    """The owners on this host whose process is gone (other hosts wait for expiry).
+
+    ``me`` is never dead; another owner with this process's pid is an earlier life of it
+    (a container restarts its daemon as pid 1 again).
+    """
     host = socket.gethostname()
     dead = []
     for owner in owners:
         parts = owner.rsplit(":", 2)
         if owner == me or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
-        if not _alive(int(parts[1])):
+        pid = int(parts[1])
+        # Same pid, other token: an earlier life of this process (pid 1 in a container).
+        if pid == os.getpid() or not _alive(pid):
             dead.append(owner)
     return dead
 

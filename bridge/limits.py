@@ -5,7 +5,9 @@
 - ``SlidingWindow``: at most ``limit`` events per ``period`` (per-account caps per minute
   and per day); says when the next event may happen instead of blocking.
 - ``CircuitBreaker``: opens after ``failures`` consecutive failures, lets one probe
-  through after ``cooldown`` (half-open), closes on a success. A dead provider is then
+  through after ``cooldown`` (half-open), closes on a success; each failed probe doubles
+  the wait, up to ``max_cooldown``, so a provider down for hours costs a probe every
+  ``max_cooldown``, not every ``cooldown``. A dead provider is then
   skipped at once instead of costing every job a timeout.
 """
 
@@ -79,8 +81,10 @@ class BreakerState(str, Enum):
 class CircuitBreaker:
     """Consecutive failures open it; after ``cooldown`` one probe decides."""
 
-    def __init__(self, failures: int = 5, cooldown: float = 30.0) -> None:
+    def __init__(self, failures: int = 5, cooldown: float = 30.0, max_cooldown: float | None = None) -> None:
         self.threshold = failures
+        self.base_cooldown = cooldown
+        self.max_cooldown = max(cooldown, max_cooldown if max_cooldown is not None else cooldown)
         self.cooldown = cooldown
         self.failures = 0
         self.opened_at: float | None = None
@@ -104,9 +108,21 @@ class CircuitBreaker:
             return True
         return False
 
+    def blocked(self, now: float) -> bool:
+        """True when no call may go now: open, or half-open with its probe already out."""
+        state = self.state(now)
+        return state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and self._probing)
+
+    def retry_at(self, now: float) -> float:
+        """When a blocked breaker may let a call through again (a probe out: soon, to see)."""
+        if self.state(now) is BreakerState.OPEN and self.opened_at is not None:
+            return self.opened_at + self.cooldown
+        return now + min(self.cooldown, 5.0)
+
     def success(self) -> None:
         """A call succeeded: close."""
         self.failures, self.opened_at, self._probing = 0, None, False
+        self.cooldown = self.base_cooldown
 
     def failure(self, now: float) -> bool:
         """A call failed; return True when this opened (or re-opened) the circuit."""
@@ -114,6 +130,8 @@ class CircuitBreaker:
         was_probe, self._probing = self._probing, False
         if was_probe or self.failures >= self.threshold:
             reopened = self.opened_at is None or was_probe
+            if was_probe:  # still down: wait longer before the next probe
+                self.cooldown = min(self.cooldown * 2, self.max_cooldown)
             self.opened_at = now
             return reopened
         return False

@@ -20,6 +20,10 @@ How the SMS text (the mail body) is found:
   windows-1252 (Outlook's curly quotes and euro sign). No charset: utf-8, then windows-1252.
 - ``format=flowed`` text (RFC 3676, Thunderbird) is unwrapped: soft line breaks are joined.
 - A body longer than 1 MiB (1,048,576 characters) after decoding is cut to 1 MiB.
+- Parts nested deeper than ``MAX_DEPTH`` (20) multiparts are not looked into. A mail the
+  parser cannot read at all (1,000 nested multiparts exhaust its recursion) keeps its
+  top-level headers, so ``Auto-Submitted``, ``List-Id`` and the bounce signs still stop
+  a reply; its text is then empty.
 - HTML to text: the content of ``<script>``, ``<style>``, ``<head>`` and ``<title>`` and
   comments (Outlook's ``<!--[if ...]>`` blocks included) is dropped; p, div, br, li, tr,
   h1-h6, table, ul, ol, blockquote, pre and hr end the line; ``<li>`` items start with
@@ -43,7 +47,8 @@ import email.message
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.policy import Compat32
+from email.parser import BytesHeaderParser
+from email.policy import Compat32, default as _DEFAULT_POLICY
 from email.utils import getaddresses
 from html.parser import HTMLParser
 from typing import TypeVar
@@ -51,6 +56,8 @@ from typing import TypeVar
 _T = TypeVar("_T")
 
 MAX_BODY_CHARS = 1 << 20  # 1 MiB: bounds the work; the SMS length check rejects far less
+MAX_DEPTH = 20            # multipart levels looked into; real clients nest 3 or 4
+_BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster"})
 
 _C1_BYTES = re.compile(rb"[\x80-\x9f]")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -76,10 +83,11 @@ class ParsedMail:
     message_id: str | None       # without <>, None if missing
     sender: str | None           # Reply-To, else From: bare address, domain lowercased
     envelope_from: str | None    # the SMTP MAIL FROM, given by the caller
-    auto_submitted: bool         # Auto-Submitted present and not "no" (never answer it)
+    auto_submitted: bool         # Auto-Submitted not "no", or a bounce (never answer it)
     list_mail: bool              # mailing-list or bulk mail (never answer it)
     references: tuple[str, ...]  # Message-IDs from References, for reply threading
     body_source: str             # "text/plain", "text/html" or "none", for diagnostics
+    bounce: str | None = None    # why it looks like a bounce or delivery report, else None
 
 
 class _RawHeaders(Compat32):
@@ -97,24 +105,54 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     """Parse raw e-mail bytes into a ``ParsedMail``; never raises on malformed input."""
     try:
         message = email.message_from_bytes(raw, policy=_POLICY)
-    except Exception:  # the parser is lenient, but absurd MIME nesting can exhaust recursion
-        message = email.message.Message(policy=_POLICY)
-    body, source = extract_body(message)
+        body, source = extract_body(message)
+    except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
+        message = _headers_only(raw)  # keep the top-level headers, give up on the body
+        body, source = "", "none"
     auto = (_header(message, "Auto-Submitted") or "").split(";")[0].strip().lower()
     precedence = (_header(message, "Precedence") or "").strip().lower()
     list_headers = ("List-Id", "List-Unsubscribe", "List-Post")
+    bounce = bounce_reason(message)
     return ParsedMail(
         subject=_one_line(_decode_words(_header(message, "Subject") or "")),
         body=body,
         message_id=_message_id(_header(message, "Message-ID")),
         sender=_address(_header(message, "Reply-To")) or _address(_header(message, "From")),
         envelope_from=envelope_from,
-        auto_submitted=_header(message, "Auto-Submitted") is not None and auto != "no",
+        auto_submitted=(_header(message, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
         list_mail=precedence in ("bulk", "list", "junk")
         or any(_header(message, h) is not None for h in list_headers),
         references=tuple(_ANGLE_ID.findall(_header(message, "References") or "")),
         body_source=source,
+        bounce=bounce,
     )
+
+
+def _headers_only(raw: bytes) -> email.message.Message:
+    """Only the top-level headers of ``raw`` (the body is not parsed), or nothing."""
+    try:
+        return BytesHeaderParser(policy=_POLICY).parsebytes(raw, headersonly=True)
+    except Exception:
+        return email.message.Message(policy=_POLICY)
+
+
+def bounce_reason(message: email.message.Message) -> str | None:
+    """Why ``message`` looks like a bounce or a delivery report (never answer one), or None.
+
+    RFC 3464 delivery reports are ``multipart/report``; bounces carry ``Return-Path: <>``
+    (the null sender, as seen after delivery, e.g. in an IMAP mailbox) or Exim's
+    ``X-Failed-Recipients``, or come from ``MAILER-DAEMON@`` / ``postmaster@``.
+    """
+    if _safely(message.get_content_type, "") == "multipart/report":
+        return "multipart/report"
+    if (_header(message, "Return-Path") or "x").strip() in ("<>", ""):
+        return "return_path_null"
+    if _header(message, "X-Failed-Recipients") is not None:
+        return "x_failed_recipients"
+    sender = _address(_header(message, "From")) or ""
+    if sender.rpartition("@")[0].lower() in _BOUNCE_SENDERS:
+        return "mailer_daemon"
+    return None
 
 
 def extract_body(message: email.message.Message) -> tuple[str, str]:
@@ -122,7 +160,7 @@ def extract_body(message: email.message.Message) -> tuple[str, str]:
 
     Returns ``(text, source)``, source being "text/plain", "text/html" or "none"."""
     plain = html = None
-    for part in _leaves(message):
+    for part in _leaves(message, MAX_DEPTH):
         ctype = _safely(part.get_content_type, "")
         if ctype not in ("text/plain", "text/html") or _is_attachment(part):
             continue
@@ -248,15 +286,17 @@ def _unflow(text: str, delsp: bool) -> str:
 # --- MIME tree -----------------------------------------------------------------------------
 
 
-def _leaves(message: email.message.Message) -> Iterator[email.message.Message]:
-    """Leaf parts in document order; message/* parts (forwarded mail) are not entered."""
-    stack = [message]  # iterative: hostile nesting cannot exhaust recursion here
+def _leaves(message: email.message.Message, max_depth: int) -> Iterator[email.message.Message]:
+    """Leaf parts in document order, ``max_depth`` multiparts deep at most; message/* parts
+    (forwarded mail) are not entered."""
+    stack = [(message, 0)]  # iterative: hostile nesting cannot exhaust recursion here
     while stack:
-        part = stack.pop()
+        part, depth = stack.pop()
         if _safely(part.get_content_maintype, "message") == "message":
             continue
         if part.is_multipart():
-            stack.extend(reversed(part.get_payload()))
+            if depth < max_depth:
+                stack.extend((child, depth + 1) for child in reversed(part.get_payload()))
         else:
             yield part
 
@@ -339,12 +379,29 @@ def _message_id(value: str | None) -> str | None:
 
 
 def _address(value: str | None) -> str | None:
-    """The first usable addr-spec in an address header, domain lowercased."""
-    for _name, addr in _safely(lambda: getaddresses([value]), []) if value else []:
-        local, _at, domain = addr.rpartition("@")
-        if local and domain and not _BAD_ADDR_CHAR.search(addr):  # no CR/LF into a reply
+    """The first usable addr-spec in an address header, domain lowercased.
+
+    Parsed by the RFC 5322 grammar (``email.headerregistry``), where an encoded word is a
+    display name and never an address or a group: ``=?utf-8?q?x:_a@evil.org?= <b@ok.org>``
+    is ``b@ok.org``. Addresses without a domain, or holding spaces, controls, ``<`` or
+    ``>``, are skipped.
+    """
+    if not value:
+        return None
+    for local, domain in _addr_specs(value):
+        if local and domain and not _BAD_ADDR_CHAR.search(f"{local}@{domain}"):  # no CR/LF into a reply
             return f"{local}@{domain.lower()}"
     return None
+
+
+def _addr_specs(value: str) -> list[tuple[str, str]]:
+    """(local part, domain) of each address in an address header."""
+    if "=?" not in value:  # no encoded word: the stdlib's quick parser reads it the same way
+        pairs = _safely(lambda: getaddresses([value]), [])
+        return [(a.rpartition("@")[0], a.rpartition("@")[2]) for _name, a in pairs]
+    header = _safely(lambda: _DEFAULT_POLICY.header_factory("From", value), None)
+    addresses = _safely(lambda: header.addresses, ()) if header is not None else ()
+    return [(a.username, a.domain) for a in addresses]
 
 
 class _HtmlText(HTMLParser):

@@ -111,7 +111,8 @@ class NewReply:
     to: str
     code: int
     message: bytes                             # the whole RFC 5322 message
-    max_per_hour: int = 0                      # drop it past this many to ``to`` (0: no cap)
+    max_per_hour: int = 0                      # drop it past this many to ``to``'s mailbox (0: no cap)
+    max_per_domain_per_hour: int = 0           # ... or to ``to``'s domain (0: no cap)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class StatusRecipe:
     references: tuple[str, ...]
     received: tuple[tuple[str, str], ...]      # (label, value) lines echoed in the body
     max_per_hour: int
+    max_per_domain_per_hour: int
     receipts: bool                             # also mail 100/101
 
 

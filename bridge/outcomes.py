@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bridge.backoff import exponential_backoff
-from bridge.errors import AmbiguousError, PermanentError, TransientError
+from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
 
 
 class Next(str, Enum):
@@ -53,7 +53,7 @@ def after_call(error: BaseException | None, *, has_next: bool) -> Next:
     if error is None:
         return Next.SENT
     if isinstance(error, PermanentError):
-        if getattr(error, "recipient", False) or not has_next:
+        if isinstance(error, RecipientRefused) or not has_next:
             return Next.FAILED
         return Next.NEXT_PROVIDER
     if isinstance(error, TransientError):

@@ -19,8 +19,9 @@ import structlog
 from bridge import status_mail
 from bridge.config import Config
 from bridge.leases import dead_owners
+from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
-from bridge.providers.base import Provider, Sms
+from bridge.providers.base import Provider, Sms, can_reconcile
 from bridge.store import Store
 
 log = structlog.get_logger("bridge.recovery")
@@ -37,6 +38,7 @@ class Recovery:
         owner: str,
         clock: Callable[[], float] = time.time,
         wake: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = config.dispatcher
@@ -45,6 +47,7 @@ class Recovery:
         self.owner = owner
         self.clock = clock
         self.wake = wake
+        self.metrics = metrics or Metrics(providers, config.accounts)
         self._after = 0
 
     async def sweep(self) -> tuple[list[int], list[int]]:
@@ -69,10 +72,10 @@ class Recovery:
 
     async def _reconcile(self, job: Job) -> int:
         provider = self.providers.get(job.provider or "")
-        if provider is None or not job.client_ref:
+        if provider is None or not job.client_ref or not can_reconcile(provider):
             return 0
         sms = Sms(to=(job.number,), text=job.text, sender=job.sender, parts=job.parts,
-                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref)
+                  unicode=job.unicode, low_cost=job.low_cost, reference=job.client_ref, category=job.category)
         try:
             found = await provider.reconcile(sms, job.called_at or job.created_at, job.provider_message_id)
         except Exception as exc:  # a failed lookup changes nothing
@@ -90,5 +93,6 @@ class Recovery:
         else:
             return 0
         refused = await self.store.settle_call(job.client_ref, [item], self.clock())
+        self.metrics.settled(job.provider, [job], [item], refused)
         log.info("job_reconciled", job_id=job.id, provider=job.provider, state=state, applied=not refused)
         return 0 if refused else 1

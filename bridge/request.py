@@ -3,7 +3,9 @@
 Checks run in this order and the first failure wins: sender (123), date (115), numbers
 (114, 120), empty text (110), marketing STOP mention (124, or the mention is appended),
 length (111). Some invalid numbers among valid ones is not a
-failure: the valid ones go out and the sender is told with status 113.
+failure: the valid ones go out and the sender is told with status 113. What the checks
+change without refusing (a custom sender dropped towards France, a STOP mention added)
+is listed in ``SmsRequest.warnings``; a dropped sender is also logged (``sender_dropped``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import structlog
+
 from bridge import encoding
 from bridge.dates import DEFAULT_MAX_AHEAD, parse_date
 from bridge.errors import StatusError
 from bridge.numbers import DEFAULT_MAX_RECIPIENTS, Invalid, is_french, parse_numbers
 from bridge.sender import SENDER_DROPPED_WARNING, check_sender, has_stop_mention
 from bridge.subject import Subject
+
+log = structlog.get_logger("bridge.request")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ def build_request(
     segmentation = encoding.check_length(text, policy.max_parts)
     stop = has_stop_mention(segmentation.text)
     if sender and not stop and any(is_french(n) for n in numbers.valid):
+        # Not an error (the SMS still goes out), but never silent: logged here, and the
+        # warning reaches the user in the status mail (receipts) and in `mail2sms send`.
+        log.info("sender_dropped", sender=sender, reason="no 'STOP au 36xxx' at the end of the text")
         warnings.append(SENDER_DROPPED_WARNING.format(sender=sender))
     return SmsRequest(
         subject=subject,

@@ -2,9 +2,10 @@
 
 The route is the account's ``route`` (premium), or its ``lowcost_route`` for ``lc=1``
 when it has one; a ``country_routes`` entry for the destination's country (or ``*``)
-replaces either. Providers whose declared capabilities cannot carry the job are dropped:
-UCS-2 text needs ``unicode``, an alphanumeric sender needs ``alphanumeric_sender``, and
-the job's parts must not exceed ``max_parts``.
+replaces either. Providers whose declared ``Capabilities`` cannot carry the job are dropped:
+UCS-2 text needs ``unicode``, an alphanumeric sender needs ``alphanumeric_sender``, the
+job's parts must not exceed ``max_parts``, and the destination's country must be within
+``countries`` and not ``excluded`` (Orange's API does not serve France, Allo only does).
 """
 
 from __future__ import annotations
@@ -42,14 +43,18 @@ def configured_route(account: AccountConfig, number: str, low_cost: bool) -> tup
     return account.route
 
 
-def incapable(provider: Provider, *, unicode: bool, sender: str | None, parts: int) -> str | None:
+def incapable(provider: Provider, *, unicode: bool, sender: str | None, parts: int,
+              number: str | None = None) -> str | None:
     """Why ``provider`` cannot carry such a job, or None when it can."""
-    if unicode and not provider.unicode:
+    can = provider.capabilities
+    if unicode and not can.unicode:
         return "cannot send UCS-2 (unicode) text"
-    if sender and not sender.isdigit() and not provider.alphanumeric_sender:
+    if sender and not sender.isdigit() and not can.alphanumeric_sender:
         return "cannot send from an alphanumeric sender"
-    if parts > provider.max_parts:
-        return f"accepts at most {provider.max_parts} parts"
+    if parts > can.max_parts:
+        return f"accepts at most {can.max_parts} parts"
+    if number is not None and not can.carries(region_of(number)):
+        return f"does not deliver to {region_of(number) or 'this country'}"
     return None
 
 
@@ -68,7 +73,7 @@ def choose_route(
     for name in configured_route(account, number, low_cost):
         provider = providers.get(name)
         reason = "not configured" if provider is None else incapable(
-            provider, unicode=unicode, sender=sender, parts=parts
+            provider, unicode=unicode, sender=sender, parts=parts, number=number
         )
         if reason:
             skipped.append((name, reason))

@@ -12,14 +12,29 @@ The handler only checks and commits:
   ``550 5.6.0 Status NNN: text`` instead of a status mail.
 
 STARTTLS is offered when ``smtp.tls`` has a certificate; ``smtp.tls_listen`` adds an
-implicit-TLS port. SMTP AUTH (PLAIN, LOGIN) is offered only over TLS; an authenticated
-user may only send for the account it maps to.
+implicit-TLS port. SMTP AUTH (PLAIN, LOGIN) is offered only over TLS (after STARTTLS, or
+at once on the implicit-TLS port); an authenticated user may only send for the account
+it maps to.
+
+At the edge (``BridgeSMTP``, ``bridge.guard``):
+
+- ``smtp.max_connections`` open connections in all, ``smtp.max_connections_per_client``
+  from one address; beyond them ``421 4.7.0`` and the connection is closed.
+- ``smtp.max_recipients`` RCPT commands per transaction; beyond them ``452 4.5.3``.
+- ``postmaster@`` any of the bridge's domains (and bare ``postmaster``) is accepted, as
+  RFC 5321 requires; such mail is logged (``postmaster_mail``) and never read as an SMS
+  request.
+- A wrong AUTH password or a wrong API key (status 102) slows its client address down
+  (``smtp.auth.failure_delay`` more per recent failure); after ``smtp.auth.max_failures``
+  of them on one connection the bridge answers ``421 4.7.0`` and disconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
+import re
 import ssl
 import uuid
 from typing import Any
@@ -27,11 +42,24 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
 
-from bridge.config import SmtpConfig
-from bridge.errors import StoreError
-from bridge.intake import Envelope, Intake
+from bridge.config import Address, SmtpConfig
+from bridge.errors import BridgeError, StoreError
+from bridge.guard import ClientGuard
+from bridge.intake import Envelope, Intake, Outcome
 
 log = structlog.get_logger("bridge.smtp")
+
+#: The connection whose DATA is being handled (read by ``GuardedIntake``).
+_CONNECTION: contextvars.ContextVar["BridgeSMTP | None"] = contextvars.ContextVar("connection", default=None)
+
+
+class ListenError(BridgeError, OSError):
+    """A listening address could not be bound; the message names the setting (``smtp.listen``)."""
+
+
+_PLAIN_ADDRESS = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.DOTALL)
 
 
 class Handler:
@@ -41,12 +69,18 @@ class Handler:
         self.config = config
         self.intake = intake
         self.recipients = frozenset(r.lower() for r in config.recipients)
+        self.postmasters = postmaster_addresses(config.recipients)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str, rcpt_options: list[str]
     ) -> str:
-        """Accept only the configured bridge addresses."""
-        if address.lower() not in self.recipients:
+        """Accept only the configured bridge addresses and postmaster, a few per transaction."""
+        attempts = getattr(envelope, "rcpt_attempts", 0) + 1
+        envelope.rcpt_attempts = attempts  # refused ones count too: no free address probing
+        if attempts > self.config.max_recipients:
+            log.info("too_many_recipients", peer=str(session.peer), limit=self.config.max_recipients)
+            return f"452 4.5.3 Too many recipients (at most {self.config.max_recipients} per message)"
+        if address.lower() not in self.recipients | self.postmasters:
             log.info("relay_denied", rcpt=address[:100], peer=str(session.peer))
             return "550 5.7.1 Relaying denied: this server only accepts mail for its own address"
         envelope.rcpt_tos.append(address)
@@ -88,6 +122,68 @@ def _clean(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+def postmaster_addresses(recipients: tuple[str, ...]) -> frozenset[str]:
+    """``postmaster@`` each domain of ``recipients``, and bare ``postmaster`` (RFC 5321 4.5.1)."""
+    domains = {r.rpartition("@")[2].lower() for r in recipients}
+    return frozenset({"postmaster"} | {f"postmaster@{d}" for d in domains if d})
+
+
+class Gate:
+    """The hooks aiosmtpd calls: RCPT as ``Handler``; DATA for postmaster kept apart.
+
+    Mail to postmaster is for a human: it is logged and never read as an SMS request.
+    A transaction to both postmaster and the bridge goes on to ``Handler`` for the bridge.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def handle_RCPT(self, *args: Any) -> str:
+        """See ``Handler.handle_RCPT``."""
+        return await self.handler.handle_RCPT(*args)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        """Log postmaster mail; hand the rest to ``Handler.handle_DATA``."""
+        postmaster = [r for r in envelope.rcpt_tos if r.lower() in self.handler.postmasters]
+        if postmaster:
+            _log_postmaster(session, envelope)
+            envelope.rcpt_tos = [r for r in envelope.rcpt_tos if r not in postmaster]
+            if not envelope.rcpt_tos:
+                return "250 2.0.0 OK: delivered to the postmaster log"
+        return await self.handler.handle_DATA(server, session, envelope)
+
+
+def _log_postmaster(session: Session, envelope: SmtpEnvelope) -> None:
+    from bridge.mail import parse_mail
+
+    raw = envelope.original_content or envelope.content or b""
+    mail = parse_mail(raw if isinstance(raw, bytes) else raw.encode(), envelope.mail_from)
+    log.warning(
+        "postmaster_mail", peer=str(session.peer), mail_from=(envelope.mail_from or "")[:200],
+        subject=mail.subject[:200], message_id=mail.message_id, size=len(raw),
+    )
+
+
+class GuardedIntake:
+    """``Intake`` as the SMTP handler sees it, slowing down clients that guess API keys.
+
+    A request refused with status 102 (no account for that login and key) counts as a
+    failure of the client address (``BridgeSMTP.note_failure``): the answer waits, and the
+    connection counts it towards ``smtp.auth.max_failures``.
+    """
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    async def submit(self, raw: bytes, envelope: Envelope, inline: bool = False) -> Outcome:
+        """``Intake.submit``, then the delay for a wrong key."""
+        outcome = await self.intake.submit(raw, envelope, inline=inline)
+        connection = _CONNECTION.get()
+        if outcome.status == 102 and connection is not None:
+            await connection.note_failure("wrong_api_key")
+        return outcome
+
+
 class Authenticator:
     """Maps SMTP AUTH users to accounts; passwords compared in constant time."""
 
@@ -106,7 +202,110 @@ class Authenticator:
             log.info("smtp_auth_ok", user=login, account=user.account)
             return AuthResult(success=True, auth_data=user.account)
         log.info("smtp_auth_failed", user=login[:64])
+        if isinstance(server, BridgeSMTP):
+            server.last_auth_failed = True  # BridgeSMTP.smtp_AUTH slows the client down
         return AuthResult(success=False, handled=False)
+
+
+class BridgeSMTP(SMTP):
+    """aiosmtpd's protocol with the bridge's limits (see the module docstring)."""
+
+    def __init__(
+        self, handler: Any, *, config: SmtpConfig, guard: ClientGuard, implicit_tls: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(handler, auth_require_tls=True, **kwargs)
+        if implicit_tls:
+            # The whole connection is already encrypted: offer AUTH at once. (Passing
+            # auth_require_tls=False instead makes aiosmtpd warn on every connection.)
+            self._auth_require_tls = False
+        self.config = config
+        self.guard = guard
+        self.client: str | None = None      # set once admitted; released when the connection ends
+        self.failures = 0
+        self.last_auth_failed = False
+
+    def _getaddr(self, arg: str):
+        """MAIL/RCPT address: the plain ``<local@domain>`` nearly every client sends is read
+        with one regular expression (aiosmtpd's RFC 5322 parser is a large share of a
+        session's CPU), with the same result; anything else goes to aiosmtpd's parser."""
+        match = _PLAIN_ADDRESS.fullmatch(arg) if arg else None
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, match.group(2)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Admit the connection, or answer 421 and close it (STARTTLS re-enters: not counted)."""
+        if self.client is None and self.transport is None:
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if peer else "?"
+            refused = self.guard.admit(client)
+            if refused:
+                log.warning("connection_refused", peer=client, reason=refused, open=self.guard.open_total)
+                transport.write(f"421 4.7.0 {self.hostname} {refused}, try again later\r\n".encode())
+                transport.close()
+                return
+            self.client = client
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Release the connection's slot; a refused connection has nothing more to undo."""
+        if self.client is None:
+            return
+        self.guard.release(self.client)
+        self.client = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """A refused connection never started its session."""
+        if self.session is None:
+            return False
+        return super().eof_received()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """AUTH, answered later the more this address failed; 421 after too many failures."""
+        delay = self.guard.delay(self.client or "?")
+        if delay:
+            await asyncio.sleep(delay)
+        self.last_auth_failed = False
+        await super().smtp_AUTH(arg)
+        if self.last_auth_failed:
+            await self.note_failure("auth_failed")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA, with this connection known to ``GuardedIntake``."""
+        token = _CONNECTION.set(self)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            _CONNECTION.reset(token)
+        if self.failures >= self.config.auth_max_failures and self.transport is not None:
+            await self._hang_up()
+
+    async def note_failure(self, kind: str) -> None:
+        """A wrong password or API key: slow this address down; hang up after too many.
+
+        A wrong API key is answered only after the delay; a wrong password answers at
+        once, as the delay is taken before every AUTH from that address.
+        """
+        client = self.client or "?"
+        delay = self.guard.delay(client)
+        recent = self.guard.failed(client)
+        self.failures += 1
+        log.info("client_failure", kind=kind, peer=client, recent=recent, on_connection=self.failures)
+        if kind == "auth_failed":
+            if self.failures >= self.config.auth_max_failures:
+                await self._hang_up()
+        elif delay:
+            await asyncio.sleep(delay)
+
+    async def _hang_up(self) -> None:
+        log.warning("client_disconnected", peer=self.client, failures=self.failures)
+        await self.push("421 4.7.0 Too many failures, closing connection")
+        if self.transport is not None:
+            self.transport.close()
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
@@ -120,13 +319,16 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
 
 async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.AbstractServer]:
     """Start the listener(s) in the running loop; return the servers to close on shutdown."""
-    handler = Handler(config, intake)
+    guard = ClientGuard(config.max_connections, config.max_connections_per_client, config.auth_failure_delay)
+    gate = Gate(Handler(config, GuardedIntake(intake)))  # type: ignore[arg-type]
     context = tls_context(config)
     authenticator = Authenticator(config) if config.auth_users else None
 
     def factory(implicit_tls: bool = False) -> SMTP:
-        return SMTP(
-            handler,
+        return BridgeSMTP(
+            gate,
+            config=config,
+            guard=guard,
             data_size_limit=config.max_size,
             enable_SMTPUTF8=True,
             hostname=config.hostname,
@@ -134,21 +336,23 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
             tls_context=None if implicit_tls else context,
             authenticator=authenticator,
             auth_required=config.auth_required,
-            auth_require_tls=True,
+            implicit_tls=implicit_tls,
         )
 
-    loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(factory, config.listen.host, config.listen.port)]
+    servers = [await _listen("smtp.listen", config.listen, factory)]
     if config.tls_listen is not None:
-        servers.append(
-            await loop.create_server(
-                lambda: factory(implicit_tls=True),
-                config.tls_listen.host,
-                config.tls_listen.port,
-                ssl=context,
-            )
-        )
+        servers.append(await _listen("smtp.tls_listen", config.tls_listen, lambda: factory(True), context))
     for server in servers:
         for sock in server.sockets:
             log.info("smtp_listening", address=sock.getsockname()[:2])
     return servers
+
+
+async def _listen(key: str, address: Address, factory: Any, context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+    """Bind ``address``; a failure names the setting (``smtp.listen 127.0.0.1:25: ...``)."""
+    from bridge.preflight import describe_bind_error
+
+    try:
+        return await asyncio.get_running_loop().create_server(factory, address.host, address.port, ssl=context)
+    except OSError as exc:
+        raise ListenError(f"{key} {address}: {describe_bind_error(exc)}") from None

@@ -1,19 +1,134 @@
 """Every numbered status mail the bridge sends is built here (pure, no I/O).
 
+``may_reply`` says whether replying is safe at all: never to a null sender, to
+``MAILER-DAEMON@`` or ``postmaster@``, to mail marked ``Auto-Submitted`` (other than
+``no``) or that looks like a bounce or delivery report (``bridge.mail.bounce_reason``), to
+mailing-list mail; the store caps replies per mailbox and per domain per hour, counted
+on ``reply_cap_keys`` so ``target+1@``, ``Target+2@`` ... are one mailbox. Nothing from
+the incoming mail is copied into a header except its Message-ID (checked to hold no
+CR/LF), so a crafted subject cannot inject headers. ``compose_status`` writes the mail;
+three builders call it:
+
 - ``for_request``: a status about a mail, from the ``StatusRecipe`` intake prepared (for
   errors known before the commit, and inside the commit for credit, opt-outs and caps).
 - ``for_acceptance``: the one status an evaluated request gets once the commit knows the
   outcome (104, 113, 125-127, or 100/101 when the account wants receipts), or None.
 - ``for_job``: a job the dispatcher gave up on (122, 125).
-
-All of them go through ``replies.compose_status``, which writes the headers.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
 from bridge.config import Config
 from bridge.model import Acceptance, Job, NewReply, StatusRecipe
-from bridge.replies import compose_status
+from bridge.statuses import label, localise, status_text
+
+_MSGID = re.compile(r"<?([^<>\s]+@[^<>\s]+)>?")
+
+
+#: Local parts that belong to mail systems, not people: a status mail there is backscatter.
+SYSTEM_MAILBOXES = frozenset({"mailer-daemon", "postmaster"})
+
+
+def may_reply(
+    to: str | None, *, null_sender: bool, auto_submitted: bool, list_mail: bool, bounce: str | None = None
+) -> str | None:
+    """Why no reply may be sent (a short reason), or None when replying is safe.
+
+    ``bounce`` is ``ParsedMail.bounce`` (a delivery report, ``Return-Path: <>``, ...).
+    """
+    if null_sender or not to:
+        return "null_sender"
+    if to.rpartition("@")[0].lower() in SYSTEM_MAILBOXES:
+        return "mailer_daemon"
+    if bounce:
+        return "bounce"
+    if auto_submitted:
+        return "auto_submitted"
+    if list_mail:
+        return "list_mail"
+    return None
+
+
+def reply_cap_keys(address: str) -> tuple[str, ...]:
+    """The counters one reply to ``address`` adds to: the mailbox, then its domain.
+
+    The mailbox is lowercased and loses its ``+tag`` (``Target+7@Victim.ORG`` and
+    ``target@victim.org`` are one inbox), the domain is lowercased without a trailing
+    dot. The domain key starts with ``@`` so both kinds can share one table. An address
+    without ``@`` gives only itself, lowercased.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local:
+        return (address.strip().lower(),)
+    domain = domain.lower().rstrip(".")
+    local = local.lower().split("+", 1)[0] or local.lower()
+    return (f"{local}@{domain}", f"@{domain}")
+
+
+def compose_status(
+    *,
+    code: int,
+    to: str,
+    sender: str,
+    language: str = "fr",
+    note: str = "",
+    details: dict[str, object] | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    received: Sequence[tuple[str, str]] = (),
+    max_per_hour: int = 0,
+    max_per_domain_per_hour: int = 0,
+) -> NewReply:
+    """The status mail for ``code``: ``Status:``/``StatusText:`` lines, then what was received.
+
+    ``received`` holds (label, value) lines such as the redacted subject, the numbers and
+    the part count; values are printed in the body only. ``max_per_hour`` caps the
+    replies to ``to`` (checked when the reply is committed).
+    """
+    text = status_text(code, language, **(details or {}))
+    lines = [f"Status: {code}", f"StatusText: {text}"]
+    if note:
+        lines.append(label("details", language) + _one_line(localise(note, language)))
+    if received:
+        lines += ["", label("received", language)]
+        lines += [
+            f"  {localise(name, language)}: {_one_line(localise(value, language))}"
+            for name, value in received
+        ]
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = f"mail2sms: Status {code}"
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    message["Auto-Submitted"] = "auto-replied"
+    message["X-Mail2SMS-Status"] = str(code)
+    parent = _msgid(in_reply_to)
+    if parent:
+        message["In-Reply-To"] = parent
+        chain = [m for m in (_msgid(r) for r in references) if m]
+        message["References"] = " ".join(dict.fromkeys([*chain, parent]))
+    message.set_content("\n".join(lines) + "\n", charset="utf-8")
+    return NewReply(to=to, code=code, message=bytes(message), max_per_hour=max_per_hour,
+                    max_per_domain_per_hour=max_per_domain_per_hour)
+
+
+def _msgid(value: str | None) -> str | None:
+    """``<id@host>`` when ``value`` is a plausible Message-ID, else None (no CR/LF ever)."""
+    if not value:
+        return None
+    match = _MSGID.fullmatch(value.strip())
+    return f"<{match.group(1)}>" if match else None
+
+
+def _one_line(value: str) -> str:
+    return " ".join(str(value).split())[:500]
+
 
 
 def for_request(
@@ -31,6 +146,7 @@ def for_request(
         references=recipe.references,
         received=recipe.received,
         max_per_hour=recipe.max_per_hour,
+        max_per_domain_per_hour=recipe.max_per_domain_per_hour,
     )
 
 
@@ -60,4 +176,5 @@ def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:
         in_reply_to=job.message_id,
         received=[("Number" if language == "en" else "Numéro", job.number)],
         max_per_hour=config.replies.rate_per_hour,
+        max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
     )

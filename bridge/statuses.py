@@ -6,6 +6,7 @@ own statuses start at 120 and are documented in the README.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -129,3 +130,75 @@ def status_text(code: int, language: str = "fr", **details: object) -> str:
 class _Missing(dict):
     def __missing__(self, key: str) -> str:
         return "?"
+
+
+# --- the rest of a status mail in the account's language ---------------------------------
+
+_LABELS = {
+    "details": {"en": "Details: ", "fr": "Détails : "},
+    "received": {"en": "Received:", "fr": "Reçu :"},
+}
+
+#: English notes and warnings written by the checks, and their French wording. Applied in
+#: order to the whole text; what no pattern knows (a provider's own words) stays as it is.
+_FRENCH: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), french)
+    for pattern, french in (
+        (r"(\d+) parts needed, (\d+) allowed \((\d+) characters (GSM-7|UCS-2)\)",
+         r"\1 SMS nécessaires, \2 autorisés (\3 caractères \4)"),
+        (r"the subject must start with login@apiKey", "l'objet doit commencer par login@apiKey"),
+        (r"the login cannot contain spaces", "le login ne peut pas contenir d'espace"),
+        (r"the numbers are missing after login@apiKey\|", "les numéros manquent après login@apiKey|"),
+        (r"option ('.*?') is not name=value", r"l'option \1 n'est pas de la forme nom=valeur"),
+        (r"unknown option ('.*?')", r"option inconnue \1"),
+        (r"option ('.*?') given twice", r"option \1 donnée deux fois"),
+        (r"lc= must be 0 or 1", "lc= doit valoir 0 ou 1"),
+        (r"type= must be marketing or transactional", "type= doit valoir marketing ou transactional"),
+        (r"no number given", "aucun numéro indiqué"),
+        (r"^(\d+) numbers$", r"\1 numéros"),
+        (r"\(expected YYYY-MM-DD hh:ii:ss\)", "(format attendu : AAAA-MM-JJ hh:mm:ss)"),
+        (r"(date=.*?) does not exist", r"\1 n'existe pas"),
+        (r"(date=.*?) is too far ahead", r"\1 est trop loin dans le futur"),
+        (r"\(empty\)", "(vide)"),
+        (r"\(not a phone number\)", "(pas un numéro de téléphone)"),
+        (r"\(not a mobile number\)", "(pas un numéro de mobile)"),
+        (r"\(not a valid number\)", "(numéro invalide)"),
+        (r"country (\w+) not allowed", r"pays \1 non autorisé"),
+        (r"opted out \(STOP\)", "désinscrit (STOP)"),
+        (r"opted out of sender (\S+)", r"désinscrit de l'expéditeur \1"),
+        (r"at most (\d+) SMS per hour to one number", r"au plus \1 SMS par heure vers un même numéro"),
+        (r"at most (\d+) SMS per day for this account", r"au plus \1 SMS par jour pour ce compte"),
+        (r"at most (\d+) credits per day for this account", r"au plus \1 crédits par jour pour ce compte"),
+        (r"custom sender ('.*?') not used towards French numbers: the text must end with "
+         r"'STOP au 36xxx' \(space or line break before it\)",
+         r"expéditeur personnalisé \1 non utilisé vers les numéros français : le texte doit "
+         r"finir par « STOP au 36xxx » (précédé d'une espace ou d'un retour à la ligne)"),
+        (r"('.*?') added at the end \(marketing SMS to France\)",
+         r"\1 ajouté à la fin (SMS marketing vers la France)"),
+        (r"no provider can send it: ", "aucun fournisseur ne peut l'envoyer : "),
+        (r"not delivered \(reconciled\)", "non distribué (confirmé par le fournisseur)"),
+        (r"^Warning$", "Attention"),
+        (r"^Subject$", "Objet"),
+        (r"^Numbers?$", "Numéros"),
+        (r"^Parts$", "SMS"),
+    )
+)
+
+
+def label(name: str, language: str = "fr") -> str:
+    """A fixed piece of a status mail (``details``, ``received``) in ``language``."""
+    wording = _LABELS[name]
+    return wording.get(language, wording["fr"])
+
+
+def localise(text: str, language: str = "fr") -> str:
+    """``text`` (a note or warning the checks wrote in English) in ``language``.
+
+    Status mails must read in one language: ``9 parts needed, 8 allowed`` becomes
+    ``9 SMS nécessaires, 8 autorisés`` for a French account. English is returned as is.
+    """
+    if language == "en":
+        return text
+    for pattern, french in _FRENCH:
+        text = pattern.sub(french, text)
+    return text

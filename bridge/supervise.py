@@ -42,6 +42,7 @@ class Supervisor:
         self.failed = asyncio.Event()
         self.reason: str | None = None
         self.beats: dict[str, float] = {}
+        self.intervals: dict[str, float] = {}    # loops run by ``every``: their period
         self.tasks: list[asyncio.Task] = []
 
     def start(self, name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task:
@@ -52,6 +53,7 @@ class Supervisor:
 
     def every(self, name: str, interval: float, step: Callable[[], Awaitable[object]]) -> asyncio.Task:
         """Run ``step()`` every ``interval`` seconds under supervision."""
+        self.intervals[name] = interval
 
         async def loop() -> None:
             while not self.stopping.is_set():

@@ -24,7 +24,7 @@ from bridge.daemon import Bridge  # noqa: E402
 from bridge.dispatcher import Dispatcher  # noqa: E402
 from bridge.errors import TransientError  # noqa: E402
 from bridge.intake import Intake  # noqa: E402
-from bridge.providers.base import Provider, Receipt, Sms  # noqa: E402
+from bridge.providers.base import Capabilities, Provider, Receipt, Sms  # noqa: E402
 from bridge.providers.registry import build_provider  # noqa: E402
 from bridge.store import SqliteStore  # noqa: E402
 
@@ -184,10 +184,10 @@ class FakeClock:
 class Recorder(Provider):
     """An in-memory provider that notes when (on the fake clock) each SMS was handed over."""
 
-    max_batch = 1
+    capabilities = Capabilities()
 
     def __init__(self, name: str, clock: FakeClock, fail_first: int = 0) -> None:
-        super().__init__(name)
+        self.name = name
         self.clock = clock
         self.calls: list[tuple[float, Sms]] = []
         self.fail_first = fail_first

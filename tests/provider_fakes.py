@@ -4,7 +4,8 @@
   outcomes (an ``httpx.Response`` or an httpx exception class to raise).
 - ``FakeHttpServer``: a real HTTP/1.1 server on 127.0.0.1 (a thread), recording each request
   and answering from a queue of ``Reply`` (status, JSON or raw body, headers, a delay, or
-  ``drop`` = read the request then close without answering).
+  ``drop`` = read the request then close without answering); an optional ``router`` answers
+  side requests (a token, the server clock) before the queue is consulted.
 - ``closed_port()``: a loopback port with nothing listening (connection refused).
 """
 
@@ -14,7 +15,7 @@ import json
 import socket
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -72,8 +73,9 @@ class Recorded:
 class FakeHttpServer:
     """A scripted HTTP server on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Reply, router: Callable[[Recorded], Reply | None] | None = None) -> None:
         self.requests: list[Recorded] = []
+        self.router = router
         self._replies: deque[Reply] = deque(replies)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -112,6 +114,9 @@ class FakeHttpServer:
     def _next(self, recorded: Recorded) -> Reply:
         with self._lock:
             self.requests.append(recorded)
+            routed = self.router(recorded) if self.router else None
+            if routed is not None:
+                return routed
             if self._replies:
                 return self._replies.popleft()
         return Reply(status=418, json={"error": "no scripted reply left"})
@@ -164,3 +169,21 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+async def raised_by(make: Callable[[httpx.AsyncClient], Any], sms: Any, *outcomes: Any) -> Exception:
+    """What ``make(client).send(sms)`` raises when the API answers ``outcomes`` in order."""
+    async with Answers(*outcomes).client() as client:
+        try:
+            await make(client).send(sms)
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on the type
+            return exc
+    raise AssertionError("send() raised nothing")
+
+
+async def requests_of(make: Callable[[httpx.AsyncClient], Any], sms: Any, *outcomes: Any) -> list[httpx.Request]:
+    """The requests ``make(client).send(sms)`` made while the API answered ``outcomes``."""
+    answers = Answers(*outcomes)
+    async with answers.client() as client:
+        await make(client).send(sms)
+    return answers.requests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,205 @@ class TestCount:
         """``count`` works even when the config file is missing."""
         proc = mail2sms("--config", str(tmp_path / "nope.yaml"), "count", "Hello")
         assert proc.returncode == 0, err(proc)
+
+
+# --- set-up errors, preflight checks and scriptable exit codes (issue 13) ----------------
+
+
+def write_config(folder: Path, text: str, name: str = "config.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestVersionAndUsage:
+    def test_version(self):
+        """``--version`` prints the version and exits 0."""
+        proc = mail2sms("--version")
+        assert proc.returncode == 0 and out(proc).startswith("mail2sms 0.")
+
+    def test_bogus_state_exits_2_with_the_choices(self, good_config):
+        """``queue list --state bogus`` exits 2 and lists the allowed states."""
+        proc = mail2sms("--config", str(good_config), "queue", "list", "--state", "bogus")
+        assert proc.returncode == 2
+        for state in ("queued", "claimed", "calling", "sent", "failed", "unknown", "cancelled"):
+            assert state in err(proc)
+
+    def test_job_states_match_the_store(self):
+        """The states the CLI offers are exactly the store's job states."""
+        from bridge.cli import JOB_STATES
+        from bridge.model import JobState
+
+        assert set(JOB_STATES) == {s.value for s in JobState}
+
+    def test_missing_config_names_absolute_path_and_hint(self, tmp_path):
+        """A missing config names its absolute path and says how to give another."""
+        proc = mail2sms("--config", "no-such-config.yaml", "check-config")
+        assert proc.returncode == 2
+        assert str(REPO / "no-such-config.yaml") in err(proc)
+        assert "--config" in err(proc) and "MAIL2SMS_CONFIG" in err(proc)
+        assert "Traceback" not in err(proc)
+
+
+class TestCountExitCode:
+    def test_too_long_exits_1(self):
+        """A text longer than 8 parts is reported and exits 1, so scripts can trust it."""
+        proc = mail2sms("count", "x" * 1225)
+        assert proc.returncode == 1
+        assert "too long: 9 parts needed, 8 allowed" in out(proc)
+
+    def test_longest_allowed_exits_0(self):
+        """1224 GSM-7 characters (8 parts) is fine."""
+        assert mail2sms("count", "x" * 1224).returncode == 0
+
+
+PREFLIGHT_BASE = """\
+store: sqlite://{store}
+smtp:
+  listen: {listen}
+  recipients: [mail2sms@example.com]
+{smtp_extra}providers:
+  outbox: {{type: file, path: {outbox}}}
+accounts:
+{accounts}"""
+
+
+def preflight_config(folder: Path, **values: str) -> Path:
+    settings = {
+        "store": "bridge.db", "listen": "127.0.0.1:0", "smtp_extra": "", "outbox": "outbox.jsonl",
+        "accounts": "  alerts: {api_key: s3cret-key, route: [outbox]}\n",
+    } | values
+    return write_config(folder, PREFLIGHT_BASE.format(**settings))
+
+
+class TestPreflight:
+    """``check-config`` catches what would fail at start, naming the key and the path."""
+
+    @pytest.mark.parametrize(
+        ("values", "expected"),
+        [
+            pytest.param(
+                {"smtp_extra": "  tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}\n"},
+                "smtp.tls.cert: /nonexistent/cert.pem: no such file", id="missing-cert",
+            ),
+            pytest.param(
+                {"smtp_extra": "  auth:\n    required: true\n    users: {z: {password: p, account: alerts}}\n"},
+                "smtp.auth.required: needs smtp.tls", id="auth-without-tls",
+            ),
+            pytest.param({"accounts": "  {}\n"}, "accounts: no account configured", id="no-accounts"),
+            pytest.param(
+                {"listen": "0.0.0.0:0", "accounts": "  demo: {api_key: demo-key, route: [outbox]}\n"},
+                "accounts.demo.api_key: the demo key 'demo-key' on a listener open to the network",
+                id="demo-exposed",
+            ),
+            pytest.param({"store": "{folder}/afile/bridge.db"}, "store: ", id="store-under-a-file"),
+            pytest.param({"outbox": "{folder}/afile/outbox.jsonl"}, "providers.outbox.path: ", id="outbox-under-a-file"),
+        ],
+    )
+    def test_errors(self, tmp_path, values, expected):
+        """Each problem exits 2 with one line naming the key; no traceback, no OK."""
+        (tmp_path / "afile").write_text("not a folder")
+        values = {k: v.replace("{folder}", str(tmp_path)) for k, v in values.items()}
+        proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, **values)))
+        assert proc.returncode == 2, err(proc)
+        assert expected in err(proc)
+        assert "Traceback" not in err(proc) and "OK" not in out(proc)
+
+    def test_unloadable_certificate(self, tmp_path):
+        """A certificate file that is not a certificate is named before the daemon starts."""
+        (tmp_path / "cert.pem").write_text("garbage")
+        (tmp_path / "key.pem").write_text("garbage")
+        extra = f"  tls: {{cert: {tmp_path}/cert.pem, key: {tmp_path}/key.pem}}\n"
+        proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, smtp_extra=extra)))
+        assert proc.returncode == 2 and "smtp.tls: " in err(proc) and "do not load" in err(proc)
+
+    def test_demo_on_loopback_is_fine(self, tmp_path):
+        """The demo account on a loopback listener is what the embedded default does: OK."""
+        accounts = "  demo: {api_key: demo-key, route: [outbox]}\n"
+        proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, accounts=accounts)))
+        assert proc.returncode == 0, err(proc)
+
+    def test_busy_port_is_a_warning_for_check_config(self, tmp_path):
+        """check-config only warns about a busy port (the bridge may be the one running)."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            proc = mail2sms("check-config", "--config", str(preflight_config(tmp_path, listen=f"127.0.0.1:{port}")))
+        assert proc.returncode == 0
+        assert f"warning: smtp.listen: 127.0.0.1:{port}: address already in use" in err(proc)
+
+    def test_run_refuses_a_config_that_cannot_work(self, tmp_path):
+        """``run`` refuses what check-config calls an error (exit 2) before listening."""
+        extra = "  tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}\n"
+        proc = mail2sms("run", "--config", str(preflight_config(tmp_path, smtp_extra=extra)))
+        assert proc.returncode == 2
+        assert "config error: smtp.tls.cert: /nonexistent/cert.pem: no such file" in err(proc)
+
+    def test_relay_unreachable_is_a_warning(self, tmp_path):
+        """An unreachable reply relay is a warning: OK, exit 0."""
+        from provider_fakes import closed_port
+
+        path = preflight_config(tmp_path)
+        path.write_text(path.read_text() + f"replies: {{relay: 127.0.0.1:{closed_port()}, from: m@example.com}}\n")
+        proc = mail2sms("check-config", "--config", str(path))
+        assert proc.returncode == 0
+        assert "warning: replies.relay: " in err(proc) and "cannot connect" in err(proc)
+
+    def test_run_on_a_busy_port_names_smtp_listen(self, tmp_path):
+        """``run`` on a port in use exits 1 (a runtime failure) naming smtp.listen, no traceback."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            proc = mail2sms("run", "--config", str(preflight_config(tmp_path, listen=f"127.0.0.1:{port}")))
+        assert proc.returncode == 1
+        assert f"smtp.listen 127.0.0.1:{port}: address already in use" in err(proc)
+        assert "Traceback" not in err(proc)
+
+
+class TestAdminVerbs:
+    @pytest.fixture(name="config")
+    def fixture_config(self, tmp_path: Path) -> Path:
+        text = GOOD_CONFIG.replace("demo: {api_key: k, route: [outbox]}", "demo: {api_key: k, credits: 10, route: [outbox]}")
+        return write_config(tmp_path, "timezone: Europe/Paris\n" + text)
+
+    def test_credit_refuses_a_negative_balance(self, config):
+        """Removing more credits than there are is refused (exit 1), unless asked for."""
+        proc = mail2sms("--config", str(config), "accounts", "credit", "demo", "-15")
+        assert proc.returncode == 1 and "has 10 credits" in out(proc) and "--allow-negative" in out(proc)
+        assert "demo  " in out(mail2sms("--config", str(config), "accounts", "list"))
+        assert " 10  " in out(mail2sms("--config", str(config), "accounts", "list"))
+        proc = mail2sms("--config", str(config), "accounts", "credit", "demo", "-15", "--allow-negative")
+        assert proc.returncode == 0 and "demo: -5 credits" in out(proc)
+
+    def test_queue_list_has_a_header_and_zoned_times(self, config):
+        """``queue list`` starts with a header and shows times with their zone."""
+        assert mail2sms("--config", str(config), "send", "--account", "demo", "--to", "0612121515", "Hi").returncode == 0
+        lines = out(mail2sms("--config", str(config), "queue", "list")).splitlines()
+        assert lines[0].split()[:3] == ["job", "created", "state"]
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (CET|CEST) sent", lines[1])
+        shown = out(mail2sms("--config", str(config), "queue", "show", "1"))
+        assert shown.startswith("Job 1: sent") and "+33612121515" in shown
+
+    def test_send_warns_about_a_dropped_sender(self, config):
+        """``send --sender SHOP`` to France without STOP says the sender is not used."""
+        proc = mail2sms("--config", str(config), "send", "--account", "demo", "--to", "0612121515", "--sender", "SHOP", "Hi")
+        assert proc.returncode == 0
+        assert "warning: custom sender 'SHOP' not used towards French numbers" in out(proc)
+
+    def test_replies_list(self, config):
+        """``replies list`` shows the status mails with a header, filterable by state."""
+        proc = mail2sms("--config", str(config), "replies", "list", "--state", "queued")
+        assert proc.returncode == 0
+        assert out(proc).splitlines()[0].split()[:3] == ["reply", "state", "status"]
+
+    def test_store_files_are_private(self, config):
+        """The store and the outbox are created 0600."""
+        mail2sms("--config", str(config), "send", "--account", "demo", "--to", "0612121515", "Hi")
+        for name in ("bridge.db", "outbox.jsonl"):
+            assert (config.parent / name).stat().st_mode & 0o077 == 0, name

@@ -302,3 +302,44 @@ class TestBadValues:
         with pytest.raises(ConfigErrors) as caught:
             load_config(write_config(merged(VALID, {"smtp": {"listen": 25}})))
         assert str(caught.value.errors[0]) == "smtp.listen: expected host:port"
+
+
+class TestReference:
+    """``mail2sms config reference`` and the README come from the same declarations."""
+
+    def test_readme_table_is_the_reference(self):
+        """The README's "Every setting" table is exactly ``config reference --format markdown``."""
+        from bridge.config import reference_table
+
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+        end = readme.index("<!-- config-reference:end -->")
+        assert readme[start:end].rstrip("\n") == reference_table("markdown"), (
+            "README out of date: paste `mail2sms config reference --format markdown` into it")
+
+    def test_every_setting_has_a_doc_and_a_default(self):
+        """Each row names a type, a default (or "required") and a one-line doc."""
+        from bridge.config import reference
+
+        rows = reference()
+        assert len({r.key for r in rows}) == len(rows)
+        for row in rows:
+            assert row.kind and row.default and row.doc and "\n" not in row.doc, row
+
+    def test_new_dispatcher_keys(self, write_config):
+        """lease, sweep_interval, reconcile_interval and reconcile_after: seconds above 0."""
+        config = load_config(write_config(VALID))
+        d = config.dispatcher
+        assert (d.lease, d.sweep_interval, d.reconcile_interval, d.reconcile_after) == (60.0, 15.0, 60.0, 30.0)
+        config = load_config(write_config(merged(VALID, {"dispatcher": {"lease": "2m", "reconcile_after": 5}})))
+        assert (config.dispatcher.lease, config.dispatcher.reconcile_after) == (120.0, 5.0)
+        for key in ("lease", "sweep_interval", "reconcile_interval", "reconcile_after"):
+            assert list(problems(write_config(merged(VALID, {"dispatcher": {key: 0}})))) == [f"dispatcher.{key}"]
+
+    def test_cli_prints_it(self, capsys):
+        """``mail2sms config reference`` needs no config file and exits 0."""
+        from bridge.cli import main
+
+        assert main(["--config", "/nonexistent.yaml", "config", "reference"]) == 0
+        out = capsys.readouterr().out
+        assert "dispatcher.lease" in out and "providers.<name>[ovh].no_stop_clause" in out

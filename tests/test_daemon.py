@@ -214,10 +214,10 @@ class TestSmtpAnswers:
 
 
 class TestProviderFaults:
-    async def test_503_then_200_sends_one_sms(self, tmp_path, sink, start_bridge):
-        """A 503 is retried after a backoff; the SMS goes out once."""
+    async def test_429_then_200_sends_one_sms(self, tmp_path, sink, start_bridge):
+        """A 429 is retried after a backoff; the SMS goes out once."""
         handler, relay_port = sink
-        with FakeHttpServer(Reply(status=503), Reply(json=OK)) as fake:
+        with FakeHttpServer(Reply(status=429), Reply(json=OK)) as fake:
             settings = base_settings(
                 tmp_path, relay_port,
                 providers={"partner": {"type": "smspartner", "api_key": "PK", "url": fake.url}},
@@ -373,7 +373,7 @@ class TestSupervision:
         bridge.supervisor.backoff_base = bridge.supervisor.backoff_max = 0.01
         await bridge.start()
         try:
-            with bridge.store._read_lock:  # not under a read in flight: that would be a SIGSEGV
+            with bridge.store._read_lock:  # not under a read in flight: that would crash the process
                 bridge.store._reader.close()  # every read fails from now on
             await wait_until(lambda: bridge.supervisor.failed.is_set(), what="supervisor gave up")
             assert "StoreError" in bridge.supervisor.reason

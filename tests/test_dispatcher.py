@@ -12,8 +12,9 @@ from conftest import ACCOUNT_KEY, Recorder, base_settings, wait_until
 from structlog.testing import capture_logs
 from provider_fakes import FakeHttpServer, Reply, closed_port
 
+from bridge.errors import RecipientRefused, TransientError
 from bridge.intake import Envelope, Intake
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Capabilities, Provider, Receipt, Sms
 from bridge.recovery import Recovery
 from bridge.store import Store
 
@@ -88,7 +89,7 @@ class TestCircuitBreaker:
     async def test_dead_primary_is_skipped_then_probed(self, tmp_path, world):
         """After 2 failures the primary is skipped; after the cool-down one probe closes it."""
         clock, store, make, open_accounts = world
-        with FakeHttpServer(Reply(status=503), Reply(status=503), Reply(json=OK)) as primary, \
+        with FakeHttpServer(Reply(status=429), Reply(status=429), Reply(json=OK)) as primary, \
                 FakeHttpServer(*[Reply(json=OK)] * 5) as secondary:
             settings = two_partners(tmp_path, primary.url, secondary.url, rate_per_minute=None)
             await open_accounts(settings)
@@ -233,8 +234,9 @@ class TestReconciliation:
             assert listing.path.endswith("/Messages.json") and listing.query["To"] == ["+33612121515"]
             assert len([r for r in twilio.requests if r.method == "POST"]) == 1
 
-    async def test_nothing_found_stays_unknown(self, tmp_path, world):
-        """When the provider has no trace of the SMS, the job stays unknown for an operator."""
+    async def test_nothing_found_fails_and_refunds(self, tmp_path, world):
+        """When the provider's complete list has no trace of the SMS, it never got it: the job
+        is failed and refunded (never re-queued by itself)."""
         clock, store, make, open_accounts = world
         sid = "AC" + "1" * 32
         with FakeHttpServer(Reply(json={"sid": "SM1"}, delay=3), Reply(json={"messages": []})) as twilio:
@@ -249,15 +251,19 @@ class TestReconciliation:
             await submit(intake, "0612121515")
             await dispatcher.run_once()
             clock.now += 31
-            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 0
-            assert (await store.job(1)).state.value == "unknown"
+            assert await Recovery(dispatcher.config, store, dispatcher.providers, dispatcher.owner, clock.time).reconcile() == 1
+            job = await store.job(1)
+            assert job.state.value == "failed" and "never received" in job.last_error
+            assert (await store.balances())["arthur45"] == 10
 
 
 class Hanging(Provider):
     """A provider that has the request and never answers (until cancelled)."""
 
+    capabilities = Capabilities()
+
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.called = asyncio.Event()
 
     async def send(self, sms: Sms) -> Receipt:
@@ -291,10 +297,10 @@ class TestShutdown:
 class BulkThenCancel(Provider):
     """Accepts a bulk call, then cancels the dispatching task while its outcome is written."""
 
-    max_batch = 10
+    capabilities = Capabilities(max_numbers=10)
 
     def __init__(self, name: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.task: asyncio.Task | None = None
         self.calls: list[Sms] = []
 
@@ -401,7 +407,7 @@ class TestIdleLoop:
 class BulkRecorder(Recorder):
     """A Recorder that takes up to 500 numbers per call."""
 
-    max_batch = 500
+    capabilities = Capabilities(max_numbers=500)
 
 
 class TestBulkClaims:
@@ -445,3 +451,88 @@ class TestBulkClaims:
         await asyncio.wait_for(runner, 5)
         for task in list(dispatcher._inflight):
             task.cancel()
+
+
+class FailsThenHangs(Provider):
+    """Refuses connections while ``failing``; then takes the request and never answers."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failing = True
+        self.hanging = asyncio.Event()
+
+    async def send(self, sms: Sms) -> Receipt:
+        if self.failing:
+            raise TransientError("connection refused", provider=self.name)
+        self.hanging.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class TestHalfOpen:
+    async def test_while_the_probe_is_out_other_jobs_wait_instead_of_churning(self, tmp_path, world):
+        """Half-open with its one probe on the wire: the other jobs are deferred in one write,
+        not each retried with a log line."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 4, "poll_interval": 0.01})
+        settings["providers"]["outbox"]["circuit"] = {"failures": 1, "cooldown": 30}
+        await open_accounts(settings)
+        provider = FailsThenHangs("outbox")
+        dispatcher, intake = make(settings, {"outbox": provider})
+        for i in range(20):
+            await submit(intake, f"06121215{i:02d}", text=f"alert {i}")
+        await dispatcher.run_once()            # the circuit opens
+        clock.now += 31                        # half-open: one probe may go
+        provider.failing = False
+        stop = asyncio.Event()
+        with capture_logs() as logs:
+            runner = asyncio.create_task(dispatcher.run(stop))
+            await asyncio.wait_for(provider.hanging.wait(), 5)
+            await asyncio.sleep(0.2)
+            stop.set()
+            await asyncio.wait_for(runner, 5)
+        for task in list(dispatcher._inflight):
+            task.cancel()
+        events = [e["event"] for e in logs]
+        assert "retry_scheduled" not in events and events.count("route_open") <= 1
+        waiting = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
+        assert len(waiting) == 19 and all(j.next_attempt_at >= clock.now + 5 - 0.01 for j in waiting)
+
+
+class RefusesRecipient(Provider):
+    """Says the recipient sent STOP (as Twilio 21610 does)."""
+
+    capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[Sms] = []
+
+    async def send(self, sms: Sms) -> Receipt:
+        self.calls.append(sms)
+        raise RecipientRefused("21610: the recipient replied STOP", provider=self.name, opted_out=True)
+
+
+class TestRecipientRefused:
+    async def test_an_opted_out_recipient_stops_the_route_and_is_remembered(self, tmp_path, world):
+        """The first provider says the person sent STOP: no other provider texts them, the job
+        fails and is refunded, and the number joins the opt-out list (later mails: 125)."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(
+            tmp_path,
+            providers={"first": {"type": "file", "path": str(tmp_path / "a.jsonl")},
+                       "second": {"type": "file", "path": str(tmp_path / "b.jsonl")}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["first", "second"]}},
+        )
+        await open_accounts(settings)
+        first, second = RefusesRecipient("first"), Recorder("second", clock)
+        dispatcher, intake = make(settings, {"first": first, "second": second})
+        await submit(intake, "0612121515")
+        await dispatcher.run_once()
+        job = await store.job(1)
+        assert job.state.value == "failed" and len(first.calls) == 1 and second.calls == []
+        assert (await store.balances())["arthur45"] == 10
+        [row] = await store.optouts()
+        assert row["number"] == "+33612121515" and row["source"] == "provider:first"

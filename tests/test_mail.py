@@ -607,3 +607,75 @@ def test_header_soup_never_raises(raw: bytes) -> None:
 def test_html_soup_never_raises(html: str) -> None:
     """html_to_text returns a str for any tag soup."""
     assert isinstance(html_to_text(html), str)
+
+
+# --- hostile structure and reply safety (issue 13) -------------------------------------
+
+
+def _nested(depth: int, headers: str = "") -> bytes:
+    """A mail whose text sits ``depth`` multiparts deep."""
+    head = f"From: alice@example.org\nSubject: login@key|0612121515\n{headers}MIME-Version: 1.0\n"
+    opening = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
+    closing = "".join(f"--b{i}--\n" for i in reversed(range(depth)))
+    return eml(head + opening + "Content-Type: text/plain\n\nHello\n" + closing)
+
+
+class TestNesting:
+    def test_shallow_nesting_is_read(self) -> None:
+        """Three levels, as Outlook sends: the text is found."""
+        assert parse_mail(_nested(3)).body == "Hello"
+
+    def test_too_deep_text_is_not_looked_for(self) -> None:
+        """Beyond 20 levels the parts are not looked into: no text, headers intact."""
+        mail = parse_mail(_nested(25))
+        assert (mail.body, mail.subject, mail.sender) == ("", "login@key|0612121515", "alice@example.org")
+
+    @pytest.mark.parametrize(
+        ("header", "field"),
+        [
+            pytest.param("Auto-Submitted: auto-generated\n", "auto_submitted", id="auto-submitted"),
+            pytest.param("List-Id: <alerts.example.org>\n", "list_mail", id="list-id"),
+        ],
+    )
+    def test_thousand_levels_keep_the_headers(self, header: str, field: str) -> None:
+        """1,000 nested multiparts: unreadable, but the headers that stop a reply survive."""
+        mail = parse_mail(_nested(1000, header))
+        assert getattr(mail, field) is True
+        assert mail.subject == "login@key|0612121515" and mail.body == ""
+
+
+@pytest.mark.parametrize(
+    ("header", "sender"),
+    [
+        pytest.param("=?utf-8?q?x:_inj1@evil.org?= <real@Example.org>", "real@example.org", id="colon-in-encoded-word"),
+        pytest.param("=?utf-8?q?x:?= _inj1@evil.org?=", None, id="encoded-word-group-trick"),
+        pytest.param("=?utf-8?q?Al=C3=A9?= <ale@example.org>", "ale@example.org", id="encoded-name"),
+        pytest.param("Alice <alice@Example.ORG>", "alice@example.org", id="plain"),
+        pytest.param("a@b@c", None, id="two-ats"),
+        pytest.param("undisclosed-recipients:;", None, id="empty-group"),
+    ],
+)
+def test_from_is_an_rfc5322_address(header: str, sender: str | None) -> None:
+    """From is read with the RFC 5322 grammar: an encoded word is never an address."""
+    assert parse_mail(eml(f"From: {header}\nSubject: s\n\nhi\n")).sender == sender
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        pytest.param("Content-Type: multipart/report; report-type=delivery-status; boundary=x\n",
+                     "multipart/report", id="delivery-report"),
+        pytest.param("Return-Path: <>\n", "return_path_null", id="return-path-null"),
+        pytest.param("X-Failed-Recipients: bob@example.org\n", "x_failed_recipients", id="exim-bounce"),
+        pytest.param("From: MAILER-DAEMON@mx.example.org\n", "mailer_daemon", id="mailer-daemon"),
+        pytest.param("From: postmaster@mx.example.org\n", "mailer_daemon", id="postmaster"),
+        pytest.param("Return-Path: <alice@example.org>\n", None, id="ordinary"),
+    ],
+)
+def test_bounces_are_recognised(headers: str, reason: str | None) -> None:
+    """Delivery reports and bounces are marked, and count as automatic mail."""
+    if "From:" not in headers:
+        headers = "From: alice@example.org\n" + headers
+    mail = parse_mail(eml(f"{headers}Subject: login@key|0612121515\n\n--x--\n"))
+    assert mail.bounce == reason
+    assert mail.auto_submitted is (reason is not None)

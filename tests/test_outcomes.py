@@ -6,14 +6,8 @@ import random
 
 import pytest
 
-from bridge.errors import AmbiguousError, PermanentError, TransientError
+from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
-
-
-class RecipientRefused(PermanentError):
-    """A provider's refusal about the recipient (opted out, barred)."""
-
-    recipient = True
 
 
 @pytest.mark.parametrize(

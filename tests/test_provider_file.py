@@ -7,12 +7,19 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bridge.errors import ConfigError, TransientError
 from bridge.providers.base import Sms
 from bridge.providers.file import FileProvider
-from bridge.providers.registry import build_provider
+from bridge.providers.registry import build_provider, validate
+
+CLIENT = httpx.AsyncClient()  # required by every provider; the file provider never uses it
+
+
+def make(settings: dict) -> FileProvider:
+    return FileProvider.from_config("outbox", {"type": "file", **settings}, CLIENT)
 
 
 def lines_of(path: Path) -> list[dict]:
@@ -32,9 +39,9 @@ def outbox(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def provider(outbox: Path):
-    provider = FileProvider.from_config("outbox", {"type": "file", "path": str(outbox)})
+    provider = make({"path": str(outbox)})
     yield provider
-    await provider.close()
+    await provider.aclose()
 
 
 class TestSend:
@@ -91,20 +98,20 @@ class TestSend:
         assert len(lines_of(outbox)) == 80
 
     async def test_reopens_after_close(self, provider: FileProvider, outbox: Path) -> None:
-        """``close()`` releases the file; the next send opens it again."""
+        """``aclose()`` releases the file; the next send opens it again."""
         await provider.send(Sms(to=("+33600000001",), text="before"))
-        await provider.close()
-        await provider.close()  # twice is harmless
+        await provider.aclose()
+        await provider.aclose()  # twice is harmless
         await provider.send(Sms(to=("+33600000001",), text="after"))
         assert [line["text"] for line in lines_of(outbox)] == ["before", "after"]
 
     async def test_fsync_setting(self, tmp_path: Path) -> None:
         """With ``fsync: true`` the lines are written just the same."""
         path = tmp_path / "synced.jsonl"
-        provider = FileProvider.from_config("outbox", {"path": str(path), "fsync": True})
+        provider = make({"path": str(path), "fsync": True})
         assert provider.fsync is True
         await provider.send(Sms(to=("+33600000001",), text="synced"))
-        await provider.close()
+        await provider.aclose()
         assert lines_of(path)[0]["text"] == "synced"
 
     @pytest.mark.parametrize(
@@ -116,11 +123,11 @@ class TestSend:
     )
     async def test_os_error_is_transient(self, tmp_path: Path, make_bad_path) -> None:
         """A file that cannot be written is a TransientError (the disk may come back)."""
-        provider = FileProvider.from_config("outbox", {"path": str(make_bad_path(tmp_path))})
+        provider = make({"path": str(make_bad_path(tmp_path))})
         with pytest.raises(TransientError) as caught:
             await provider.send(Sms(to=("+33600000001",), text="x"))
         assert caught.value.provider == "outbox"
-        await provider.close()
+        await provider.aclose()
 
 
 class TestConfig:
@@ -137,20 +144,31 @@ class TestConfig:
     def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
         """A bad value raises ConfigError naming ``providers.<name>.<key>``."""
         with pytest.raises(ConfigError) as caught:
-            FileProvider.from_config("outbox", {"type": "file", **settings})
+            validate("outbox", {"type": "file", **settings})
         assert caught.value.path == path
 
     def test_registry_builds_it(self, tmp_path: Path) -> None:
         """``type: file`` resolves to FileProvider with its defaults."""
-        provider = build_provider("outbox", {"type": "file", "path": str(tmp_path / "o.jsonl")})
+        provider = build_provider("outbox", {"type": "file", "path": str(tmp_path / "o.jsonl")}, CLIENT)
         assert isinstance(provider, FileProvider)
-        assert (provider.fsync, provider.max_batch) == (False, 500)
+        assert (provider.fsync, provider.capabilities.max_numbers) == (False, 500)
+
+
+class TestReconcile:
+    async def test_reference_found_or_not(self, provider: FileProvider, outbox: Path) -> None:
+        """A line with the reference is sent; none (or no file yet) is not_found."""
+        sms = Sms(to=("+33600000001",), text="x", reference="m2s-3-1")
+        assert await provider.reconcile(sms, 0.0, None) == ("not_found", None)
+        await provider.send(sms)
+        assert await provider.reconcile(sms, 0.0, None) == ("sent", "file-m2s-3-1")
+        other = Sms(to=("+33600000001",), text="x", reference="m2s-4-1")
+        assert await provider.reconcile(other, 0.0, None) == ("not_found", None)
 
 
 async def test_check_says_where_it_writes(tmp_path):
     """`providers check` on a file provider proves the file can be appended to."""
     from bridge.providers.file import FileProvider
 
-    provider = FileProvider.from_config("outbox", {"type": "file", "path": str(tmp_path / "d" / "o.jsonl")})
+    provider = make({"path": str(tmp_path / "d" / "o.jsonl")})
     assert "o.jsonl" in await provider.check()
     assert (tmp_path / "d" / "o.jsonl").exists()

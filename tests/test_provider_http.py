@@ -9,10 +9,11 @@ import httpx
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
-from bridge.providers.base import Provider, Sms
-from bridge.providers.http import HttpProvider
-from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+from bridge.errors import AmbiguousError, ConfigError, PermanentError, RecipientRefused, TransientError
+from bridge.providers.base import Sms, can_check, can_reconcile
+from bridge.providers.http import HttpProvider, render
+from bridge.providers.registry import validate
+from provider_fakes import Answers
 
 TOKEN = "tok-SECRET-0123456789"
 QUERY_KEY = "qk-SECRET-abcdef"
@@ -22,10 +23,13 @@ SMS = Sms(to=("+33612121515",), text="Hello", reference="job-1")
 JSON_BODY = {"to": "{to}", "message": "{text}"}
 
 
-def make(client: httpx.AsyncClient | None, **settings) -> HttpProvider:
+def section(**settings) -> dict:
     base = {"type": "http", "url": URL, "headers": {"Authorization": f"Bearer {TOKEN}"}, "body": JSON_BODY}
-    full = {k: v for k, v in {**base, **settings}.items() if v is not None}
-    return HttpProvider.from_config("gw", full, client)
+    return {k: v for k, v in {**base, **settings}.items() if v is not None}
+
+
+def make(client: httpx.AsyncClient, **settings) -> HttpProvider:
+    return HttpProvider.from_config("gw", section(**settings), client)
 
 
 async def sent(sms: Sms = SMS, answer: httpx.Response | None = None, **settings) -> httpx.Request:
@@ -62,8 +66,7 @@ class TestTemplates:
     @hsettings(max_examples=60, deadline=None)
     def test_any_text_round_trips_through_json(self, text: str) -> None:
         """Whatever the text, the JSON body parses back to it exactly."""
-        provider = make(None)
-        rendered = provider._render({"m": "{text}", "n": ["{text}"]}, {"text": text})
+        rendered = render({"m": "{text}", "n": ["{text}"]}, {"text": text})
         assert json.loads(json.dumps(rendered)) == {"m": text, "n": [text]}
 
     async def test_string_body_is_raw(self) -> None:
@@ -132,12 +135,11 @@ class TestAnswers:
             pytest.param({}, httpx.Response(204), AmbiguousError, 204, id="204-undeclared"),
             pytest.param({}, httpx.Response(302, headers={"Location": "/x"}), AmbiguousError, 302,
                          id="302-undeclared"),
-            pytest.param({}, httpx.Response(429, headers={"Retry-After": "9"}), TransientError, 429, id="429"),
-            pytest.param({}, httpx.Response(503), TransientError, 503, id="503"),
-            pytest.param({}, httpx.Response(500, text="oops"), AmbiguousError, 500, id="500"),
-            pytest.param({}, httpx.ConnectError, TransientError, None, id="connect-error"),
-            pytest.param({}, httpx.ConnectTimeout, TransientError, None, id="connect-timeout"),
-            pytest.param({}, httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
+            pytest.param({}, httpx.Response(503), AmbiguousError, 503, id="503-ambiguous-by-default"),
+            pytest.param({"definite_503": True}, httpx.Response(503, headers={"Retry-After": "5"}),
+                         TransientError, 503, id="503-declared-definite"),
+            pytest.param({"opted_out_match": "STOPPED"}, httpx.Response(400, text="number STOPPED"),
+                         RecipientRefused, 400, id="opted-out-no-failover"),
         ],
     )
     async def test_failures_are_classified(self, settings: dict, outcome, error: type, code) -> None:
@@ -146,13 +148,6 @@ class TestAnswers:
             with pytest.raises(error) as caught:
                 await make(client, **settings).send(SMS)
         assert type(caught.value) is error and (caught.value.provider, caught.value.code) == ("gw", code)
-
-    async def test_retry_after_is_passed_on(self) -> None:
-        """429 carries the server's Retry-After in seconds."""
-        async with Answers(httpx.Response(429, headers={"Retry-After": "9"})).client() as client:
-            with pytest.raises(TransientError) as caught:
-                await make(client).send(SMS)
-        assert caught.value.retry_after == 9
 
     async def test_echoed_credentials_are_scrubbed(self) -> None:
         """Header, query and form values the gateway echoes back never reach the exception."""
@@ -171,9 +166,6 @@ class TestConfig:
     @pytest.mark.parametrize(
         ("settings", "path"),
         [
-            pytest.param({"url": None}, "providers.gw.url", id="url-missing"),
-            pytest.param({"url": "ftp://gw.example"}, "providers.gw.url", id="url-not-http"),
-            pytest.param({"url": URL + "?to={number}"}, "providers.gw.url", id="url-unknown-placeholder"),
             pytest.param({"body": "{txt}"}, "providers.gw.body", id="string-unknown-placeholder"),
             pytest.param({"body": {"a": {"b": ["{to}", "{msisdn}"]}}}, "providers.gw.body.a.b[1]",
                          id="json-unknown-placeholder"),
@@ -198,48 +190,83 @@ class TestConfig:
             pytest.param({"message_id_path": 3}, "providers.gw.message_id_path", id="id-path-not-string"),
             pytest.param({"max_parts": 0}, "providers.gw.max_parts", id="max-parts-zero"),
             pytest.param({"max_parts": 2.5}, "providers.gw.max_parts", id="max-parts-float"),
-            pytest.param({"timeout": 0}, "providers.gw.timeout", id="timeout-zero"),
             pytest.param({"sender": ""}, "providers.gw.sender", id="sender-blank"),
-            pytest.param({"template": "x"}, "providers.gw.template", id="unknown-key"),
+            pytest.param({"reconcile_url": "https://gw.example/s/{text}"}, "providers.gw.reconcile_url",
+                         id="reconcile-url-placeholder"),
+            pytest.param({"reconcile_state_path": ""}, "providers.gw.reconcile_state_path", id="state-path-blank"),
+            pytest.param({"check_url": "https://gw.example/{to}"}, "providers.gw.check_url",
+                         id="check-url-placeholder"),
         ],
     )
     def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
         """Every mistake is found at load time, naming ``providers.<name>.<key>``, no secret."""
         with pytest.raises(ConfigError) as caught:
-            make(None, **settings)
+            validate("gw", section(**settings))
         assert caught.value.path == path and TOKEN not in str(caught.value)
 
     def test_defaults_and_overrides(self) -> None:
         """Defaults; ``max_parts`` overrides the capability for this instance only."""
-        provider = make(None)
-        assert (provider.method, provider.timeout, provider.max_parts, provider.max_batch) == ("POST", 10.0, 8, 1)
-        assert provider.success_status == {200, 201, 202}
-        assert provider.permanent_status == {400, 401, 403, 404, 422}
-        assert make(None, max_parts=3).max_parts == 3 and Provider.max_parts == 8 == HttpProvider.max_parts
-        assert TOKEN not in repr(provider)
+        settings = validate("gw", section())
+        assert (settings.method, settings.timeout, settings.max_parts) == ("POST", 10.0, 8)
+        assert settings.success_status == {200, 201, 202}
+        assert settings.permanent_status == {400, 401, 403, 404, 422}
+        assert (settings.reconcile_url, settings.reconcile_state_path, settings.reconcile_id_path) == (
+            None, ("status",), ("id",))
+        assert HttpProvider.capabilities_for(validate("gw", section(max_parts=3))).max_parts == 3
+        assert HttpProvider.capabilities_for(settings).max_parts == 8
+        assert TOKEN not in repr(settings)
 
 
-class TestRealSocket:
-    async def test_send_over_loopback(self) -> None:
-        """The real HTTP path works: success, slow answer, dropped connection, refused port."""
-        scripted = (
-            Reply(status=201, json={"data": {"id": "abc"}}),
-            Reply(status=201, json={"data": {"id": "late"}}, delay=2.0),   # past the 0.3 s timeout
-            Reply(drop=True),
-        )
-        with FakeHttpServer(*scripted) as server:
-            async with httpx.AsyncClient() as client:
-                provider = make(client, url=f"{server.url}/api/send", timeout=0.3, message_id_path="data.id")
-                receipt = await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(TransientError):
-                    await make(client, url=f"http://127.0.0.1:{closed_port()}/api/send").send(SMS)
-        assert receipt.message_ids == {"+33612121515": "abc"}
-        first = server.requests[0]
-        assert (first.method, first.path) == ("POST", "/api/send")
-        assert first.headers["authorization"] == f"Bearer {TOKEN}"
-        assert first.json() == {"to": "+33612121515", "message": "Hello"}
-        assert len(server.requests) == 3
+class TestReconcile:
+    @pytest.mark.parametrize(
+        ("answer", "expected"),
+        [
+            pytest.param(httpx.Response(404), ("not_found", None), id="404-never-received"),
+            pytest.param(httpx.Response(200, json={"status": "sent", "id": "g-1"}), ("sent", "g-1"), id="sent"),
+            pytest.param(httpx.Response(200, json={"status": "accepted", "id": 5}), ("sent", "5"), id="accepted"),
+            pytest.param(httpx.Response(200, json={"status": "DELIVERED"}), ("delivered", None), id="delivered"),
+            pytest.param(httpx.Response(200, json={"status": "failed"}), ("failed", None), id="failed"),
+            pytest.param(httpx.Response(200, json={"status": "undelivered"}), ("failed", None), id="undelivered"),
+            pytest.param(httpx.Response(200, json={"status": "rejected"}), ("failed", None), id="rejected"),
+            pytest.param(httpx.Response(200, json={"status": "queued"}), None, id="other-state"),
+            pytest.param(httpx.Response(200, text="sent"), None, id="not-json"),
+            pytest.param(httpx.Response(500), None, id="500"),
+            pytest.param(httpx.Response(401), None, id="401"),
+            pytest.param(httpx.ConnectError, None, id="unreachable"),
+            pytest.param(httpx.ReadTimeout, None, id="timeout"),
+        ],
+    )
+    async def test_answers(self, answer, expected) -> None:
+        """404 is not_found; the documented state names map; anything else is "cannot tell"."""
+        answers = Answers(answer)
+        settings = {"reconcile_url": "https://gw.example/status?ref={reference}&to={to}&d={to_digits}"}
+        async with answers.client() as client:
+            assert await make(client, **settings).reconcile(SMS, 0.0, None) == expected
+        [request] = answers.requests
+        assert request.method == "GET" and request.headers["authorization"] == f"Bearer {TOKEN}"
+        assert dict(request.url.params) == {"ref": "job-1", "to": "+33612121515", "d": "33612121515"}
+
+    async def test_paths_are_configurable(self) -> None:
+        """``reconcile_state_path`` and ``reconcile_id_path`` point into nested answers."""
+        answers = Answers(httpx.Response(200, json={"data": {"state": "delivered", "sms": [{"ref": "x9"}]}}))
+        settings = {"reconcile_url": "https://gw.example/s/{reference}", "reconcile_state_path": "data.state",
+                    "reconcile_id_path": "data.sms.0.ref"}
+        async with answers.client() as client:
+            assert await make(client, **settings).reconcile(SMS, 0.0, None) == ("delivered", "x9")
+
+    async def test_without_reconcile_url_there_is_no_lookup(self) -> None:
+        """No ``reconcile_url``: the provider says it cannot reconcile at all."""
+        async with httpx.AsyncClient() as client:
+            assert not can_reconcile(make(client))
+
+
+class TestCheck:
+    async def test_check_url(self) -> None:
+        """``check_url`` answering 2xx is ok; a refusal raises; without it: not checkable."""
+        answers = Answers(httpx.Response(200, json={}), httpx.Response(403))
+        async with answers.client() as client:
+            provider = make(client, check_url="https://gw.example/me")
+            assert can_check(provider) and await provider.check() == "check_url answered HTTP 200"
+            with pytest.raises(PermanentError):
+                await provider.check()
+            assert not can_check(make(client))

@@ -1,4 +1,4 @@
-"""Octopush provider: scripted answers over MockTransport, one pass over a real socket."""
+"""Octopush provider: its own answers over MockTransport; shared rules: test_provider_contract."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import json
 import httpx
 import pytest
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
+from bridge.errors import AmbiguousError, PermanentError
 from bridge.providers.base import Sms
 from bridge.providers.octopush import OctopushProvider
-from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+from bridge.providers.registry import validate
+from provider_fakes import Answers, raised_by, requests_of
 
 LOGIN = "ops@example.org"
 KEY = "octo-SECRET-key-0123456789"
 SMS = Sms(to=("+33612121515",), text="Hello")
 
 
-def make(client: httpx.AsyncClient | None, **settings) -> OctopushProvider:
+def make(client: httpx.AsyncClient, **settings) -> OctopushProvider:
     base = {"type": "octopush", "login": LOGIN, "api_key": KEY}
     return OctopushProvider.from_config("octo", {**base, **settings}, client)
 
@@ -58,14 +59,23 @@ class TestRequest:
                  "purpose": "alert", "with_replies": False, "auto_optimize_text": False},
                 id="unicode-sent-as-is",
             ),
+            pytest.param(
+                {}, Sms(to=SMS.to, text="Promo STOP au 36180", category="marketing"),
+                {"recipients": [{"phone_number": "+33612121515"}], "text": "Promo STOP au 36180",
+                 "type": "sms_premium", "purpose": "wholesale", "with_replies": False, "auto_optimize_text": False},
+                id="marketing-is-wholesale",
+            ),
+            pytest.param(
+                {"purpose": "alert"}, Sms(to=SMS.to, text="Promo STOP au 36180", category="marketing"),
+                {"recipients": [{"phone_number": "+33612121515"}], "text": "Promo STOP au 36180",
+                 "type": "sms_premium", "purpose": "alert", "with_replies": False, "auto_optimize_text": False},
+                id="configured-purpose-wins",
+            ),
         ],
     )
     async def test_fields_sent(self, settings: dict, sms: Sms, expected: dict) -> None:
         """URL, api-login/api-key headers and the JSON body are exactly the documented ones."""
-        answers = Answers(sent())
-        async with answers.client() as client:
-            await make(client, **settings).send(sms)
-        [request] = answers.requests
+        [request] = await requests_of(lambda c: make(c, **settings), sms, sent())
         assert (request.method, str(request.url)) == ("POST", "https://api.octopush.com/v1/public/sms-campaign/send")
         assert (request.headers["api-login"], request.headers["api-key"]) == (LOGIN, KEY)
         assert json.loads(request.content) == expected
@@ -121,43 +131,23 @@ class TestAnswers:
             pytest.param(httpx.Response(400, json={"error_code": "117"}), PermanentError, 117, id="legacy-field"),
             pytest.param(refused(400), PermanentError, 400, id="400-no-code"),
             pytest.param(httpx.Response(404, text="<html>"), PermanentError, 404, id="404-not-json"),
-            pytest.param(httpx.Response(429, headers={"Retry-After": "30"}), TransientError, 429, id="429"),
-            pytest.param(httpx.Response(503), TransientError, 503, id="503"),
-            pytest.param(httpx.Response(500, text="oops"), AmbiguousError, 500, id="500"),
             pytest.param(httpx.Response(201, text="<html>ok</html>"), AmbiguousError, None, id="201-not-json"),
             pytest.param(httpx.Response(201, json={"total_cost": 1}), AmbiguousError, None, id="201-no-ticket"),
             pytest.param(httpx.Response(200, json=[1]), AmbiguousError, None, id="200-json-list"),
-            pytest.param(httpx.ConnectError, TransientError, None, id="connect-error"),
-            pytest.param(httpx.ConnectTimeout, TransientError, None, id="connect-timeout"),
-            pytest.param(httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
         ],
     )
     async def test_failures_are_classified(self, outcome, error_class: type, code) -> None:
         """Each failure maps to the exception class the dispatcher relies on; no secret leaks."""
-        async with Answers(outcome).client() as client:
-            with pytest.raises(error_class) as caught:
-                await make(client).send(SMS)
-        assert type(caught.value) is error_class
-        assert (caught.value.provider, caught.value.code) == ("octo", code)
-        assert KEY not in str(caught.value) and KEY not in repr(caught.value.args)
-
-    async def test_retry_after_is_passed_on(self) -> None:
-        """429 carries the server's Retry-After in seconds."""
-        async with Answers(httpx.Response(429, headers={"Retry-After": "30"})).client() as client:
-            with pytest.raises(TransientError) as caught:
-                await make(client).send(SMS)
-        assert caught.value.retry_after == 30
+        caught = await raised_by(make, SMS, outcome)
+        assert type(caught) is error_class
+        assert (caught.provider, caught.code) == ("octo", code)
+        assert KEY not in str(caught) and KEY not in repr(caught.args)
 
     async def test_description_is_kept(self) -> None:
         """The code's meaning and Octopush's own wording are part of the error."""
         async with Answers(refused(400, 104, "Crédit insuffisant")).client() as client:
             with pytest.raises(PermanentError, match=r"code 104: out of credit \(HTTP 400\) - Crédit insuffisant"):
                 await make(client).send(SMS)
-
-    async def test_without_client_send_refuses(self) -> None:
-        """A provider built only to validate config cannot send."""
-        with pytest.raises(RuntimeError):
-            await make(None).send(SMS)
 
 
 class TestCheck:
@@ -190,63 +180,12 @@ class TestCheck:
 
 
 class TestConfig:
-    @pytest.mark.parametrize(
-        ("settings", "path"),
-        [
-            pytest.param({"login": None}, "providers.octo.login", id="login-missing"),
-            pytest.param({"api_key": None}, "providers.octo.api_key", id="api-key-missing"),
-            pytest.param({"api_key": ""}, "providers.octo.api_key", id="api-key-empty"),
-            pytest.param({"url": "api.octopush.com"}, "providers.octo.url", id="url-without-scheme"),
-            pytest.param({"timeout": 0}, "providers.octo.timeout", id="timeout-zero"),
-            pytest.param({"purpose": "marketing"}, "providers.octo.purpose", id="purpose-unknown"),
-            pytest.param({"purpose": 1}, "providers.octo.purpose", id="purpose-not-string"),
-            pytest.param({"with_replies": "yes"}, "providers.octo.with_replies", id="with-replies-not-bool"),
-            pytest.param({"simulate": 1}, "providers.octo.simulate", id="simulate-not-bool"),
-            pytest.param({"type": "octopush", "low_cost": True}, "providers.octo.low_cost", id="unknown-key"),
-        ],
-    )
-    def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
-        """A bad value raises ConfigError naming ``providers.<name>.<key>``, never the key."""
-        full = {"type": "octopush", "login": LOGIN, "api_key": KEY, **settings}
-        full = {k: v for k, v in full.items() if v is not None}
-        with pytest.raises(ConfigError) as caught:
-            OctopushProvider.from_config("octo", full)
-        assert caught.value.path == path and KEY not in str(caught.value)
-
     def test_defaults_and_capabilities(self) -> None:
         """Documented defaults; 500 numbers and 1224 characters (8 parts) per call."""
-        provider = make(None)
-        assert provider.url == "https://api.octopush.com/v1/public"
-        assert (provider.timeout, provider.purpose) == (10.0, "alert")
-        assert (provider.with_replies, provider.simulate) == (False, False)
-        assert (provider.max_batch, provider.unicode, provider.max_parts) == (500, True, 8)
-        assert 8 * 153 == 1224 and KEY not in repr(provider)
-
-
-class TestRealSocket:
-    async def test_send_over_loopback(self) -> None:
-        """The real HTTP path works: success, refusal, slow answer, drop, refused port."""
-        scripted = (
-            Reply(status=201, json={"sms_ticket": "sms_1", "total_cost": 0.05}),
-            Reply(status=400, json={"code": 104, "message": "Crédit insuffisant"}),
-            Reply(status=201, json={"sms_ticket": "sms_2"}, delay=2.0),   # past the 0.3 s client timeout
-            Reply(drop=True),
-        )
-        with FakeHttpServer(*scripted) as server:
-            async with httpx.AsyncClient() as client:
-                provider = make(client, url=server.url, timeout=0.3)
-                receipt = await provider.send(SMS)
-                with pytest.raises(PermanentError) as no_credit:
-                    await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(TransientError):
-                    await make(client, url=f"http://127.0.0.1:{closed_port()}").send(SMS)
-        assert receipt.message_ids == {"+33612121515": "sms_1"} and no_credit.value.code == 104
-        first = server.requests[0]
-        assert (first.method, first.path) == ("POST", "/sms-campaign/send")
-        assert (first.headers["api-login"], first.headers["api-key"]) == (LOGIN, KEY)
-        assert first.json()["recipients"] == [{"phone_number": "+33612121515"}]
-        assert len(server.requests) == 4
+        settings = validate("octo", {"type": "octopush", "login": LOGIN, "api_key": KEY})
+        assert settings.url == "https://api.octopush.com/v1/public"
+        assert (settings.timeout, settings.purpose) == (10.0, "auto")
+        assert (settings.with_replies, settings.simulate) == (False, False)
+        caps = OctopushProvider.CAPABILITIES
+        assert (caps.max_numbers, caps.unicode, caps.max_parts) == (500, True, 8)
+        assert 8 * 153 == 1224 and KEY not in repr(settings)

@@ -1,4 +1,7 @@
-"""Orange provider: OAuth2 token cache, send, error mapping; one pass over a real socket."""
+"""Orange's own answers: OAuth2 token cache, send, error mapping, coverage (France refused).
+
+The shared rules (timeouts, refused connections, 429, 5xx, secrets) are in test_provider_contract.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import pytest
 
 from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
 from bridge.providers.base import Sms
-from bridge.providers.orange import OrangeProvider
-from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+from bridge.config import parse_config
+from bridge.providers.orange import COVERAGE, OrangeProvider
+from bridge.providers.registry import validate
+from bridge.routing import incapable
+from provider_fakes import Answers, raised_by
 
 CLIENT_ID = "orange-client-id"
 SECRET = "orange-SECRET-0123456789"
@@ -32,7 +38,7 @@ class Clock:
         return self.now
 
 
-def make(client: httpx.AsyncClient | None, clock: Clock | None = None, **settings) -> OrangeProvider:
+def make(client: httpx.AsyncClient, clock: Clock | None = None, **settings) -> OrangeProvider:
     base = {"type": "orange", "client_id": CLIENT_ID, "client_secret": SECRET, "sender": "+33700000000"}
     provider = OrangeProvider.from_config("orange", {**base, **settings}, client)
     if clock is not None:
@@ -97,7 +103,7 @@ class TestRequest:
         assert json.loads(send_request.content) == {"outboundSMSMessageRequest": expected}
 
     async def test_one_number_per_call(self) -> None:
-        """A batch is a programming error: max_batch is 1."""
+        """A batch is a programming error: max_numbers is 1."""
         async with Answers(token(), created()).client() as client:
             with pytest.raises(ValueError):
                 await make(client).send(Sms(to=("+33600000001", "+33600000002"), text="x"))
@@ -180,10 +186,9 @@ class TestToken:
 
     async def test_token_retry_after_is_passed_on(self) -> None:
         """A 503 from the token endpoint keeps the server's Retry-After."""
-        async with Answers(httpx.Response(503, headers={"Retry-After": "7"})).client() as client:
-            with pytest.raises(TransientError) as caught:
-                await make(client).send(SMS)
-        assert caught.value.retry_after == 7
+        caught = await raised_by(make, SMS, httpx.Response(503, headers={"Retry-After": "7"}))
+        assert isinstance(caught, TransientError)
+        assert caught.retry_after == 7
 
 
 class TestAnswers:
@@ -210,24 +215,17 @@ class TestAnswers:
                          id="403-gateway"),
             pytest.param(httpx.Response(404, text="<html>"), PermanentError, 404, id="404-not-json"),
             pytest.param(httpx.Response(400, json={"requestError": {}}), PermanentError, 400, id="400-empty-error"),
-            pytest.param(httpx.Response(429, headers={"Retry-After": "3"}), TransientError, 429, id="429"),
-            pytest.param(httpx.Response(503), TransientError, 503, id="503"),
-            pytest.param(httpx.Response(500), AmbiguousError, 500, id="500"),
             pytest.param(httpx.Response(201, text="Created"), AmbiguousError, None, id="201-not-json"),
             pytest.param(httpx.Response(201, json={"other": 1}), AmbiguousError, None, id="201-no-request"),
-            pytest.param(httpx.ConnectError, TransientError, None, id="connect-error"),
-            pytest.param(httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
         ],
     )
     async def test_failures_are_classified(self, outcome, error_class: type, code) -> None:
         """Each send failure maps to the class the dispatcher relies on; no secret leaks."""
-        async with Answers(token(), outcome).client() as client:
-            with pytest.raises(error_class) as caught:
-                await make(client).send(SMS)
-        assert type(caught.value) is error_class
-        assert (caught.value.provider, caught.value.code) == ("orange", code)
+        caught = await raised_by(make, SMS, token(), outcome)
+        assert type(caught) is error_class
+        assert (caught.provider, caught.code) == ("orange", code)
         for secret in (SECRET, TOKEN):
-            assert secret not in str(caught.value) and secret not in repr(caught.value.args)
+            assert secret not in str(caught) and secret not in repr(caught.args)
 
     async def test_variables_fill_the_text(self) -> None:
         """OneAPI ``%1`` placeholders are replaced by the variables."""
@@ -242,11 +240,6 @@ class TestAnswers:
         async with Answers(token(), httpx.Response(201, json={"outboundSMSMessageRequest": {}})).client() as client:
             receipt = await make(client).send(SMS)
         assert receipt.message_ids == {}
-
-    async def test_without_client_send_refuses(self) -> None:
-        """A provider built only to validate config cannot send."""
-        with pytest.raises(RuntimeError):
-            await make(None).send(SMS)
 
 
 class TestCheck:
@@ -267,7 +260,8 @@ class TestCheck:
         """A fresh token, then the contracts list, as one line."""
         answers = Answers(token(), answer)
         async with answers.client() as client:
-            assert await make(client).check() == verdict
+            assert await make(client, allow_france=True).check() == verdict + (
+                "; France allowed by allow_france (check your contract)")
         contracts = answers.requests[1]
         assert (contracts.method, str(contracts.url)) == ("GET", "https://api.orange.com/sms/admin/v1/contracts")
         assert bearer(contracts) == TOKEN
@@ -280,66 +274,60 @@ class TestCheck:
 
 
 class TestConfig:
+    def test_defaults_and_capabilities(self) -> None:
+        """Documented defaults; short sender numbers (+2250000) are accepted; France left out."""
+        full = {"type": "orange", "client_id": CLIENT_ID, "client_secret": SECRET, "sender": "+2250000"}
+        settings = validate("orange", full)
+        assert (settings.url, settings.token_url, settings.timeout, settings.allow_france) == (
+            "https://api.orange.com", "https://api.orange.com/oauth/v3/token", 10.0, False)
+        caps = OrangeProvider.capabilities_for(settings)
+        assert (caps.max_numbers, caps.unicode, caps.alphanumeric_sender, caps.default_rate) == (1, True, True, 5.0)
+        assert SECRET not in repr(settings)
+
+
+class TestFrance:
+    """Orange's OAuth SMS API is documented for Middle East & Africa, not for +33."""
+
+    async def test_routing_skips_it_for_french_numbers(self) -> None:
+        """Without ``allow_france`` the route skips Orange for +33, not for +225."""
+        async with httpx.AsyncClient() as client:
+            provider = make(client)
+            allowed = make(client, allow_france=True)
+            why = incapable(provider, unicode=False, sender=None, parts=1, number="+33612121515")
+            assert why == "does not deliver to FR"
+            assert incapable(provider, unicode=False, sender=None, parts=1, number="+2250707070707") is None
+            assert incapable(allowed, unicode=False, sender=None, parts=1, number="+33612121515") is None
+
+    async def test_check_says_where_it_delivers(self) -> None:
+        """``providers check`` reports the documented coverage with the units left."""
+        async with Answers(token(), httpx.Response(200, json=[])).client() as client:
+            verdict = await make(client).check()
+        assert verdict == f"credentials accepted; no SMS bundle listed; {COVERAGE}: French numbers are not routed here"
+
     @pytest.mark.parametrize(
-        ("settings", "path"),
+        ("account", "problem"),
         [
-            pytest.param({"client_id": None}, "providers.orange.client_id", id="client-id-missing"),
-            pytest.param({"client_secret": ""}, "providers.orange.client_secret", id="secret-empty"),
-            pytest.param({"sender": None}, "providers.orange.sender", id="sender-missing"),
-            pytest.param({"sender": "0700000000"}, "providers.orange.sender", id="sender-national"),
-            pytest.param({"sender": "33700000000"}, "providers.orange.sender", id="sender-no-plus"),
-            pytest.param({"sender": "+0700000000"}, "providers.orange.sender", id="sender-leading-zero"),
-            pytest.param({"sender": "+33 7 00 00 00 00"}, "providers.orange.sender", id="sender-spaces"),
-            pytest.param({"sender": "tel:+33700000000"}, "providers.orange.sender", id="sender-tel-prefix"),
-            pytest.param({"sender_name": " "}, "providers.orange.sender_name", id="sender-name-blank"),
-            pytest.param({"url": "ftp://api.orange.com"}, "providers.orange.url", id="url-not-http"),
-            pytest.param({"token_url": "not a url"}, "providers.orange.token_url", id="token-url-bad"),
-            pytest.param({"timeout": -1}, "providers.orange.timeout", id="timeout-negative"),
-            pytest.param({"secret": "x"}, "providers.orange.secret", id="unknown-key"),
+            pytest.param({"route": ["orange"]}, "accounts.a.route", id="route"),
+            pytest.param({"route": ["outbox"], "lowcost_route": ["orange"]}, "accounts.a.lowcost_route",
+                         id="lowcost-route"),
+            pytest.param({"route": ["outbox"], "country_routes": {"FR": ["orange"]}},
+                         "accounts.a.country_routes.FR", id="country-route-fr"),
+            pytest.param({"route": ["orange"], "country_routes": {"FR": ["outbox"]}}, None, id="fr-goes-elsewhere"),
+            pytest.param({"route": ["orange"], "allowed_countries": ["CI", "SN"]}, None, id="no-french-numbers"),
         ],
     )
-    def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
-        """A bad value raises ConfigError naming ``providers.<name>.<key>``, never the secret."""
-        full = {"type": "orange", "client_id": CLIENT_ID, "client_secret": SECRET, "sender": "+33700000000",
-                **settings}
-        full = {k: v for k, v in full.items() if v is not None}
-        with pytest.raises(ConfigError) as caught:
-            OrangeProvider.from_config("orange", full)
-        assert caught.value.path == path and SECRET not in str(caught.value)
-
-    def test_defaults_and_capabilities(self) -> None:
-        """Documented defaults; short sender numbers (+2250000) are accepted."""
-        provider = make(None, sender="+2250000")
-        assert (provider.url, provider.token_url, provider.timeout) == (
-            "https://api.orange.com", "https://api.orange.com/oauth/v3/token", 10.0)
-        assert (provider.max_batch, provider.unicode, provider.alphanumeric_sender) == (1, True, True)
-        assert provider.default_rate == 5.0 and SECRET not in repr(provider)
-
-
-class TestRealSocket:
-    async def test_send_over_loopback(self) -> None:
-        """The real HTTP path: token, send, 401 then renewal, slow answer, refused port."""
-        resource = "http://x/smsmessaging/v1/outbound/tel%3A%2B33700000000/requests/r-1"
-        scripted = (
-            Reply(json={"access_token": TOKEN, "expires_in": "3600"}),
-            Reply(status=201, json={"outboundSMSMessageRequest": {"resourceURL": resource}}),
-            Reply(status=401, json={"code": 42, "message": "Expired credentials"}),
-            Reply(json={"access_token": "tok-SECRET-second", "expires_in": 3600}),
-            Reply(status=201, json={"outboundSMSMessageRequest": {"resourceURL": resource[:-1] + "2"}}),
-            Reply(status=201, json={"outboundSMSMessageRequest": {}}, delay=2.0),  # past the 0.3 s timeout
-        )
-        with FakeHttpServer(*scripted) as server:
-            async with httpx.AsyncClient() as client:
-                provider = make(client, url=server.url, token_url=f"{server.url}/oauth/v3/token", timeout=0.3)
-                first, second = await provider.send(SMS), await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(TransientError):
-                    await make(client, token_url=f"http://127.0.0.1:{closed_port()}/token").send(SMS)
-        assert first.message_ids == {"+33612121515": "r-1"} and second.message_ids == {"+33612121515": "r-2"}
-        token_request, send_request = server.requests[:2]
-        assert (token_request.path, token_request.headers["authorization"]) == ("/oauth/v3/token", BASIC)
-        assert send_request.path == "/smsmessaging/v1/outbound/tel%3A%2B33700000000/requests"  # as on the wire
-        assert send_request.headers["authorization"] == f"Bearer {TOKEN}"
-        assert server.requests[4].headers["authorization"] == "Bearer tok-SECRET-second"
-        assert len(server.requests) == 6
+    def test_check_config_refuses_a_french_route(self, tmp_path, account: dict, problem: str | None) -> None:
+        """An account that may text France through Orange is a config error naming the route."""
+        orange = {"type": "orange", "client_id": CLIENT_ID, "client_secret": SECRET, "sender": "+2250000"}
+        data = {"smtp": {"recipients": ["m@example.com"]},
+                "providers": {"orange": orange, "outbox": {"type": "file", "path": str(tmp_path / "o")}},
+                "accounts": {"a": {"api_key": "k", **account}}}
+        if problem is None:
+            parse_config(data)
+        else:
+            with pytest.raises(ConfigError) as caught:
+                parse_config(data)
+            assert [e.path for e in caught.value.errors] == [problem]
+            assert "allow_france" in str(caught.value)
+            data["providers"]["orange"]["allow_france"] = True
+            parse_config(data)

@@ -1,4 +1,7 @@
-"""OVH provider: signature by hand, scripted answers over MockTransport, one real socket."""
+"""OVH's own answers: signature by hand, STOP clause per category, tags; MockTransport.
+
+The shared rules (timeouts, refused connections, 429, 5xx, secrets) are in test_provider_contract.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import json
 import httpx
 import pytest
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
-from bridge.providers.base import Sms
-from bridge.providers.ovh import OvhProvider, signature
-from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+from bridge.errors import AmbiguousError, PermanentError, TransientError
+from bridge.providers.base import Capabilities, Sms
+from bridge.providers.ovh import OvhProvider, StopClause, signature
+from bridge.providers.registry import validate
+from provider_fakes import Answers, raised_by
 
 AK = "ak-application-0001"
 AS = "AS-secret-0123"
@@ -23,7 +27,7 @@ SERVER = 1_700_000_100         # OVH's clock: 100 s ahead
 SMS = Sms(to=("+33612121515",), text="Hello")
 
 
-def make(client: httpx.AsyncClient | None, clock: float = LOCAL, **settings) -> OvhProvider:
+def make(client: httpx.AsyncClient, clock: float = LOCAL, **settings) -> OvhProvider:
     base = {"type": "ovh", "application_key": AK, "application_secret": AS, "consumer_key": CK,
             "service_name": SERVICE}
     provider = OvhProvider.from_config("ovh", {**base, **settings}, client)
@@ -103,8 +107,20 @@ class TestRequest:
         ("settings", "sms", "expected"),
         [
             pytest.param({}, SMS, {"receivers": ["+33612121515"], "message": "Hello", "charset": "UTF-8",
-                                   "coding": "7bit", "priority": "high", "noStopClause": False,
-                                   "senderForResponse": True}, id="short-number"),
+                                   "coding": "7bit", "priority": "high", "noStopClause": True,
+                                   "senderForResponse": True}, id="short-number-transactional"),
+            pytest.param({"sender": "MYSHOP"},
+                         Sms(to=("+33612121515",), text="Promo STOP au 36180", category="marketing",
+                             reference="m2s-5-1"),
+                         {"receivers": ["+33612121515"], "message": "Promo STOP au 36180", "charset": "UTF-8",
+                          "coding": "7bit", "priority": "high", "noStopClause": False, "senderForResponse": False,
+                          "sender": "MYSHOP", "tag": "m2s-5-1"},
+                         id="marketing-keeps-the-stop-clause-and-tag"),
+            pytest.param({"no_stop_clause": {"marketing": True}},
+                         Sms(to=("+33612121515",), text="Promo", category="marketing"),
+                         {"receivers": ["+33612121515"], "message": "Promo", "charset": "UTF-8", "coding": "7bit",
+                          "priority": "high", "noStopClause": True, "senderForResponse": True},
+                         id="marketing-override"),
             pytest.param({"sender": "MYSHOP", "no_stop_clause": True},
                          Sms(to=("+33612121515",), text="Été ☀", unicode=True),
                          {"receivers": ["+33612121515"], "message": "Été ☀", "charset": "UTF-8", "coding": "8bit",
@@ -112,7 +128,7 @@ class TestRequest:
                          id="configured-sender-unicode-no-stop"),
             pytest.param({"sender": "MYSHOP"}, Sms(to=("+33612121515",), text="Hi", sender="OTHER"),
                          {"receivers": ["+33612121515"], "message": "Hi", "charset": "UTF-8", "coding": "7bit",
-                          "priority": "high", "noStopClause": False, "senderForResponse": False, "sender": "OTHER"},
+                          "priority": "high", "noStopClause": True, "senderForResponse": False, "sender": "OTHER"},
                          id="sms-sender-wins"),
         ],
     )
@@ -145,11 +161,11 @@ class TestAnswers:
         assert receipt.raw["totalCreditsRemoved"] == 1
 
     async def test_bulk_answer_splits_valid_and_invalid(self) -> None:
-        """With several receivers (max_batch raised), invalid ones are listed as rejected."""
+        """With several receivers (max_numbers raised), invalid ones are listed as rejected."""
         answer = report(valid=["+33612121515"], invalid=["0033699999999"], ids=[7])
         async with Answers(server_time(), answer).client() as client:
             provider = make(client)
-            provider.max_batch = 2
+            provider.capabilities = Capabilities(max_numbers=2)
             receipt = await provider.send(Sms(to=("+33612121515", "+33699999999"), text="Hi"))
         assert receipt.message_ids == {"+33612121515": "7"}
         assert set(receipt.rejected) == {"+33699999999"}
@@ -170,31 +186,16 @@ class TestAnswers:
             pytest.param(ovh_error(404, None, "The requested object (serviceName = x) does not exist"),
                          PermanentError, 404, id="404-unknown-service"),
             pytest.param(httpx.Response(402, text="<html>"), PermanentError, 402, id="402-not-json"),
-            pytest.param(httpx.Response(429, headers={"Retry-After": "7"}), TransientError, 429, id="429"),
-            pytest.param(httpx.Response(503), TransientError, 503, id="503"),
-            pytest.param(httpx.Response(500, text="oops"), AmbiguousError, 500, id="500"),
             pytest.param(httpx.Response(200, text="<html>ok</html>"), AmbiguousError, None, id="200-not-json"),
             pytest.param(httpx.Response(200, json={"ids": [1]}), AmbiguousError, None, id="200-no-receivers"),
             pytest.param(report(valid=[], invalid=[], ids=[]), AmbiguousError, None, id="200-empty-report"),
-            pytest.param(httpx.ConnectError, TransientError, None, id="connect-error"),
-            pytest.param(httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
-            pytest.param(httpx.RemoteProtocolError, AmbiguousError, None, id="connection-dropped"),
         ],
     )
     async def test_failures_are_classified(self, outcome, error: type, code) -> None:
         """Each job answer maps to the class the dispatcher relies on; no secret leaks."""
-        async with Answers(server_time(), outcome).client() as client:
-            with pytest.raises(error) as caught:
-                await make(client).send(SMS)
-        assert type(caught.value) is error and (caught.value.provider, caught.value.code) == ("ovh", code)
-        assert AS not in str(caught.value) and CK not in str(caught.value)
-
-    async def test_retry_after_is_passed_on(self) -> None:
-        """429 carries the server's Retry-After in seconds."""
-        async with Answers(server_time(), httpx.Response(429, headers={"Retry-After": "7"})).client() as client:
-            with pytest.raises(TransientError) as caught:
-                await make(client).send(SMS)
-        assert caught.value.retry_after == 7
+        caught = await raised_by(make, SMS, server_time(), outcome)
+        assert type(caught) is error and (caught.provider, caught.code) == ("ovh", code)
+        assert AS not in str(caught) and CK not in str(caught)
 
     @pytest.mark.parametrize(
         ("outcome", "error"),
@@ -236,61 +237,39 @@ class TestCheck:
 
 
 class TestConfig:
-    @pytest.mark.parametrize(
-        ("settings", "path"),
-        [
-            pytest.param({"application_key": None}, "providers.ovh.application_key", id="ak-missing"),
-            pytest.param({"application_secret": ""}, "providers.ovh.application_secret", id="as-blank"),
-            pytest.param({"consumer_key": 5}, "providers.ovh.consumer_key", id="ck-not-string"),
-            pytest.param({"service_name": None}, "providers.ovh.service_name", id="service-missing"),
-            pytest.param({"url": "eu.api.ovh.com"}, "providers.ovh.url", id="url-no-scheme"),
-            pytest.param({"timeout": -1}, "providers.ovh.timeout", id="timeout-negative"),
-            pytest.param({"sender": ""}, "providers.ovh.sender", id="sender-blank"),
-            pytest.param({"no_stop_clause": "yes"}, "providers.ovh.no_stop_clause", id="no-stop-not-bool"),
-            pytest.param({"endpoint": "ovh-eu"}, "providers.ovh.endpoint", id="unknown-key"),
-        ],
-    )
-    def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
-        """A bad value raises ConfigError naming ``providers.<name>.<key>``, never a secret."""
-        full = {"type": "ovh", "application_key": AK, "application_secret": AS, "consumer_key": CK,
-                "service_name": SERVICE, **settings}
-        full = {k: v for k, v in full.items() if v is not None}
-        with pytest.raises(ConfigError) as caught:
-            OvhProvider.from_config("ovh", full)
-        assert caught.value.path == path and AS not in str(caught.value) and CK not in str(caught.value)
-
     def test_defaults_and_capabilities(self) -> None:
-        """Documented defaults; secrets are not in the provider's repr."""
-        provider = make(None)
-        assert (provider.url, provider.timeout, provider.sender, provider.no_stop_clause) == (
-            "https://eu.api.ovh.com/1.0", 10.0, None, False)
-        assert (OvhProvider.type, OvhProvider.max_batch, OvhProvider.unicode) == ("ovh", 1, True)
-        assert AS not in repr(provider) and CK not in repr(provider)
+        """Documented defaults: transactional without, marketing with OVH's STOP clause."""
+        full = {"type": "ovh", "application_key": AK, "application_secret": AS, "consumer_key": CK,
+                "service_name": SERVICE}
+        settings = validate("ovh", full)
+        assert (settings.url, settings.timeout, settings.sender) == ("https://eu.api.ovh.com/1.0", 10.0, None)
+        assert settings.no_stop_clause == StopClause(transactional=True, marketing=False)
+        assert validate("ovh", {**full, "no_stop_clause": False}).no_stop_clause == StopClause(False, False)
+        caps = OvhProvider.CAPABILITIES
+        assert (caps.max_numbers, caps.unicode) == (1, True)
+        assert AS not in repr(settings) and CK not in repr(settings)
 
 
-class TestRealSocket:
-    async def test_send_over_loopback(self) -> None:
-        """The real HTTP path: signed success, slow answer, dropped connection, refused port."""
-        scripted = (
-            Reply(body=str(SERVER)),
-            Reply(json={"ids": [5], "invalidReceivers": [], "validReceivers": ["+33612121515"],
-                        "totalCreditsRemoved": 1}),
-            Reply(json={"ids": [6]}, delay=2.0),   # past the 0.3 s client timeout
-            Reply(drop=True),
-        )
-        with FakeHttpServer(*scripted) as server:
-            async with httpx.AsyncClient() as client:
-                provider = make(client, url=f"{server.url}/1.0", timeout=0.3)
-                receipt = await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(TransientError):
-                    await make(client, url=f"http://127.0.0.1:{closed_port()}/1.0").send(SMS)
-        assert receipt.message_ids == {"+33612121515": "5"}
-        clock_call, job = server.requests[:2]
-        assert (clock_call.path, job.method, job.path) == ("/1.0/auth/time", "POST", f"/1.0/sms/{SERVICE}/jobs")
-        assert job.headers["x-ovh-signature"] == expected_signature(
-            "POST", f"{server.url}/1.0/sms/{SERVICE}/jobs", job.body.decode(), SERVER)
-        assert len(server.requests) == 4
+class TestReconcile:
+    @pytest.mark.parametrize(
+        ("ids", "expected"),
+        [([987], ("sent", "987")), ([], None)],
+        ids=["in-outgoing", "not-yet-cannot-tell"],
+    )
+    async def test_by_tag(self, ids: list, expected) -> None:
+        """``GET /sms/{service}/outgoing?tag=<reference>``, signed; empty is "cannot tell"."""
+        answers = Answers(server_time(), httpx.Response(200, json=ids))
+        async with answers.client() as client:
+            sms = Sms(to=("+33612121515",), text="Hi", reference="m2s-5-1")
+            assert await make(client).reconcile(sms, 0.0, None) == expected
+        lookup = answers.requests[1]
+        url = f"https://eu.api.ovh.com/1.0/sms/{SERVICE}/outgoing?tag=m2s-5-1"
+        assert (lookup.method, str(lookup.url)) == ("GET", url)
+        assert lookup.headers["x-ovh-signature"] == expected_signature("GET", url, "", SERVER)
+
+    async def test_without_reference_cannot_tell(self) -> None:
+        """No reference was sent as tag: nothing to look up."""
+        answers = Answers(server_time())
+        async with answers.client() as client:
+            assert await make(client).reconcile(SMS, 0.0, "123") is None
+        assert answers.requests == []

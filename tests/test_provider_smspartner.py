@@ -1,4 +1,4 @@
-"""SMSPartner provider: scripted answers over MockTransport, one pass over a real socket."""
+"""SMSPartner's own answers (MockTransport); the shared rules are in test_provider_contract."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import json
 import httpx
 import pytest
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
+from bridge.errors import AmbiguousError, PermanentError
 from bridge.providers.base import Sms
-from bridge.providers.registry import build_provider
+from bridge.providers.registry import validate
 from bridge.providers.smspartner import SmsPartnerProvider, encode_message
-from provider_fakes import Answers, FakeHttpServer, Reply, closed_port
+from provider_fakes import Answers, raised_by, requests_of
 
 KEY = "sp-SECRET-key-0123456789"
 SMS = Sms(to=("+33612121515",), text="Hello")
 
 
-def make(client: httpx.AsyncClient | None, **settings) -> SmsPartnerProvider:
+def make(client: httpx.AsyncClient, **settings) -> SmsPartnerProvider:
     return SmsPartnerProvider.from_config("partner", {"type": "smspartner", "api_key": KEY, **settings}, client)
 
 
@@ -36,14 +36,21 @@ class TestRequest:
         [
             pytest.param(
                 {}, SMS,
-                {"apiKey": KEY, "phoneNumbers": "+33612121515", "message": "Hello", "_format": "json"},
-                id="minimal",
+                {"apiKey": KEY, "phoneNumbers": "+33612121515", "message": "Hello", "_format": "json",
+                 "gamme": 1},
+                id="minimal-premium",
+            ),
+            pytest.param(
+                {}, Sms(to=("+33612121515",), text="Hello", low_cost=True, reference="m2s-42-1"),
+                {"apiKey": KEY, "phoneNumbers": "+33612121515", "message": "Hello", "_format": "json",
+                 "gamme": 2, "tag": "m2s-42-1"},
+                id="lc1-low-cost-gamme-and-tag",
             ),
             pytest.param(
                 {},
                 Sms(to=("+33612121515", "+33614141515"), text='Prix: 5€\nDites "oui"', sender="SHOP", unicode=True),
                 {"apiKey": KEY, "phoneNumbers": "+33612121515,+33614141515", "_format": "json",
-                 "message": 'Prix: 5:euro::br:Dites "oui"', "sender": "SHOP", "isUnicode": 1},
+                 "message": 'Prix: 5:euro::br:Dites "oui"', "sender": "SHOP", "isUnicode": 1, "gamme": 1},
                 id="batch-sender-unicode-placeholders",
             ),
             pytest.param(
@@ -51,7 +58,7 @@ class TestRequest:
                  "response_url": "https://me.example/mo"},
                 SMS,
                 {"apiKey": KEY, "phoneNumbers": "+33612121515", "message": "Hello", "_format": "json",
-                 "sandbox": 1, "isStopSms": 1, "urlDlr": "https://me.example/dlr/",
+                 "gamme": 1, "sandbox": 1, "isStopSms": 1, "urlDlr": "https://me.example/dlr/",
                  "urlResponse": "https://me.example/mo"},
                 id="account-options",
             ),
@@ -59,10 +66,7 @@ class TestRequest:
     )
     async def test_fields_sent(self, settings: dict, sms: Sms, expected: dict) -> None:
         """The JSON body carries exactly the documented fields."""
-        answers = Answers(ok())
-        async with answers.client() as client:
-            await make(client, **settings).send(sms)
-        [request] = answers.requests
+        [request] = await requests_of(lambda c: make(c, **settings), sms, ok())
         assert (request.method, str(request.url)) == ("POST", "https://api.smspartner.fr/v1/send")
         assert request.headers["content-type"] == "application/json"
         assert json.loads(request.content) == expected
@@ -82,6 +86,19 @@ class TestRequest:
     def test_encode_message(self, text: str, expected: str) -> None:
         """Only the two documented placeholders are applied."""
         assert encode_message(text) == expected
+
+    @pytest.mark.parametrize(
+        ("reference", "tag"),
+        [("m2s-123456789-12", "m2s-123456789-12"), ("M2S-1-1", "m2s-1-1"),
+         ("m2s-123456789012345-1", None), ("job-1,job-2", None)],
+        ids=["fits", "lowercased", "too-long", "comma"],
+    )
+    async def test_reference_goes_in_tag_when_it_fits(self, reference: str, tag: str | None) -> None:
+        """``tag`` is "up to 20 characters, no spaces, lowercase only" (seed 003)."""
+        answers = Answers(ok())
+        async with answers.client() as client:
+            await make(client).send(Sms(to=("+33612121515",), text="Hi", reference=reference))
+        assert json.loads(answers.requests[0].content).get("tag") == tag
 
 
 class TestAnswers:
@@ -109,33 +126,17 @@ class TestAnswers:
             pytest.param(httpx.Response(401, text="no"), PermanentError, 401, id="401"),
             pytest.param(httpx.Response(403, json={"success": False, "code": 10}), PermanentError, 403, id="403"),
             pytest.param(httpx.Response(404, text="<html>"), PermanentError, 404, id="404-not-json"),
-            pytest.param(httpx.Response(429, headers={"Retry-After": "30"}), TransientError, 429, id="429"),
-            pytest.param(httpx.Response(503), TransientError, 503, id="503"),
-            pytest.param(httpx.Response(500, text="oops"), AmbiguousError, 500, id="500"),
             pytest.param(httpx.Response(200, text="<html>ok</html>"), AmbiguousError, None, id="200-not-json"),
             pytest.param(httpx.Response(200, json={"code": 200}), AmbiguousError, None, id="200-no-success"),
             pytest.param(httpx.Response(200, json=[1]), AmbiguousError, None, id="200-json-list"),
-            pytest.param(httpx.ConnectError, TransientError, None, id="connect-error"),
-            pytest.param(httpx.ConnectTimeout, TransientError, None, id="connect-timeout"),
-            pytest.param(httpx.ReadTimeout, AmbiguousError, None, id="read-timeout"),
-            pytest.param(httpx.RemoteProtocolError, AmbiguousError, None, id="connection-dropped"),
         ],
     )
     async def test_failures_are_classified(self, outcome, error: type, code: int | None) -> None:
         """Each failure maps to the exception class the dispatcher relies on; no secret leaks."""
-        async with Answers(outcome).client() as client:
-            with pytest.raises(error) as caught:
-                await make(client).send(SMS)
-        assert type(caught.value) is error
-        assert (caught.value.provider, caught.value.code) == ("partner", code)
-        assert KEY not in str(caught.value) and KEY not in repr(caught.value.args)
-
-    async def test_retry_after_is_passed_on(self) -> None:
-        """429 carries the server's Retry-After in seconds."""
-        async with Answers(httpx.Response(429, headers={"Retry-After": "30"})).client() as client:
-            with pytest.raises(TransientError) as caught:
-                await make(client).send(SMS)
-        assert caught.value.retry_after == 30
+        caught = await raised_by(make, SMS, outcome)
+        assert type(caught) is error
+        assert (caught.provider, caught.code) == ("partner", code)
+        assert KEY not in str(caught) and KEY not in repr(caught.args)
 
     async def test_constraint_messages_are_joined(self) -> None:
         """Code 9 lists every violated constraint."""
@@ -143,11 +144,6 @@ class TestAnswers:
         async with Answers(refused(9, errors=errors)).client() as client:
             with pytest.raises(PermanentError, match="Message is required; This phone number is not valid"):
                 await make(client).send(SMS)
-
-    async def test_without_client_send_refuses(self) -> None:
-        """A provider built only to validate config cannot send."""
-        with pytest.raises(RuntimeError):
-            await make(None).send(SMS)
 
 
 class TestStatus:
@@ -181,59 +177,69 @@ class TestStatus:
         assert caught.value.code == 10 and KEY not in str(caught.value)
 
 
-class TestConfig:
+class TestReconcile:
     @pytest.mark.parametrize(
-        ("settings", "path"),
+        ("answer", "expected"),
         [
-            pytest.param({"api_key": None}, "providers.partner.api_key", id="api-key-missing"),
-            pytest.param({"api_key": " "}, "providers.partner.api_key", id="api-key-blank"),
-            pytest.param({"url": "ftp://api.smspartner.fr"}, "providers.partner.url", id="url-not-http"),
-            pytest.param({"timeout": 0}, "providers.partner.timeout", id="timeout-zero"),
-            pytest.param({"timeout": "10"}, "providers.partner.timeout", id="timeout-string"),
-            pytest.param({"sandbox": "yes"}, "providers.partner.sandbox", id="sandbox-not-bool"),
-            pytest.param({"stop_sms": 1}, "providers.partner.stop_sms", id="stop-sms-not-bool"),
-            pytest.param({"dlr_url": "not a url"}, "providers.partner.dlr_url", id="dlr-url-bad"),
-            pytest.param({"response_url": "mailto:x@y"}, "providers.partner.response_url", id="response-url-bad"),
-            pytest.param({"apikey": "x"}, "providers.partner.apikey", id="unknown-key"),
+            pytest.param({"success": True, "code": 200, "StatutResponse_List": [
+                {"phoneNumber": "+33612121515", "status": "Delivered", "messageId": 307}]},
+                ("delivered", "307"), id="delivered"),
+            pytest.param({"success": True, "code": 200, "message_id": "308", "StatutResponse_List": [
+                {"phoneNumber": "+33612121515", "status": "Waiting"}]}, ("sent", "308"), id="waiting"),
+            pytest.param({"success": True, "code": 200, "StatutResponse_List": [
+                {"phoneNumber": "+33612121515", "status": "Not delivered"}]}, ("failed", None), id="not-delivered"),
+            pytest.param({"success": True, "code": 200, "StatutResponse_List": [
+                {"phoneNumber": "+33699999999", "status": "Delivered"}]}, ("not_found", None), id="other-number"),
+            pytest.param({"success": False, "code": 4, "message": "Message not found"}, ("not_found", None),
+                         id="code-4"),
+            pytest.param({"success": True, "code": 200}, None, id="no-list"),
         ],
     )
-    def test_bad_values_name_their_key(self, settings: dict, path: str) -> None:
-        """A bad value raises ConfigError naming ``providers.<name>.<key>``, never the key."""
-        full = {"type": "smspartner", "api_key": KEY, **settings}
-        if full["api_key"] is None:
-            del full["api_key"]
-        with pytest.raises(ConfigError) as caught:
-            SmsPartnerProvider.from_config("partner", full)
-        assert caught.value.path == path and KEY not in str(caught.value)
+    async def test_by_tag(self, answer: dict, expected) -> None:
+        """The reference is looked up with ``bulk-status-by-tag``; code 4 means never received."""
+        answers = Answers(httpx.Response(200, json=answer))
+        async with answers.client() as client:
+            sms = Sms(to=("+33612121515",), text="Hi", reference="m2s-7-1")
+            assert await make(client).reconcile(sms, 0.0, None) == expected
+        [request] = answers.requests
+        assert request.url.path == "/v1/bulk-status-by-tag"
+        assert dict(request.url.params) == {"apiKey": KEY, "tag": "m2s-7-1", "_format": "json"}
 
-    def test_registry_builds_it_with_defaults(self) -> None:
-        """``type: smspartner`` resolves to this class with the documented defaults."""
-        provider = build_provider("partner", {"type": "smspartner", "api_key": KEY})
-        assert isinstance(provider, SmsPartnerProvider)
-        assert (provider.url, provider.timeout, provider.max_batch) == ("https://api.smspartner.fr/v1", 10.0, 500)
-        assert KEY not in repr(provider)
+    async def test_by_message_id_without_a_tag(self) -> None:
+        """A reference that did not fit in ``tag`` falls back to the message id."""
+        answers = Answers(httpx.Response(200, json={"success": True, "code": 200, "statut": "Delivered"}))
+        async with answers.client() as client:
+            sms = Sms(to=("+33612121515",), text="Hi", reference="job-1,job-2")
+            assert await make(client).reconcile(sms, 0.0, "307") == ("delivered", "307")
+        assert answers.requests[0].url.path == "/v1/message-status"
 
 
-class TestRealSocket:
-    async def test_send_over_loopback(self) -> None:
-        """The real HTTP path works: success, slow answer, dropped connection, refused port."""
-        scripted = (
-            Reply(json={"success": True, "code": 200, "message_id": 9, "cost": 0.04}),
-            Reply(json={"success": True}, delay=2.0),   # past the 0.3 s client timeout
-            Reply(drop=True),
-        )
-        with FakeHttpServer(*scripted) as server:
-            async with httpx.AsyncClient() as client:
-                provider = make(client, url=f"{server.url}/v1", timeout=0.3)
-                receipt = await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(AmbiguousError):
-                    await provider.send(SMS)
-                with pytest.raises(TransientError):
-                    await make(client, url=f"http://127.0.0.1:{closed_port()}/v1").send(SMS)
-        assert receipt.message_ids == {"+33612121515": "9"}
-        first = server.requests[0]
-        assert (first.method, first.path) == ("POST", "/v1/send")
-        assert first.json()["apiKey"] == KEY and first.json()["phoneNumbers"] == "+33612121515"
-        assert len(server.requests) == 3
+class TestCheck:
+    async def test_credits(self) -> None:
+        """``check()`` reads ``/v1/me``: premium and low-cost credits, the balance."""
+        body = {"success": True, "code": 200, "user": {"username": "me@example.com"},
+                "credits": {"creditSms": 269, "creditSmsECO": 444, "toSend": 0, "solde": "10.5",
+                            "currency": "EUR", "balance": "10.5"}}
+        answers = Answers(httpx.Response(200, json=body))
+        async with answers.client() as client:
+            verdict = await make(client).check()
+        assert verdict == "API key accepted; 269 premium and 444 low-cost SMS credits, balance 10.5 EUR"
+        assert answers.requests[0].url.path == "/v1/me"
+        assert dict(answers.requests[0].url.params) == {"apiKey": KEY, "_format": "json"}
+
+    async def test_bad_key(self) -> None:
+        """Code 10 fails the check, without the key in the message."""
+        async with Answers(refused(10, message=f"Invalid API key {KEY}")).client() as client:
+            with pytest.raises(PermanentError) as caught:
+                await make(client).check()
+        assert caught.value.code == 10 and KEY not in str(caught.value)
+
+
+class TestConfig:
+    def test_defaults_and_capabilities(self) -> None:
+        """The documented defaults: the public URL, 10 s, 500 numbers per call, Unicode."""
+        settings = validate("partner", {"type": "smspartner", "api_key": KEY})
+        assert (settings.url, settings.timeout) == ("https://api.smspartner.fr/v1", 10.0)
+        caps = SmsPartnerProvider.CAPABILITIES
+        assert (caps.max_numbers, caps.unicode, caps.alphanumeric_sender) == (500, True, True)
+        assert KEY not in repr(settings)

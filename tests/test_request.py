@@ -218,3 +218,24 @@ class TestTransliterate:
         request = build(f"a@k|{FR}", body, RequestPolicy(transliterate=True))
         assert request.segmentation.encoding == "GSM-7"
         assert request.segmentation.count == 4
+
+
+class TestDroppedSenderIsNeverSilent:
+    def test_dropped_sender_is_logged_and_warned(self):
+        """A from= dropped towards France is logged (sender_dropped) and listed in warnings."""
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs:
+            request = build("arthur45@key|0612121515|from=SHOP", "Hello")
+        assert request.sender_for("+33612121515") is None
+        assert any("custom sender 'SHOP' not used" in w for w in request.warnings)
+        assert [e["sender"] for e in logs if e["event"] == "sender_dropped"] == ["SHOP"]
+
+    def test_kept_sender_is_quiet(self):
+        """With the STOP mention the sender is used and nothing is logged."""
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs:
+            request = build("arthur45@key|0612121515|from=SHOP", "Promo STOP au 36180")
+        assert request.sender_for("+33612121515") == "SHOP" and request.warnings == ()
+        assert not [e for e in logs if e["event"] == "sender_dropped"]

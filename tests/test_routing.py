@@ -6,18 +6,16 @@ import pytest
 
 from bridge.config import AccountConfig
 from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
-from bridge.providers.base import Provider
+from bridge.providers.base import Capabilities, Provider
 from bridge.routing import choose_route, configured_route, price_per_part
 
 
 class Cap(Provider):
     """A provider stand-in that only declares capabilities (never sends)."""
 
-    def __init__(self, name, *, unicode=True, alphanumeric_sender=True, max_parts=8):
-        super().__init__(name)
-        self.unicode = unicode
-        self.alphanumeric_sender = alphanumeric_sender
-        self.max_parts = max_parts
+    def __init__(self, name, **capabilities):
+        self.name = name
+        self.capabilities = Capabilities(**capabilities)
 
 
 ACCOUNT = AccountConfig(
@@ -79,6 +77,23 @@ class TestCapabilities:
         route = choose_route(ACCOUNT, providers, number="+33612121515", low_cost=False,
                              unicode=False, sender="33612345678", parts=1)
         assert route.names == ("premium", "backup")
+
+    @pytest.mark.parametrize(
+        ("capabilities", "number", "kept"),
+        [
+            pytest.param({"countries": frozenset({"FR"})}, "+33612121515", True, id="allo-like-france"),
+            pytest.param({"countries": frozenset({"FR"})}, "+262692123456", False, id="allo-like-reunion"),
+            pytest.param({"excluded": frozenset({"FR"})}, "+33612121515", False, id="orange-like-france"),
+            pytest.param({"excluded": frozenset({"FR"})}, "+2250707070707", True, id="orange-like-ivory-coast"),
+        ],
+    )
+    def test_countries(self, capabilities: dict, number: str, kept: bool):
+        """A provider is skipped for a destination outside the countries it delivers to."""
+        providers = {**PROVIDERS, "premium": Cap("premium", **capabilities)}
+        route = choose_route(ACCOUNT, providers, number=number, low_cost=False,
+                             unicode=False, sender=None, parts=1)
+        assert ("premium" in route.names) is kept
+        assert kept or "does not deliver to" in route.explain()
 
 
 class TestPricing:
@@ -147,3 +162,23 @@ class TestCircuitBreaker:
         assert breaker.allow(10)
         assert breaker.failure(10)
         assert not breaker.allow(15) and breaker.allow(20)
+
+    def test_failed_probes_double_the_wait_up_to_the_maximum(self):
+        """A provider that stays down is probed after 10, 20, 40 s, then every 60 s at most;
+        a success brings the wait back to 10 s."""
+        breaker = CircuitBreaker(failures=1, cooldown=10, max_cooldown=60)
+        now = 0.0
+        breaker.failure(now)
+        waits = []
+        for _ in range(5):
+            opened = breaker.opened_at
+            assert not breaker.allow(opened + breaker.cooldown - 0.001)
+            now = opened + breaker.cooldown
+            assert breaker.allow(now)
+            waits.append(breaker.cooldown)
+            breaker.failure(now)
+        assert waits == [10, 20, 40, 60, 60]
+        now += breaker.cooldown
+        assert breaker.allow(now)
+        breaker.success()
+        assert breaker.cooldown == 10

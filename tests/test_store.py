@@ -252,6 +252,20 @@ class TestJobs:
         assert not await store.cancel(result.job_ids[1], 4)
 
 
+class TestPrune:
+    async def test_prune_deletes_finished_rows_and_keeps_the_ledger(self, store):
+        """Old finished jobs, sent replies and their mails go; queued jobs and the ledger stay."""
+        done = await one_job(store)
+        await store.settle_claimed("me", [Settlement(done.id, S.FAILED, "x")], 3)
+        waiting = await store.commit(plan("k2"), 4)
+        await store.queue_reply(NewReply("b@example.org", 109, b"x"), now=1)
+        [reply] = await store.claim_replies(2, 10)
+        await store.finish_reply(reply.id, "sent", None, 2, 2)
+        assert await store.prune(before=10) == {"jobs": 1, "replies": 1, "messages": 1}
+        assert [j.id for j in await store.jobs()] == list(waiting.job_ids)
+        assert len(await store.ledger("a")) == 4  # opening, debit, refund, debit
+
+
 class TestStateMachine:
     async def test_record_before_call(self, store):
         """start_call writes the provider and the reference before the request leaves."""
@@ -360,6 +374,32 @@ class TestReplies:
         """Past max_per_hour replies to one address in an hour, more are dropped."""
         ids = [await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=i) for i in range(3)]
         assert ids[2] is None and len(await store.replies()) == 2
+
+
+class TestBackscatterCaps:
+    async def test_plus_tags_share_one_mailbox_cap(self, store):
+        """300 replies to target+N@victim.org: the mailbox cap (20/hour) holds for all of them."""
+        for i in range(300):
+            await store.queue_reply(NewReply(f"target+{i}@Victim.org", 109, b"x", max_per_hour=20), now=i)
+        assert len(await store.replies()) == 20
+
+    async def test_one_domain_has_its_own_cap(self, store):
+        """Replies to many mailboxes of one domain stop at the domain cap; others still go."""
+        for i in range(100):
+            await store.queue_reply(NewReply(f"user{i}@victim.org", 109, b"x", max_per_hour=20,
+                                             max_per_domain_per_hour=60), now=1)
+        await store.queue_reply(NewReply("ops@elsewhere.org", 109, b"x", max_per_hour=20,
+                                         max_per_domain_per_hour=60), now=1)
+        addresses = [r["to_addr"] for r in await store.replies()]
+        assert len(addresses) == 61 and addresses[-1] == "ops@elsewhere.org"
+
+    async def test_the_cap_is_per_hour(self, store):
+        """An hour later the mailbox may get replies again."""
+        for now in (0, 1, 2):
+            await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=now)
+        assert len(await store.replies()) == 2
+        await store.queue_reply(NewReply("b@example.org", 109, b"x", max_per_hour=2), now=3601)
+        assert len(await store.replies()) == 3
 
 
 class TestMigrationAndKeys:

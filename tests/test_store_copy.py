@@ -14,6 +14,7 @@ import asyncpg
 
 from bridge.model import JobState, NewJob, NewReply, Plan, Settlement
 from bridge.store import SqliteStore, open_url
+from bridge.store.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from pg import pg_url  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +123,7 @@ class TestMigrate:
         assert migrated.returncode == 0, migrated.stderr
         conn = await asyncpg.connect(pg_url)
         try:
-            assert await conn.fetchval("SELECT value FROM meta WHERE key='schema'") == "1"
+            assert await conn.fetchval("SELECT value FROM meta WHERE key='schema'") == str(PG_SCHEMA_VERSION)
         finally:
             await conn.close()
 

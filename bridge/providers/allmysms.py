@@ -7,26 +7,29 @@ integrations of ``api.allmysms.com/sms/send``):
     ``campaignName``, ``cliMsgId``, unused here);
   - success: HTTP 201 with ``{"code": 100, "description", "smsId", "invalidNumbers",
     "nbContacts", "nbSms", "balance", "cost"}``; other statuses carry ``{"code", "description"}``;
+  - ``cliMsgId``: the client's own message id, sent with our reference;
   - return codes 100 sent, 101 scheduled, 102-118 refusals (Allmysms HTTP API v9 list, the
     same numbers as the Mail2SMS statuses of seed 004).
 Assumed (not documented where we could read it):
   - which HTTP status goes with which error code: we map by ``code`` whatever the status;
-  - one number per call (``max_batch = 1``): ``/sms/send/bulk/`` takes a list, but its answer
+  - one number per call (``max_numbers = 1``): ``/sms/send/bulk/`` takes a list, but its answer
     shape is unverified;
   - numbers are sent as ``33612121515`` (no ``+``), the form of Allmysms's own examples;
   - no low-cost flag exists in this API, so ``Sms.low_cost`` is ignored; no Unicode flag
-    either, so ``unicode = False`` keeps UCS-2 texts on providers that document it.
+    either, so ``unicode = False`` keeps UCS-2 texts on providers that document it;
+  - no status lookup by ``cliMsgId`` is documented: ``unknown`` jobs cannot be reconciled;
+  - a 503 is not documented as "not processed": ambiguous. No code means "opted out".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, as_cost, as_int, json_body, post, scrub
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.calls import as_cost, as_int, json_body, post
+from bridge.settings import BOOL, REQUIRED, SECRET, TEXT, URL, setting
 
 DEFAULT_URL = "https://api.allmysms.com"
 
@@ -52,68 +55,40 @@ _REFUSALS = {
 }
 
 
-class AllmysmsProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class AllmysmsSettings(HttpSettings):
+    """``providers.<name>`` with ``type: allmysms``."""
+
+    login: str = setting(REQUIRED, "Allmysms account login (HTTP Basic user)", TEXT)
+    api_key: str = setting(REQUIRED, "Allmysms API key (HTTP Basic password)", SECRET)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    simulate: bool = setting(False, "simulate=1: Allmysms checks the request but sends nothing", BOOL)
+
+
+class AllmysmsProvider(ProviderBase):
     """Sends through Allmysms's HTTP API (https://www.allmysms.com)."""
 
     type = "allmysms"
-    max_batch = 1
-    unicode = False
-    alphanumeric_sender = True
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        client: httpx.AsyncClient | None,
-        login: str,
-        api_key: str,
-        url: str = DEFAULT_URL,
-        timeout: float = 10.0,
-        simulate: bool = False,
-    ) -> None:
-        super().__init__(name)
-        self._client = client
-        self.login = login
-        self._api_key = api_key
-        self.url = url
-        self.timeout = timeout
-        self.simulate = simulate
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> AllmysmsProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        s = Settings(name, settings, {"login", "api_key", "url", "timeout", "simulate"})
-        return cls(
-            name,
-            client=client,
-            login=s.str("login"),
-            api_key=s.str("api_key"),
-            url=s.url("url", DEFAULT_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-            simulate=s.bool("simulate", False),
-        )
+    Settings = AllmysmsSettings
+    CAPABILITIES = Capabilities(unicode=False)
 
     async def send(self, sms: Sms) -> Receipt:
         """One ``/sms/send/`` call for the single number of ``sms``."""
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, Allmysms takes exactly one")
-        (number,) = sms.to
+        number = self.one_number(sms)
         payload: dict[str, Any] = {"to": number.removeprefix("+"), "text": sms.text}
         if sms.sender:
             payload["from"] = sms.sender
-        if self.simulate:
+        if sms.reference:
+            payload["cliMsgId"] = sms.reference
+        if self.settings.simulate:
             payload["simulate"] = 1
         response = await post(
-            self._client,
+            self.client,
             self.name,
-            f"{self.url}/sms/send/",
-            timeout=self.timeout,
+            f"{self.settings.url}/sms/send/",
+            timeout=self.settings.timeout,
             json=payload,
-            auth=(self.login, self._api_key),
+            auth=(self.settings.login, self.settings.api_key),
         )
         status = response.status_code
         if status in (401, 403):
@@ -140,5 +115,5 @@ class AllmysmsProvider(Provider):
         if isinstance(description, str) and description:
             text += f" - {description}"
         # Never let the key out, even if the provider echoes it back.
-        return PermanentError(scrub(text, self._api_key), provider=self.name, code=code)
+        return PermanentError(self.scrub(text), provider=self.name, code=code)
 

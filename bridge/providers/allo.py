@@ -14,78 +14,55 @@ Verified against Allo's own documentation (help.withallo.com):
   - ``GET /v2/api/me`` needs no scope and lists the key's scopes: used by ``check()``.
 Assumed: the HTTP status of a success (any 2xx carrying ``data`` is accepted); a 4xx body
 with ``retryable: true`` means "not accepted, try later" (TransientError); no Unicode flag is
-documented, so ``unicode = False`` like Allmysms (UCS-2 texts go to providers that say so).
+documented, so ``unicode = False`` like Allmysms (UCS-2 texts go to providers that say so);
+no client reference field and no status lookup are documented, so ``unknown`` jobs cannot
+be reconciled; no error code for an opted-out recipient is documented; a 503 is not
+documented as "not processed", so it stays ambiguous.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, json_body, post, request, scrub
+from bridge.errors import AmbiguousError, PermanentError, TransientError
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.calls import answer_object, post, request
+from bridge.settings import REQUIRED, SECRET, URL, pattern, setting
 
 DEFAULT_URL = "https://api.withallo.com"
 MAX_LENGTH = 1000
 SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9]{3,11}")
 
 
-class AlloProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class AlloSettings(HttpSettings):
+    """``providers.<name>`` with ``type: allo``."""
+
+    api_key: str = setting(REQUIRED, "Allo API key (sent as Authorization: Api-Key ...)", SECRET)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    sender_id: str | None = setting(None, "verified Sender ID used when a mail gives no from=",
+                                    pattern(SENDER_ID.pattern, "3-11 letters or digits, at least one letter",
+                                            "sender ID"))
+
+
+class AlloProvider(ProviderBase):
     """Sends through Allo's API with a verified alphanumeric Sender ID (France only)."""
 
     type = "allo"
-    max_batch = 1
-    unicode = False
-    alphanumeric_sender = True
-    max_parts = 6          # 6 x 153 GSM characters = 918 <= 1000; a 7th part could exceed it
-    default_rate = 5.0     # documented write limit: 5 requests per second per key
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        client: httpx.AsyncClient | None,
-        api_key: str,
-        url: str = DEFAULT_URL,
-        timeout: float = 10.0,
-        sender_id: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        self._client = client
-        self._api_key = api_key
-        self.url = url
-        self.timeout = timeout
-        self.sender_id = sender_id
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> AlloProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        s = Settings(name, settings, {"api_key", "url", "timeout", "sender_id"})
-        sender_id = None
-        if settings.get("sender_id") is not None:
-            sender_id = s.str("sender_id")
-            if not SENDER_ID.fullmatch(sender_id):
-                raise ConfigError(s.path("sender_id"), "3-11 letters or digits, at least one letter")
-        return cls(
-            name,
-            client=client,
-            api_key=s.str("api_key"),
-            url=s.url("url", DEFAULT_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-            sender_id=sender_id,
-        )
+    Settings = AlloSettings
+    # 6 x 153 GSM characters = 918 <= 1000; a 7th part could exceed it. Documented write
+    # limit: 5 requests per second per key. The endpoint only takes +33 numbers.
+    CAPABILITIES = Capabilities(unicode=False, max_parts=6, default_rate=5.0,
+                                countries=frozenset({"FR"}))
 
     async def send(self, sms: Sms) -> Receipt:
         """One call for the single (French) number of ``sms``; checks what Allo would refuse."""
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, Allo takes exactly one")
-        (number,) = sms.to
-        sender = sms.sender or self.sender_id
+        number = self.one_number(sms)
+        sender = sms.sender or self.settings.sender_id
         if not number.startswith("+33"):
             raise self._refused("this endpoint only sends to French numbers (+33)")
         if not sender:
@@ -96,8 +73,8 @@ class AlloProvider(Provider):
             raise self._refused(f"message must be 1-{MAX_LENGTH} characters, not {len(sms.text)}")
         payload = {"sender_id": sender, "to": number, "message": sms.text}
         response = await post(
-            self._http(), self.name, f"{self.url}/v1/api/sms",
-            timeout=self.timeout, json=payload, headers=self._auth(),
+            self.client, self.name, f"{self.settings.url}/v1/api/sms",
+            timeout=self.settings.timeout, json=payload, headers=self._auth(),
         )
         body = self._answer(response)
         data = body.get("data")
@@ -109,8 +86,8 @@ class AlloProvider(Provider):
     async def check(self) -> str:
         """``GET /v2/api/me``: the key works and carries the SMS_SEND scope."""
         response = await request(
-            self._http(), self.name, "GET", f"{self.url}/v2/api/me",
-            timeout=self.timeout, headers=self._auth(),
+            self.client, self.name, "GET", f"{self.settings.url}/v2/api/me",
+            timeout=self.settings.timeout, headers=self._auth(),
         )
         body = self._answer(response)
         data = body.get("data") if isinstance(body.get("data"), dict) else {}
@@ -118,29 +95,21 @@ class AlloProvider(Provider):
         if isinstance(scopes, list) and "SMS_SEND" not in scopes:
             raise PermanentError("API key accepted but lacks the SMS_SEND scope", provider=self.name)
         team = data.get("team", {}).get("name") if isinstance(data.get("team"), dict) else None
-        return scrub("API key accepted" + (f" (team {team})" if team else ""), self._api_key)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        return self._client
+        return self.scrub("API key accepted" + (f" (team {team})" if team else ""))
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Api-Key {self._api_key}"}
+        return {"Authorization": f"Api-Key {self.settings.api_key}"}
 
     def _refused(self, text: str) -> PermanentError:
-        return PermanentError(scrub(text, self._api_key), provider=self.name)
+        return PermanentError(self.scrub(text), provider=self.name)
 
     def _answer(self, response: httpx.Response) -> dict[str, Any]:
         """The JSON object of a 2xx answer, or the matching exception."""
         status = response.status_code
-        body = json_body(response, self.name)
+        body = answer_object(response, self.name)
         if response.is_success:
-            if not isinstance(body, dict):
-                raise AmbiguousError(f"answer is not a JSON object (HTTP {status})", provider=self.name)
             return body
-        error = body.get("error") if isinstance(body, dict) else None
-        error = error if isinstance(error, dict) else body if isinstance(body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
         code, message = error.get("code"), error.get("message")
         details = error.get("details") or error.get("errors")
         texts = [message] if isinstance(message, str) and message else []
@@ -151,7 +120,7 @@ class AlloProvider(Provider):
         text = f"{what} (HTTP {status}" + (f", {code})" if isinstance(code, str) else ")")
         if texts:
             text += " - " + "; ".join(texts)
-        text = scrub(text, self._api_key)  # never let the key out, even if echoed back
+        text = self.scrub(text)  # never let the key out, even if echoed back
         code = code if isinstance(code, str) and code else status
         if error.get("retryable") is True and status not in (401, 403):
             raise TransientError(text, provider=self.name, code=code)

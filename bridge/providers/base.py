@@ -1,27 +1,39 @@
-"""The one interface every SMS provider implements.
+"""The interface every SMS provider implements, and the small base class they share.
 
-A provider is built once from its config section (``from_config`` validates every key and
-raises ``ConfigError`` naming ``providers.<name>.<key>``), gets the daemon's shared
-``httpx.AsyncClient``, and has one async ``send()`` that returns a ``Receipt`` or raises:
+A provider is built once from its validated settings and the daemon's shared
+``httpx.AsyncClient`` (required: validation never builds a provider). ``send()`` returns a
+``Receipt`` or raises:
 
-- ``TransientError``  - definitely not accepted (connection refused, DNS failure, 429, 503,
-  an explicit "not accepted, try later"); the dispatcher may retry or fail over.
-- ``AmbiguousError``  - may have been accepted (read timeout after the request was sent,
+- ``TransientError``   definitely not accepted (connection refused, 429, an explicit "not
+  accepted, try later"); the dispatcher may retry or fail over.
+- ``AmbiguousError``   may have been accepted (read timeout after the request was sent,
   HTTP 500, an unparsable answer); the job becomes ``unknown``, never re-sent blindly.
-- ``PermanentError``  - refused for good (invalid number, bad credentials, no credit).
+- ``PermanentError``   refused for good (invalid number, bad credentials, no credit).
+- ``RecipientRefused`` (a ``PermanentError``) the recipient opted out or is barred: the
+  route stops there, no other provider is tried.
 
-It never returns a bare bool and never logs credentials.
+Optional abilities are separate protocols, checked with ``isinstance``: ``Reconciler``
+(find out what became of an ambiguous send), ``Checker`` (a harmless call for
+``providers check``) and ``CallbackParser`` (delivery reports and inbound SMS, for
+two-way messaging). A provider never returns a bare bool and never logs credentials.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
+from bridge.errors import ProviderError
+from bridge.providers.calls import scrub
+from bridge.settings import REQUIRED, URL, number, setting
+
+
+#: keys of every provider section that the dispatcher reads, not the provider module
+POLICY_KEYS = ("type", "rate", "circuit")
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,8 @@ class Sms:
     low_cost: bool = False       # Allmysms `lc=1`
     unicode: bool = False        # True when the text needs UCS-2
     parts: int = 1               # concatenated parts per recipient
-    reference: str = ""          # our job id(s), for providers that accept a client ref
+    reference: str = ""          # client reference, m2s-<job>-<attempt> (<= 24 ASCII chars)
+    category: str = "transactional"  # or "marketing" (OVH's STOP clause, Octopush purpose)
 
 
 @dataclass(frozen=True)
@@ -47,236 +60,160 @@ class Receipt:
     raw: Mapping[str, Any] = field(default_factory=dict)          # parsed answer, for logs
 
 
-class Provider:
-    """Base class: settings validated once in ``from_config``; ``send`` does one call."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can carry; routing skips it for jobs outside these."""
 
-    type: ClassVar[str] = ""
-    # Capabilities, checked by routing before a provider is chosen for a job.
-    max_batch: ClassVar[int] = 1          # numbers per call for the same text
-    unicode: ClassVar[bool] = True        # can send UCS-2 text
-    alphanumeric_sender: ClassVar[bool] = True
-    max_parts: ClassVar[int] = 8          # concatenated parts it accepts
-    default_rate: ClassVar[float] = 10.0  # messages per second unless `rate` is configured
+    unicode: bool = True                 # can send UCS-2 text
+    alphanumeric_sender: bool = True     # can send from a name rather than a number
+    max_numbers: int = 1                 # numbers per call for the same text
+    max_parts: int = 8                   # concatenated parts it accepts
+    countries: frozenset[str] | None = None  # ISO regions it delivers to; None: any
+    excluded: frozenset[str] = frozenset()   # ISO regions it does not deliver to
+    default_rate: float = 10.0           # messages per second unless `rate` is configured
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def carries(self, region: str | None) -> bool:
+        """Whether a number of ``region`` (ISO code, None if unknown) is within reach."""
+        if region in self.excluded:
+            return False
+        return self.countries is None or region in self.countries
 
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> "Provider":
-        """Build the provider from its config section; raise ``ConfigError`` on bad values."""
-        raise NotImplementedError
+
+#: What ``reconcile`` may answer (see ``Reconciler``).
+Reconciled = tuple[Literal["sent", "delivered", "failed", "not_found"], "str | None"]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One SMS provider: a name, its capabilities, one call per ``send``."""
+
+    name: str
+    type: ClassVar[str]
+    capabilities: Capabilities
 
     async def send(self, sms: Sms) -> Receipt:
         """Hand ``sms`` to the provider; raise a ``ProviderError`` subclass on failure."""
-        raise NotImplementedError
 
-    async def status(self, message_id: str, number: str) -> str | None:
-        """Delivery state of an accepted SMS: ``delivered``, ``sent``, ``failed`` or None.
+    async def aclose(self) -> None:
+        """Release what the provider holds (files); the shared HTTP client stays open."""
 
-        None means the provider has no status API or does not know the message; the
-        dispatcher uses this to reconcile ``unknown`` jobs.
+
+@runtime_checkable
+class Reconciler(Protocol):
+    """A provider that can find out what became of a send whose outcome was ambiguous."""
+
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """Look ``sms`` up (by ``sms.reference``, else ``message_id``, else number and time).
+
+        ``since`` is when the call was made (epoch seconds). Returns:
+
+        - ``("sent" | "delivered", provider_message_id)`` - the provider has it;
+        - ``("failed", id or None)`` - the provider says it was not delivered;
+        - ``("not_found", None)`` - the provider can say for sure it never received that
+          reference (or nothing to that number in the window): it never reached it;
+        - ``None`` - cannot tell (no lookup for this case, lookup failed, not yet known).
         """
-        return None
 
-    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> tuple[str, str | None] | None:
-        """Find out what became of an SMS whose outcome was ambiguous.
 
-        Returns (state, provider message id) with state ``delivered``, ``sent`` or
-        ``failed``, or None when the provider cannot tell. The default asks ``status()``
-        when the provider message id is known.
-        """
-        if message_id is None:
-            return None
-        state = await self.status(message_id, sms.to[0])
-        return (state, message_id) if state else None
+@runtime_checkable
+class Checker(Protocol):
+    """A provider with a harmless call (balance, auth) proving its settings work."""
 
     async def check(self) -> str:
-        """A harmless call (balance, auth) proving the settings work; a one-line verdict.
-
-        Raises a ``ProviderError`` when the provider is unreachable or refuses the
-        credentials. The default only says that no check exists.
-        """
-        return "no check available for this provider"
-
-    async def close(self) -> None:
-        """Release what the provider holds (files); the shared HTTP client is not closed."""
+        """A one-line verdict; raises a ``ProviderError`` when unreachable or refused."""
 
 
-# --- helpers shared by the provider modules --------------------------------------------
+@dataclass(frozen=True)
+class Callback:
+    """One event a provider pushed to us: a delivery report or an inbound SMS."""
+
+    kind: Literal["delivery", "inbound"]
+    number: str
+    message_id: str | None = None
+    state: str | None = None             # delivery: sent | delivered | failed
+    text: str | None = None              # inbound: the SMS text
 
 
-class Settings:
-    """Reads one provider's config section, naming ``providers.<name>.<key>`` in errors."""
+@runtime_checkable
+class CallbackParser(Protocol):
+    """A provider whose webhooks (DLR, inbound SMS) the bridge can read (two-way issue)."""
 
-    def __init__(self, name: str, settings: Mapping[str, Any], known: set[str]) -> None:
+    def parse_callback(self, method: str, query: Mapping[str, str], body: bytes) -> list[Callback]:
+        """The events in one webhook request; ``ValueError`` when it is not understood."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    """Settings every HTTP provider takes (each module redeclares ``url`` with its default)."""
+
+    url: str = setting(REQUIRED, "base URL of the API", URL)
+    timeout: float = setting(10.0, "seconds to wait for a connection and for the answer",
+                             number(0.1))
+
+
+class ProviderBase:
+    """What the modules share: name, settings, client, capabilities, secret scrubbing."""
+
+    type: ClassVar[str] = ""
+    Settings: ClassVar[type]
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, name: str, settings: Any, client: httpx.AsyncClient) -> None:
+        if not isinstance(client, httpx.AsyncClient):
+            raise TypeError("a provider needs the daemon's httpx.AsyncClient")
         self.name = name
         self.settings = settings
-        unknown = set(settings) - known - {"type"}
-        if unknown:
-            raise ConfigError(self.path(sorted(unknown)[0]), "unknown setting")
+        self.client = client
+        self.capabilities = self.capabilities_for(settings)
 
-    def path(self, key: str) -> str:
-        """The config path of ``key`` in this provider's section."""
-        return f"providers.{self.name}.{key}"
+    @classmethod
+    def from_config(cls, name: str, section: Mapping[str, Any], client: httpx.AsyncClient) -> Any:
+        """Validate ``providers.<name>`` and build the provider with the daemon's ``client``."""
+        from bridge.settings import load
 
-    def str(self, key: str, default: str | None = None) -> str:
-        """A non-empty string setting; required when ``default`` is None."""
-        value = self.settings.get(key, default)
-        if value is None:
-            raise ConfigError(self.path(key), "required")
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(self.path(key), "must be a non-empty string")
-        return value
+        return cls(name, load(cls.Settings, section, f"providers.{name}", ignore=POLICY_KEYS), client)
 
-    def url(self, key: str = "url", default: str | None = None) -> str:
-        """An http(s) URL setting, without a trailing slash."""
-        value = self.str(key, default)
-        try:
-            parsed = httpx.URL(value)
-        except Exception:
-            raise ConfigError(self.path(key), "not a URL") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ConfigError(self.path(key), "not an http(s) URL")
-        return value.rstrip("/")
+    @classmethod
+    def capabilities_for(cls, settings: Any) -> Capabilities:
+        """The capabilities of an instance with ``settings`` (some depend on them)."""
+        return cls.CAPABILITIES
 
-    def number(self, key: str, default: float, minimum: float = 0) -> float:
-        """A number setting (int or float) no smaller than ``minimum``."""
-        value = self.settings.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise ConfigError(self.path(key), f"must be a number >= {minimum}")
-        return float(value)
+    def secrets(self) -> list[str]:
+        """Every secret setting's value: scrubbed from error texts."""
+        return [getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)
+                if getattr(f.metadata.get("kind"), "secret", False)
+                and isinstance(getattr(self.settings, f.name), str)]
 
-    def optional_url(self, key: str) -> str | None:
-        """An optional http(s) URL setting, passed on exactly as written."""
-        if self.settings.get(key) is None:
-            return None
-        self.url(key)  # validates
-        return self.settings[key]
+    def scrub(self, text: str, *more: str | None) -> str:
+        """``text`` without any secret setting (providers may echo keys back)."""
+        return scrub(text, *self.secrets(), *more)
 
-    def bool(self, key: str, default: bool) -> bool:
-        """A yes/no setting."""
-        value = self.settings.get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(self.path(key), "must be true or false")
-        return value
+    def one_number(self, sms: Sms) -> str:
+        """The single number of ``sms``; more is a programming error (routing splits)."""
+        if len(sms.to) != 1:
+            raise ValueError(f"{len(sms.to)} numbers in one call, {self.type} takes exactly one")
+        return sms.to[0]
+
+    async def aclose(self) -> None:
+        """Nothing to release by default (the shared HTTP client is not ours)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
 
 
-async def post(
-    client: httpx.AsyncClient, provider: str, url: str, *, timeout: float, **kwargs: Any
-) -> httpx.Response:
-    """POST once and classify transport failures by whether the request may have arrived.
-
-    Connect errors and connect timeouts mean it never left (``TransientError``); a read or
-    write timeout, or a dropped connection after sending, may mean it arrived
-    (``AmbiguousError``). HTTP 429 and 503 are definite refusals (``TransientError`` with
-    the server's ``Retry-After``); any other 5xx is ambiguous. Other statuses are returned
-    for the provider to interpret.
-    """
-    return await request(client, provider, "POST", url, timeout=timeout, **kwargs)
+def can_check(provider: Any) -> bool:
+    """Whether ``providers check`` can ask ``provider`` something harmless."""
+    return isinstance(provider, Checker) and getattr(provider, "can_check", True)
 
 
-async def request(
-    client: httpx.AsyncClient,
-    provider: str,
-    method: str,
-    url: str,
-    *,
-    timeout: float,
-    **kwargs: Any,
-) -> httpx.Response:
-    """Like ``post`` for any method."""
+async def or_none(lookup: Awaitable[Reconciled | None]) -> Reconciled | None:
+    """``await lookup``, with a provider error read as "cannot tell" (None)."""
     try:
-        response = await client.request(method, url, timeout=timeout, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise TransientError(f"not connected: {type(exc).__name__}", provider=provider) from None
-    except httpx.TimeoutException as exc:
-        raise AmbiguousError(f"no answer in time: {type(exc).__name__}", provider=provider) from None
-    except httpx.HTTPError as exc:
-        raise AmbiguousError(f"connection lost: {type(exc).__name__}", provider=provider) from None
-    if response.status_code in (429, 503):
-        raise TransientError(
-            f"HTTP {response.status_code}",
-            provider=provider,
-            code=response.status_code,
-            retry_after=retry_after(response),
-        )
-    if response.status_code >= 500:
-        raise AmbiguousError(f"HTTP {response.status_code}", provider=provider, code=response.status_code)
-    return response
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    from email.utils import parsedate_to_datetime
-    from datetime import datetime, timezone
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def scrub(text: str, *secrets: str | None) -> str:
-    """``text`` with every secret replaced by ``***`` (providers may echo keys back)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def as_cost(value: Any) -> float | None:
-    """A cost from a provider answer: a number, or None for anything else."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def as_int(value: Any) -> int | None:
-    """An int from a provider answer (``"100"`` or ``100``), or None."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+        return await lookup
+    except ProviderError:
         return None
 
 
-def json_body(response: httpx.Response, provider: str) -> Any:
-    """The response parsed as JSON; an unparsable 2xx body is ambiguous (it may have sent)."""
-    try:
-        return response.json()
-    except ValueError:
-        if response.is_success:
-            raise AmbiguousError(
-                f"unparsable answer (HTTP {response.status_code})", provider=provider
-            ) from None
-        raise PermanentError(
-            f"HTTP {response.status_code} with an unparsable body", provider=provider,
-            code=response.status_code,
-        ) from None
-
-
-__all__ = [
-    "AmbiguousError",
-    "PermanentError",
-    "Provider",
-    "Receipt",
-    "Settings",
-    "Sms",
-    "TransientError",
-    "as_cost",
-    "as_int",
-    "json_body",
-    "post",
-    "request",
-    "retry_after",
-    "scrub",
-]
+def can_reconcile(provider: Any) -> bool:
+    """Whether ``provider`` can look up an ``unknown`` job at all."""
+    return isinstance(provider, Reconciler) and getattr(provider, "can_reconcile", True)

@@ -8,7 +8,8 @@ The embedded default (runs with no credentials) and a handy outbox for tests and
       fsync: false           # true: fsync after every batch (slower, survives power loss)
 
 Each line: ``{"time", "provider", "id", "to", "sender", "text", "low_cost", "unicode",
-"parts", "reference"}`` with non-ASCII text kept as is (UTF-8).
+"parts", "reference"}`` with non-ASCII text kept as is (UTF-8). Reconciliation reads the
+file back: a line with the job's reference is ``sent``, none is ``not_found``.
 """
 
 from __future__ import annotations
@@ -17,39 +18,37 @@ import errno
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import httpx
-
 from bridge.errors import TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms
+from bridge.providers.base import Capabilities, ProviderBase, Receipt, Reconciled, Sms
+from bridge.settings import BOOL, REQUIRED, TEXT, setting
 
 
-class FileProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class FileSettings:
+    """``providers.<name>`` with ``type: file``."""
+
+    path: str = setting(REQUIRED, "file the SMS are appended to (relative: to the config's folder)", TEXT)
+    fsync: bool = setting(False, "fsync after every write (slower, survives a power loss)", BOOL)
+
+
+class FileProvider(ProviderBase):
     """Appends SMS to a JSON-lines file instead of sending them."""
 
     type = "file"
-    max_batch = 500
-    default_rate = 100_000.0  # a local file: no provider to protect
-    unicode = True
-    alphanumeric_sender = True
+    Settings = FileSettings
+    # a local file: no provider to protect, no batch limit worth the name
+    CAPABILITIES = Capabilities(max_numbers=500, default_rate=100_000.0)
 
-    def __init__(self, name: str, path: Path, fsync: bool = False) -> None:
-        super().__init__(name)
-        self.path = path
-        self.fsync = fsync
+    def __init__(self, name: str, settings: FileSettings, client: Any) -> None:
+        super().__init__(name, settings, client)
+        self.path = Path(settings.path).expanduser()
+        self.fsync = settings.fsync
         self._file: BinaryIO | None = None
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> FileProvider:
-        """Validate ``path`` (required) and ``fsync`` (default false); the client is unused."""
-        s = Settings(name, settings, {"path", "fsync"})
-        return cls(name, Path(s.str("path")).expanduser(), s.bool("fsync", False))
 
     async def send(self, sms: Sms) -> Receipt:
         """Append one line per number in a single ``write()``; ``TransientError`` on OSError.
@@ -67,13 +66,32 @@ class FileProvider(Provider):
         try:
             self._append(lines.encode("utf-8"))
         except OSError as exc:
-            await self.close()  # reopen next time: the disk may have been freed or remounted
+            await self.aclose()  # reopen next time: the disk may have been freed or remounted
             raise TransientError(
                 f"cannot append to {self.path}: {exc.strerror or type(exc).__name__}",
                 provider=self.name,
                 code=exc.errno,
             ) from None
         return Receipt(message_ids=ids)
+
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """A line with ``sms.reference`` and the number: sent; none: not found."""
+        if not sms.reference:
+            return None
+        try:
+            with open(self.path, encoding="utf-8") as lines:
+                for line in lines:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if record.get("reference") == sms.reference and record.get("to") in sms.to:
+                        return "sent", record.get("id")
+        except FileNotFoundError:
+            return "not_found", None
+        except OSError:
+            return None
+        return "not_found", None
 
     async def check(self) -> str:
         """The file can be opened for appending (its folder is created if needed)."""
@@ -85,7 +103,7 @@ class FileProvider(Provider):
             raise TransientError(f"cannot append to {self.path}: {exc.strerror}", provider=self.name) from None
         return f"appends to {self.path}"
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the file if it is open; the next ``send`` reopens it."""
         file, self._file = self._file, None
         if file is not None:

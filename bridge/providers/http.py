@@ -3,18 +3,26 @@
 Nothing here comes from a provider's documentation: the operator describes the call
 (``url``, ``method``, ``headers``, a ``body`` or ``form`` template) and what its answers
 mean (``success_status``/``success_match``, ``permanent_status``/``permanent_match``,
-``message_id_path``). Placeholders: ``{to}`` (E.164), ``{to_digits}`` (no ``+``),
-``{text}``, ``{sender}``, ``{parts}``, ``{unicode}`` and ``{low_cost}`` (0/1), ``{reference}``;
-``{{`` and ``}}`` are literal braces. In the URL values are percent-encoded; in a string
-``body`` inserted raw; in a mapping ``body`` the structure is built first and then dumped as
-JSON (a value that is exactly ``"{parts}"``, ``"{unicode}"`` or ``"{low_cost}"`` becomes a
-number, every other value stays a string), so a text is always escaped correctly.
+``opted_out_match``, ``message_id_path``). Placeholders: ``{to}`` (E.164), ``{to_digits}``
+(no ``+``), ``{text}``, ``{sender}``, ``{parts}``, ``{unicode}`` and ``{low_cost}`` (0/1),
+``{reference}``; ``{{`` and ``}}`` are literal braces. In the URL values are
+percent-encoded; in a string ``body`` inserted raw; in a mapping ``body`` the structure is
+built first and then dumped as JSON (a value that is exactly ``"{parts}"``, ``"{unicode}"``
+or ``"{low_cost}"`` becomes a number, every other value stays a string), so a text is
+always escaped correctly.
 
-Answers, after the shared rules of ``base.request`` (transport failures, 429, 503, 5xx):
-a ``permanent_status``, or a ``permanent_match`` on the body, is a refusal; a
-``success_status`` whose body passes ``success_match`` (when set) is a success; anything else
-(a 2xx that fails ``success_match``, a status in neither list) is ambiguous - the SMS may be
-out, and the operator has to say what that answer means.
+Answers, after the shared rules of ``calls.request`` (transport failures, 429, 5xx; a 503
+is a definite "not processed" only with ``definite_503: true``): an ``opted_out_match`` on
+the body is ``RecipientRefused``; a ``permanent_status``, or a ``permanent_match`` on the
+body, is a refusal; a ``success_status`` whose body passes ``success_match`` (when set) is a
+success; anything else is ambiguous - the SMS may be out, and the operator has to say what
+that answer means.
+
+Reconciliation (``reconcile_url``, a GET template with ``{reference}``, ``{to}``,
+``{to_digits}``): 404 is ``not_found``; a 2xx JSON answer whose value at
+``reconcile_state_path`` is ``sent``/``accepted`` is sent, ``delivered`` delivered,
+``failed``/``undelivered``/``rejected`` failed; anything else, or a transport error, is
+"cannot tell". ``check_url`` (GET, any 2xx) makes ``providers check`` meaningful.
 """
 
 from __future__ import annotations
@@ -22,181 +30,272 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, request, scrub
+from bridge.errors import AmbiguousError, PermanentError, ProviderError, RecipientRefused
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms
+from bridge.providers.calls import request
+from bridge.settings import BOOL, REQUIRED, TEXT, Kind, choice, integer, setting
 
 PLACEHOLDERS = ("to", "to_digits", "text", "sender", "parts", "unicode", "low_cost", "reference")
+LOOKUP_PLACEHOLDERS = ("reference", "to", "to_digits")
+_RECONCILED = {"sent": "sent", "accepted": "sent", "delivered": "delivered",
+               "failed": "failed", "undelivered": "failed", "rejected": "failed"}
 _NUMBERS = {"{parts}": "parts", "{unicode}": "unicode", "{low_cost}": "low_cost"}
 _SPLIT = re.compile(r"[\s&=?/;,:\"'{}\[\]<>]+")
 _PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
 
 
-def _template(path: str, value: Any) -> str:
-    """``value`` if it is a string whose placeholders are all known; ConfigError otherwise."""
+def _template(value: Any, known: tuple[str, ...] = PLACEHOLDERS) -> str:
+    """``value`` if it is a string whose placeholders are all known; ValueError otherwise."""
     if not isinstance(value, str):
-        raise ConfigError(path, "must be a string")
+        raise ValueError("must be a string")
     try:
         fields = list(string.Formatter().parse(value))
     except ValueError as exc:
-        raise ConfigError(path, f"bad template: {exc}") from None
+        raise ValueError(f"bad template: {exc}") from None
     for _, field, spec, conversion in fields:
-        if field is not None and field not in PLACEHOLDERS:
-            raise ConfigError(path, f"unknown placeholder {{{field}}} (known: {', '.join(PLACEHOLDERS)})")
+        if field is not None and field not in known:
+            raise ValueError(f"unknown placeholder {{{field}}} (known: {', '.join(known)})")
         if spec or conversion:
-            raise ConfigError(path, f"{{{field}}}: placeholders take no format spec or conversion")
+            raise ValueError(f"{{{field}}}: placeholders take no format spec or conversion")
     return value
 
 
-def _statuses(s: Settings, key: str, default: list[int]) -> frozenset[int]:
-    value = s.settings.get(key, default)
+def _url_template(known: tuple[str, ...]) -> Kind:
+    def convert(value: Any) -> str:
+        text = _template(value, known)
+        sample = text.format(**{k: "x" for k in known})
+        parsed = httpx.URL(sample)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("not an http(s) URL")
+        return text
+    # may carry a key in its query: never printed (repr) and scrubbed from errors
+    return Kind("URL template", convert, secret=True)
+
+
+def _statuses(value: Any) -> frozenset[int]:
     if not (isinstance(value, list) and value and all(
             isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value)):
-        raise ConfigError(s.path(key), "must be a non-empty list of HTTP status codes")
+        raise ValueError("must be a non-empty list of HTTP status codes")
     return frozenset(value)
 
 
-def _regex(s: Settings, key: str) -> re.Pattern[str] | None:
-    if s.settings.get(key) is None:
-        return None
+def _regex(value: Any) -> re.Pattern[str]:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty regular expression")
     try:
-        return re.compile(s.str(key), re.DOTALL)
+        return re.compile(value, re.DOTALL)
     except re.error as exc:
-        raise ConfigError(s.path(key), f"not a regular expression: {exc}") from None
+        raise ValueError(f"not a regular expression: {exc}") from None
 
 
-class HttpProvider(Provider):
+def _headers(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("must map header names to strings")
+    return dict(value)
+
+
+def _body(value: Any) -> Any:
+    if not isinstance(value, (str, Mapping, list)):
+        raise ValueError("must be a string, or a mapping/list sent as JSON")
+    return value
+
+
+def _form(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("must map field names to templates")
+    return value
+
+
+def _path(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a dot path such as data.id")
+    return tuple(value.strip().split("."))
+
+
+STATUSES = Kind("list of HTTP statuses", _statuses)
+REGEX = Kind("regular expression", _regex)
+PATH = Kind("dot path", _path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpProviderSettings(HttpSettings):
+    """``providers.<name>`` with ``type: http``."""
+
+    url: str = setting(REQUIRED, "URL template of the send call (placeholders percent-encoded)",
+                       _url_template(PLACEHOLDERS))
+    method: str = setting("POST", "GET | POST | PUT", Kind("GET | POST | PUT", lambda v: choice(
+        "GET", "POST", "PUT")(v.upper() if isinstance(v, str) else v)))
+    headers: Mapping[str, str] | None = setting(None, "headers sent with every call (templates not expanded)",
+                                                Kind("mapping of strings", _headers, secret=True))
+    body: Any = setting(None, "body template: a string, or a mapping/list sent as JSON", Kind("string or JSON", _body, secret=True))
+    form: Mapping[str, Any] | None = setting(None, "form fields (templates), instead of body", Kind("mapping", _form, secret=True))
+    sender: str | None = setting(None, "{sender} when a mail gives no from=", TEXT)
+    success_status: frozenset[int] = setting(frozenset({200, 201, 202}), "statuses meaning accepted", STATUSES)
+    success_match: re.Pattern[str] | None = setting(None, "regex the body of a success must match", REGEX)
+    permanent_status: frozenset[int] = setting(frozenset({400, 401, 403, 404, 422}),
+                                               "statuses meaning refused for good", STATUSES)
+    permanent_match: re.Pattern[str] | None = setting(None, "regex on the body meaning refused for good", REGEX)
+    opted_out_match: re.Pattern[str] | None = setting(
+        None, "regex on the body meaning the recipient opted out (no failover)", REGEX)
+    message_id_path: tuple[str, ...] | None = setting(None, "dot path of the message id in a JSON answer", PATH)
+    max_parts: int = setting(8, "most concatenated parts the gateway takes", integer(1))
+    definite_503: bool = setting(False, "true if the gateway documents that a 503 processed nothing", BOOL)
+    reconcile_url: str | None = setting(
+        None, "GET template ({reference}, {to}, {to_digits}) to look an unknown job up",
+        _url_template(LOOKUP_PLACEHOLDERS))
+    reconcile_state_path: tuple[str, ...] = setting(("status",), "dot path of the state in the lookup answer",
+                                                    PATH, shown="status")
+    reconcile_id_path: tuple[str, ...] = setting(("id",), "dot path of the message id in the lookup answer",
+                                                 PATH, shown="id")
+    check_url: str | None = setting(None, "GET URL for providers check (any 2xx is ok)", _url_template(()))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """Templates, and settings that contradict each other."""
+        if self.body is not None and self.form is not None:
+            yield "form", "give either body or form, not both"
+        if self.method == "GET" and (self.body is not None or self.form is not None):
+            yield "method", "GET takes no body: put placeholders in url"
+        if self.success_status & self.permanent_status:
+            yield "permanent_status", "overlaps success_status"
+        leaves = _leaves(self.body, "body") if not isinstance(self.body, str) else [("body", self.body)]
+        for path, value in (*leaves, *_leaves(self.form or {}, "form")):
+            try:
+                _template(value)
+            except ValueError as exc:
+                yield path, str(exc)
+        for key, value in (self.form or {}).items():
+            if not isinstance(value, str):
+                yield f"form.{key}", "must be a string"
+
+
+class HttpProvider(ProviderBase):
     """Sends through any HTTP API described in the config; one number per call."""
 
     type = "http"
-    max_batch = 1
-    unicode = True
-    alphanumeric_sender = True
+    Settings = HttpProviderSettings
 
-    def __init__(self, name: str, s: Settings, client: httpx.AsyncClient | None) -> None:
-        super().__init__(name)
-        self._client = client
-        settings = s.settings
-        s.url("url")  # validates; the template is kept exactly as written (trailing slash too)
-        self.url = _template(s.path("url"), settings["url"])
-        self.method = s.str("method", "POST").upper()
-        if self.method not in ("GET", "POST", "PUT"):
-            raise ConfigError(s.path("method"), "must be GET, POST or PUT")
-        headers = settings.get("headers", {})
-        if not isinstance(headers, Mapping) or not all(
-                isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()):
-            raise ConfigError(s.path("headers"), "must map header names to strings")
-        self._headers = dict(headers)
-        if settings.get("body") is not None and settings.get("form") is not None:
-            raise ConfigError(s.path("form"), "give either body or form, not both")
-        self._body: Any = settings.get("body")
-        if isinstance(self._body, (Mapping, list)):
-            for path, value in _leaves(self._body, s.path("body")):
-                _template(path, value)
-        elif self._body is not None:
-            _template(s.path("body"), self._body)
-        self._form = settings.get("form")
-        if self._form is not None:
-            if not isinstance(self._form, Mapping) or not self._form:
-                raise ConfigError(s.path("form"), "must map field names to templates")
-            for key, value in self._form.items():
-                _template(s.path(f"form.{key}"), value)
-        if self.method == "GET" and (self._body is not None or self._form is not None):
-            raise ConfigError(s.path("method"), "GET takes no body: put placeholders in url")
-        self.sender = s.str("sender") if settings.get("sender") is not None else None
-        self.timeout = s.number("timeout", 10, minimum=0.1)
-        self.success_status = _statuses(s, "success_status", [200, 201, 202])
-        self.permanent_status = _statuses(s, "permanent_status", [400, 401, 403, 404, 422])
-        if self.success_status & self.permanent_status:
-            raise ConfigError(s.path("permanent_status"), "overlaps success_status")
-        self.success_match = _regex(s, "success_match")
-        self.permanent_match = _regex(s, "permanent_match")
-        path = s.str("message_id_path") if settings.get("message_id_path") is not None else None
-        self.message_id_path = path.split(".") if path else None
-        parts = settings.get("max_parts", Provider.max_parts)
-        if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-            raise ConfigError(s.path("max_parts"), "must be a whole number >= 1")
-        self.max_parts = parts
-        self._secrets = _secrets(self.url, self._headers, self._body, self._form)
+    def __init__(self, name: str, settings: HttpProviderSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        self.can_check = settings.check_url is not None
+        self.can_reconcile = settings.reconcile_url is not None
+        self._secrets = _secrets(settings.url, settings.headers or {}, settings.body, settings.form)
+        for url in (settings.reconcile_url, settings.check_url):
+            if url:
+                self._secrets += _secrets(url, {}, None, None)
 
     @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> HttpProvider:
-        """Validate the section; every template is checked now, not at the first SMS."""
-        known = {"url", "method", "headers", "body", "form", "sender", "timeout", "success_status",
-                 "success_match", "permanent_status", "permanent_match", "message_id_path",
-                 "max_parts"}
-        return cls(name, Settings(name, settings, known), client)
+    def capabilities_for(cls, settings: HttpProviderSettings) -> Capabilities:
+        """``max_parts`` is configured per instance."""
+        return Capabilities(max_parts=settings.max_parts)
 
     async def send(self, sms: Sms) -> Receipt:
         """One call for the single number of ``sms``, classified by the configured rules."""
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, this provider takes one")
+        s = self.settings
+        number = self.one_number(sms)
         values: dict[str, Any] = {
-            "to": sms.to[0], "to_digits": sms.to[0].removeprefix("+"), "text": sms.text,
-            "sender": sms.sender or self.sender or "", "parts": sms.parts,
+            "to": number, "to_digits": number.removeprefix("+"), "text": sms.text,
+            "sender": sms.sender or s.sender or "", "parts": sms.parts,
             "unicode": int(sms.unicode), "low_cost": int(sms.low_cost), "reference": sms.reference,
         }
         encoded = {k: quote(str(v), safe="") for k, v in values.items()}
-        kwargs: dict[str, Any] = {"headers": self._headers}
-        if isinstance(self._body, (Mapping, list)):
-            kwargs["json"] = self._render(self._body, values)
-        elif self._body is not None:
-            kwargs["content"] = self._body.format(**values).encode("utf-8")
-        elif self._form is not None:
-            kwargs["data"] = {k: v.format(**values) for k, v in self._form.items()}
-        response = await request(self._client, self.name, self.method, self.url.format(**encoded),
-                                 timeout=self.timeout, **kwargs)
+        kwargs: dict[str, Any] = {"headers": s.headers or {}}
+        if isinstance(s.body, (Mapping, list)):
+            kwargs["json"] = render(s.body, values)
+        elif s.body is not None:
+            kwargs["content"] = s.body.format(**values).encode("utf-8")
+        elif s.form is not None:
+            kwargs["data"] = {k: v.format(**values) for k, v in s.form.items()}
+        response = await request(self.client, self.name, s.method, s.url.format(**encoded),
+                                 timeout=s.timeout, definite_503=s.definite_503, **kwargs)
         status, text = response.status_code, response.text
-        if status in self.permanent_status or (self.permanent_match and self.permanent_match.search(text)):
+        if s.opted_out_match and s.opted_out_match.search(text):
+            raise RecipientRefused(self._describe("recipient opted out", response), provider=self.name,
+                                   code=status, opted_out=True)
+        if status in s.permanent_status or (s.permanent_match and s.permanent_match.search(text)):
             raise PermanentError(self._describe("refused", response), provider=self.name, code=status)
-        if status not in self.success_status:
+        if status not in s.success_status:
             raise AmbiguousError(self._describe("answer not described by success_status or "
                                                 "permanent_status", response), provider=self.name, code=status)
-        if self.success_match and not self.success_match.search(text):
+        if s.success_match and not s.success_match.search(text):
             raise AmbiguousError(self._describe("answer does not match success_match", response),
                                  provider=self.name, code=status)
         try:
             body = response.json()
         except ValueError:
             body = None
-        message_id = self._find_id(body)
-        return Receipt(message_ids={sms.to[0]: message_id} if message_id else {},
+        message_id = _find(body, s.message_id_path) if s.message_id_path else None
+        return Receipt(message_ids={number: message_id} if message_id else {},
                        raw=body if isinstance(body, dict) else {})
 
-    def _render(self, node: Any, values: Mapping[str, Any]) -> Any:
-        """The JSON template with placeholders filled; the caller dumps it (escaping)."""
-        if isinstance(node, Mapping):
-            return {key: self._render(value, values) for key, value in node.items()}
-        if isinstance(node, list):
-            return [self._render(value, values) for value in node]
-        if isinstance(node, str):
-            return values[_NUMBERS[node]] if node in _NUMBERS else node.format(**values)
-        return node
-
-    def _find_id(self, body: Any) -> str | None:
-        if not self.message_id_path:
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """GET ``reconcile_url``: 404 not found; a known state at ``reconcile_state_path``."""
+        s = self.settings
+        if s.reconcile_url is None:
             return None
-        for key in self.message_id_path:
-            if isinstance(body, Mapping):
-                body = body.get(key)
-            elif isinstance(body, list) and key.isdigit() and int(key) < len(body):
-                body = body[int(key)]
-            else:
-                return None
-        return None if body in (None, "") or isinstance(body, (dict, list)) else str(body)
+        number = sms.to[0]
+        values = {"reference": sms.reference, "to": number, "to_digits": number.removeprefix("+")}
+        url = s.reconcile_url.format(**{k: quote(v, safe="") for k, v in values.items()})
+        try:
+            response = await request(self.client, self.name, "GET", url, timeout=s.timeout,
+                                     headers=s.headers or {})
+        except ProviderError:
+            return None
+        if response.status_code == 404:
+            return "not_found", None
+        if not response.is_success:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        state = _RECONCILED.get(str(_find(body, s.reconcile_state_path) or "").strip().lower())
+        return (state, _find(body, s.reconcile_id_path) or message_id) if state else None
+
+    async def check(self) -> str:
+        """GET ``check_url``: any 2xx means the gateway answers and takes the headers."""
+        if self.settings.check_url is None:
+            raise RuntimeError("no check_url: see can_check")
+        response = await request(self.client, self.name, "GET", self.settings.check_url,
+                                 timeout=self.settings.timeout, headers=self.settings.headers or {})
+        if not response.is_success:
+            raise PermanentError(self._describe("check_url refused", response), provider=self.name,
+                                 code=response.status_code)
+        return f"check_url answered HTTP {response.status_code}"
 
     def _describe(self, what: str, response: httpx.Response) -> str:
         excerpt = " ".join(response.text.split())[:200]
         text = f"{what} (HTTP {response.status_code})" + (f": {excerpt}" if excerpt else "")
-        return scrub(text, *self._secrets)
+        return self.scrub(text, *self._secrets)
+
+
+def render(node: Any, values: Mapping[str, Any]) -> Any:
+    """The JSON template with placeholders filled; the caller dumps it (escaping)."""
+    if isinstance(node, Mapping):
+        return {key: render(value, values) for key, value in node.items()}
+    if isinstance(node, list):
+        return [render(value, values) for value in node]
+    if isinstance(node, str):
+        return values[_NUMBERS[node]] if node in _NUMBERS else node.format(**values)
+    return node
+
+
+def _find(body: Any, path: tuple[str, ...]) -> str | None:
+    """The scalar at ``path`` (keys, or list indexes) in a JSON document, as a string."""
+    for key in path:
+        if isinstance(body, Mapping):
+            body = body.get(key)
+        elif isinstance(body, list) and key.isdigit() and int(key) < len(body):
+            body = body[int(key)]
+        else:
+            return None
+    return None if body in (None, "") or isinstance(body, (dict, list)) else str(body)
 
 
 def _leaves(node: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -17,28 +17,22 @@ legacy API's return codes when the code matches one (101 bad login, 104/105 no c
 bad sender, 113/114 account blocked, 117 no valid number, 121/122 STOP mention missing);
 the success status (any 2xx with ``sms_ticket``); ``default_rate`` (not documented).
 ``auto_optimize_text`` is always false: the bridge already chose and counted the characters.
+``purpose`` follows the job's category (marketing -> ``wholesale``, else ``alert``) unless
+set. No client reference field and no lookup by ticket are documented here, so ``unknown``
+jobs cannot be reconciled; a 503 is not documented as "not processed": ambiguous.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError
-from bridge.providers.base import (
-    Provider,
-    Receipt,
-    Settings,
-    Sms,
-    as_cost,
-    as_int,
-    json_body,
-    post,
-    request,
-    scrub,
-)
+from bridge.errors import AmbiguousError, PermanentError
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.calls import answer_object, as_cost, as_int, post, request
+from bridge.settings import BOOL, REQUIRED, SECRET, TEXT, URL, choice, setting
 
 DEFAULT_URL = "https://api.octopush.com/v1/public"
 MAX_LENGTH = 1224
@@ -59,65 +53,31 @@ _REFUSALS = {
 }
 
 
-class OctopushProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class OctopushSettings(HttpSettings):
+    """``providers.<name>`` with ``type: octopush``."""
+
+    login: str = setting(REQUIRED, "Octopush account e-mail (api-login header)", TEXT)
+    api_key: str = setting(REQUIRED, "Octopush API key (api-key header)", SECRET)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    purpose: str = setting("auto", "auto (from the job's category) | alert | wholesale",
+                           choice("auto", *PURPOSES))
+    with_replies: bool = setting(False, "with_replies: let recipients answer", BOOL)
+    simulate: bool = setting(False, "simulation_mode: Octopush checks but sends nothing", BOOL)
+
+
+class OctopushProvider(ProviderBase):
     """Sends through Octopush's v1 API (https://www.octopush.com), up to 500 numbers a call."""
 
     type = "octopush"
-    max_batch = 500
-    unicode = True
-    alphanumeric_sender = True
-    max_parts = 8          # 1224 characters = 8 x 153
-    default_rate = 10.0
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        client: httpx.AsyncClient | None,
-        login: str,
-        api_key: str,
-        url: str = DEFAULT_URL,
-        timeout: float = 10.0,
-        purpose: str = "alert",
-        with_replies: bool = False,
-        simulate: bool = False,
-    ) -> None:
-        super().__init__(name)
-        self._client = client
-        self.login = login
-        self._api_key = api_key
-        self.url = url
-        self.timeout = timeout
-        self.purpose = purpose
-        self.with_replies = with_replies
-        self.simulate = simulate
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> OctopushProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        known = {"login", "api_key", "url", "timeout", "purpose", "with_replies", "simulate"}
-        s = Settings(name, settings, known)
-        purpose = s.str("purpose", "alert")
-        if purpose not in PURPOSES:
-            raise ConfigError(s.path("purpose"), "must be 'alert' (transactional) or 'wholesale' (marketing)")
-        return cls(
-            name,
-            client=client,
-            login=s.str("login"),
-            api_key=s.str("api_key"),
-            url=s.url("url", DEFAULT_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-            purpose=purpose,
-            with_replies=s.bool("with_replies", False),
-            simulate=s.bool("simulate", False),
-        )
+    Settings = OctopushSettings
+    CAPABILITIES = Capabilities(max_numbers=500, max_parts=8)   # 1224 characters = 8 x 153
 
     async def send(self, sms: Sms) -> Receipt:
         """One campaign for every number of ``sms``; every number gets the SMS ticket."""
-        if not 1 <= len(sms.to) <= self.max_batch:
-            raise ValueError(f"{len(sms.to)} numbers in one call, 1 to {self.max_batch} allowed")
+        most = self.capabilities.max_numbers
+        if not 1 <= len(sms.to) <= most:
+            raise ValueError(f"{len(sms.to)} numbers in one call, 1 to {most} allowed")
         if not 1 <= len(sms.text) <= MAX_LENGTH:
             text = f"text must be 1-{MAX_LENGTH} characters, not {len(sms.text)}"
             raise PermanentError(text, provider=self.name)
@@ -125,17 +85,17 @@ class OctopushProvider(Provider):
             "recipients": [{"phone_number": number} for number in sms.to],
             "text": sms.text,
             "type": "sms_low_cost" if sms.low_cost else "sms_premium",
-            "purpose": self.purpose,
-            "with_replies": self.with_replies,
+            "purpose": self.purpose(sms),
+            "with_replies": self.settings.with_replies,
             "auto_optimize_text": False,
         }
         if sms.sender:
             payload["sender"] = sms.sender
-        if self.simulate:
+        if self.settings.simulate:
             payload["simulation_mode"] = True
         response = await post(
-            self._http(), self.name, f"{self.url}/sms-campaign/send",
-            timeout=self.timeout, json=payload, headers=self._auth(),
+            self.client, self.name, f"{self.settings.url}/sms-campaign/send",
+            timeout=self.settings.timeout, json=payload, headers=self._auth(),
         )
         body = self._answer(response)
         ticket = body.get("sms_ticket")
@@ -148,8 +108,8 @@ class OctopushProvider(Provider):
     async def check(self) -> str:
         """``GET /wallet/check-balance``: the credentials work; the balance left."""
         response = await request(
-            self._http(), self.name, "GET", f"{self.url}/wallet/check-balance",
-            timeout=self.timeout, headers=self._auth(),
+            self.client, self.name, "GET", f"{self.settings.url}/wallet/check-balance",
+            timeout=self.settings.timeout, headers=self._auth(),
         )
         body = self._answer(response)
         amount, unit = as_cost(body.get("amount")), body.get("unit")
@@ -157,23 +117,21 @@ class OctopushProvider(Provider):
             return "credentials accepted"
         return f"credentials accepted; balance {amount:g} {unit if isinstance(unit, str) else ''}".rstrip()
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        return self._client
+    def purpose(self, sms: Sms) -> str:
+        """``alert`` for transactional SMS, ``wholesale`` for marketing, unless configured."""
+        if self.settings.purpose != "auto":
+            return self.settings.purpose
+        return "wholesale" if sms.category == "marketing" else "alert"
 
     def _auth(self) -> dict[str, str]:
-        return {"api-login": self.login, "api-key": self._api_key}
+        return {"api-login": self.settings.login, "api-key": self.settings.api_key}
 
     def _answer(self, response: httpx.Response) -> dict[str, Any]:
         """The JSON object of a 2xx answer, or the matching exception."""
         status = response.status_code
-        body = json_body(response, self.name)
+        body = answer_object(response, self.name)
         if response.is_success:
-            if not isinstance(body, dict):
-                raise AmbiguousError(f"answer is not a JSON object (HTTP {status})", provider=self.name)
             return body
-        body = body if isinstance(body, dict) else {}
         code = as_int(body.get("code", body.get("error_code")))
         messages = [body[k] for k in ("message", "error", "description") if isinstance(body.get(k), str)]
         message = messages[0] if messages else ""
@@ -187,4 +145,4 @@ class OctopushProvider(Provider):
             text += f" - {message}"
         # Never let the key out, even if the provider echoes it back.
         error_code = code if code is not None and status not in (401, 403) else status
-        raise PermanentError(scrub(text, self._api_key), provider=self.name, code=error_code)
+        raise PermanentError(self.scrub(text), provider=self.name, code=error_code)

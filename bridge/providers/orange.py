@@ -1,7 +1,13 @@
 """Orange SMS API (OneAPI-style, OAuth2): ``POST {url}/smsmessaging/v1/outbound/{sender}/requests``.
 
-Seed 002 describes Orange's *legacy* REST-RPC API (sendSMS, credits); this module targets the
-current one. Verified (Orange developer portal "getting started" pages for the SMS APIs, the
+Coverage, honestly: the OAuth "SMS API" this module targets is documented by Orange for its
+Middle East & Africa countries (the sender is a number of one of those contracts); nothing
+in Orange's developer documentation shows it delivering to French (+33) numbers, so a send
+to France through it will most likely be refused on every call. Seed 002 describes a
+different, *legacy* REST-RPC API (sendSMS, credits; a defunct beta) that did serve France.
+The provider therefore refuses French numbers (routing skips it, and ``check-config``
+refuses an account that could route France through it) unless ``allow_france: true`` says
+the operator's Orange contract covers France. Verified (Orange developer portal "getting started" pages for the SMS APIs, the
 portal's "API error handling" guide, Symfony Notifier's OrangeSms bridge):
   - token: ``POST https://api.orange.com/oauth/v3/token``, HTTP Basic ``client_id:client_secret``,
     form ``grant_type=client_credentials`` -> ``{"token_type": "Bearer", "access_token",
@@ -18,6 +24,9 @@ POL* policy (no units left, expired contract, unregistered sender name, too many
 unknown ids -> PermanentError. Unicode and concatenated texts accepted (defaults kept; a refusal
 is SVC0280 -> PermanentError, routing moves on); ~5 SMS/s. A token call sends no SMS: a 4xx
 there is a PermanentError (credentials, ``token_url``), anything else a TransientError.
+OneAPI's ``clientCorrelator`` is not shown in Orange's examples, so no reference is sent and
+``unknown`` jobs cannot be reconciled; a 503 is not documented as "not processed":
+ambiguous. No policy code for an opted-out recipient is documented.
 """
 
 from __future__ import annotations
@@ -25,14 +34,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, ProviderError, TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, as_int, json_body, request, scrub
+from bridge.errors import AmbiguousError, PermanentError, ProviderError, TransientError
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.calls import as_int, json_body, request
+from bridge.settings import BOOL, REQUIRED, SECRET, TEXT, URL, pattern, setting
 
 DEFAULT_URL = "https://api.orange.com"
 DEFAULT_TOKEN_URL = "https://api.orange.com/oauth/v3/token"
@@ -41,79 +52,58 @@ SENDER = re.compile(r"\+[1-9][0-9]{3,14}")
 _TRANSIENT_IDS = {"SVC0001"}
 
 
-class OrangeProvider(Provider):
+COVERAGE = ("Orange's OAuth SMS API is documented for its Middle East & Africa countries, "
+            "not for France (+33)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrangeSettings(HttpSettings):
+    """``providers.<name>`` with ``type: orange``."""
+
+    client_id: str = setting(REQUIRED, "OAuth2 client id of the Orange developer app", TEXT)
+    client_secret: str = setting(REQUIRED, "OAuth2 client secret", SECRET)
+    sender: str = setting(REQUIRED, "the contract's sender number, +E.164",
+                          pattern(SENDER.pattern, "an international number like +33700000000", "+E.164"))
+    sender_name: str | None = setting(None, "registered sender name used when a mail gives no from=", TEXT)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    token_url: str = setting(DEFAULT_TOKEN_URL, "OAuth2 token endpoint", URL)
+    allow_france: bool = setting(False, "true only if your Orange contract delivers to +33 numbers", BOOL)
+
+
+class OrangeProvider(ProviderBase):
     """Sends through Orange's SMS API with a client-credentials token, cached until expiry."""
 
     type = "orange"
-    max_batch = 1
-    unicode = True
-    alphanumeric_sender = True   # ``senderName``, once registered with Orange
-    default_rate = 5.0
+    Settings = OrangeSettings
+    # ``senderName``, once registered with Orange
+    CAPABILITIES = Capabilities(default_rate=5.0)
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        client: httpx.AsyncClient | None,
-        client_id: str,
-        client_secret: str,
-        sender: str,
-        sender_name: str | None = None,
-        url: str = DEFAULT_URL,
-        token_url: str = DEFAULT_TOKEN_URL,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(name)
-        self._client = client
-        self.client_id = client_id
-        self._client_secret = client_secret
-        self.sender = sender
-        self.sender_name = sender_name
-        self.url = url
-        self.token_url = token_url
-        self.timeout = timeout
-        self.clock = clock
+    def __init__(self, name: str, settings: OrangeSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        self.clock = time.monotonic
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> OrangeProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        known = {"client_id", "client_secret", "sender", "sender_name", "url", "token_url", "timeout"}
-        s = Settings(name, settings, known)
-        sender = s.str("sender")
-        if not SENDER.fullmatch(sender):
-            raise ConfigError(s.path("sender"), "an international number like +33700000000")
-        sender_name = s.str("sender_name") if settings.get("sender_name") is not None else None
-        return cls(
-            name,
-            client=client,
-            client_id=s.str("client_id"),
-            client_secret=s.str("client_secret"),
-            sender=sender,
-            sender_name=sender_name,
-            url=s.url("url", DEFAULT_URL),
-            token_url=s.url("token_url", DEFAULT_TOKEN_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-        )
+    def capabilities_for(cls, settings: OrangeSettings) -> Capabilities:
+        """France is left out unless ``allow_france`` (see the module's docstring)."""
+        if settings.allow_france:
+            return cls.CAPABILITIES
+        return Capabilities(default_rate=5.0, excluded=frozenset({"FR"}))
 
     async def send(self, sms: Sms) -> Receipt:
         """One call for the single number of ``sms``; the receipt holds the request's id."""
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, Orange takes exactly one")
-        (number,) = sms.to
+        number = self.one_number(sms)
         request_body: dict[str, Any] = {
             "address": f"tel:{number}",
-            "senderAddress": f"tel:{self.sender}",
+            "senderAddress": f"tel:{self.settings.sender}",
             "outboundSMSTextMessage": {"message": sms.text},
         }
-        if sms.sender or self.sender_name:
-            request_body["senderName"] = sms.sender or self.sender_name
-        url = f"{self.url}/smsmessaging/v1/outbound/{quote('tel:' + self.sender, safe='')}/requests"
+        if sms.sender or self.settings.sender_name:
+            request_body["senderName"] = sms.sender or self.settings.sender_name
+        sender = quote("tel:" + self.settings.sender, safe="")
+        url = f"{self.settings.url}/smsmessaging/v1/outbound/{sender}/requests"
         response = await self._authorized("POST", url, json={"outboundSMSMessageRequest": request_body})
         status = response.status_code
         body = json_body(response, self.name)
@@ -127,9 +117,18 @@ class OrangeProvider(Provider):
         raise self._refusal(body, status)
 
     async def check(self) -> str:
-        """A fresh token proves the credentials; the contracts list tells the units left."""
+        """A fresh token proves the credentials; the contracts list tells the units left.
+
+        The verdict also says where this API delivers (see the module's docstring).
+        """
+        verdict = await self._units()
+        if self.settings.allow_france:
+            return f"{verdict}; France allowed by allow_france (check your contract)"
+        return f"{verdict}; {COVERAGE}: French numbers are not routed here"
+
+    async def _units(self) -> str:
         await self._access_token(renew=True)
-        response = await self._authorized("GET", f"{self.url}/sms/admin/v1/contracts")
+        response = await self._authorized("GET", f"{self.settings.url}/sms/admin/v1/contracts")
         if not response.is_success:
             return f"credentials accepted; contracts not readable (HTTP {response.status_code})"
         try:
@@ -146,7 +145,7 @@ class OrangeProvider(Provider):
         for attempt in (1, 2):
             token = await self._access_token(renew=attempt == 2)
             response = await request(
-                self._http(), self.name, method, url, timeout=self.timeout,
+                self.client, self.name, method, url, timeout=self.settings.timeout,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}, **kwargs,
             )
             if response.status_code != 401:
@@ -160,9 +159,11 @@ class OrangeProvider(Provider):
                 return self._token
             self._token = None
             try:
+                # a token call never sends an SMS: even a 503 is a definite "not now"
                 response = await request(
-                    self._http(), self.name, "POST", self.token_url, timeout=self.timeout,
-                    auth=(self.client_id, self._client_secret),
+                    self.client, self.name, "POST", self.settings.token_url,
+                    timeout=self.settings.timeout, definite_503=True,
+                    auth=(self.settings.client_id, self.settings.client_secret),
                     data={"grant_type": "client_credentials"}, headers={"Accept": "application/json"},
                 )
             except AmbiguousError as exc:  # a token call sends no SMS: nothing went out
@@ -181,11 +182,6 @@ class OrangeProvider(Provider):
             lifetime = as_int(body.get("expires_in")) or 3600
             self._token, self._renew_at = token, self.clock() + lifetime - REFRESH_EARLY
             return token
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        return self._client
 
     def _refusal(self, body: Any, status: int) -> ProviderError:
         """The exception for a refused send: by requestError messageId, else by HTTP status."""
@@ -207,7 +203,7 @@ class OrangeProvider(Provider):
 
     def _scrub(self, text: str) -> str:
         """``text`` without the client secret or the current token (never logged)."""
-        return scrub(text, self._client_secret, self._token)
+        return self.scrub(text, self._token)
 
 
 def _find(value: Any, key: str) -> list[Any]:

@@ -11,14 +11,25 @@ as generated into the ``@ovh-api/sms`` typings; the official ``ovh/python-ovh`` 
     ``sms.SmsSendingReport`` ``{ids, invalidReceivers, validReceivers, totalCreditsRemoved}``;
   - ``GET /sms/{service_name}`` answers ``sms.Account`` with ``creditsLeft``;
   - errors are ``{"errorCode", "httpCode", "message"}`` (INVALID_SIGNATURE is HTTP 400,
-    INVALID_CREDENTIAL / NOT_GRANTED_CALL HTTP 403).
+    INVALID_CREDENTIAL / NOT_GRANTED_CALL HTTP 403);
+  - ``noStopClause``: false (OVH's default) marks the SMS commercial: with a custom sender
+    OVH appends "STOP 36111" to the text (which may need one more billed part) and holds
+    it outside the legal hours (nights, Sundays, holidays); true marks it non-commercial,
+    sent at once and as written. ``no_stop_clause`` is therefore set per category:
+    transactional true, marketing false (the bridge's own STOP mention then sits next to
+    OVH's);
+  - ``tag`` on a job, and ``GET /sms/{service}/outgoing?tag=`` listing the ids of the sent
+    SMS carrying it (OVHcloud's "API SMS" guide on tracing campaigns): used to reconcile.
 Assumed (not documented where we could read it):
   - ``coding: 8bit`` is OVH's UCS-2 (their own estimate calls the classes 7bits/unicode);
   - without a sender, ``senderForResponse: true`` makes OVH use its short number;
-  - one number per call (``max_batch = 1``): the cookbook recommends a single receiver for
+  - one number per call (``max_numbers = 1``): the cookbook recommends a single receiver for
     on-the-fly sending and documents no cap, nor how ``ids`` line up with ``validReceivers``
     (we pair them in order when the lengths agree);
-  - which statuses carry "no credit": any other 4xx is read as a definite refusal.
+  - which statuses carry "no credit": any other 4xx is read as a definite refusal;
+  - an SMS not yet in ``outgoing`` may still wait in ``jobs`` (held for the night), so an
+    empty ``outgoing`` answer is "cannot tell", never "not found";
+  - a 503 is not documented as "not processed": ambiguous.
 """
 
 from __future__ import annotations
@@ -26,13 +37,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError, TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, json_body, request, scrub
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
+from bridge.providers.calls import digits, json_body, request
+from bridge.settings import REQUIRED, SECRET, TEXT, URL, Kind, setting
 
 DEFAULT_URL = "https://eu.api.ovh.com/1.0"
 
@@ -43,76 +58,73 @@ def signature(secret: str, consumer: str, method: str, url: str, body: str, time
     return "$1$" + hashlib.sha1(raw.encode("utf-8")).hexdigest()
 
 
-def _digits(number: Any) -> str:
-    """``+33612...``, ``0033612...`` and ``33612...`` compare equal."""
-    text = "".join(ch for ch in str(number) if ch.isdigit())
-    return text[2:] if text.startswith("00") else text
+@dataclass(frozen=True)
+class StopClause:
+    """``noStopClause`` per message category."""
+
+    transactional: bool = True
+    marketing: bool = False
 
 
-class OvhProvider(Provider):
+def _no_stop_clause(value: Any) -> StopClause:
+    """``true``/``false`` for every category, or ``{transactional: .., marketing: ..}``."""
+    if isinstance(value, bool):
+        return StopClause(value, value)
+    if isinstance(value, Mapping) and set(value) <= {"transactional", "marketing"} \
+            and all(isinstance(v, bool) for v in value.values()):
+        return StopClause(**value)
+    raise ValueError("must be true, false or {transactional: true|false, marketing: true|false}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OvhSettings(HttpSettings):
+    """``providers.<name>`` with ``type: ovh``."""
+
+    application_key: str = setting(REQUIRED, "OVH application key (X-Ovh-Application)", SECRET)
+    application_secret: str = setting(REQUIRED, "OVH application secret (signs requests)", SECRET)
+    consumer_key: str = setting(REQUIRED, "OVH consumer key (X-Ovh-Consumer)", SECRET)
+    service_name: str = setting(REQUIRED, "the SMS account, e.g. sms-ab12345-1", TEXT)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    sender: str | None = setting(None, "sender validated in the OVH manager, used when a mail gives no from=", TEXT)
+    no_stop_clause: StopClause = setting(
+        StopClause(), "noStopClause per category (false: OVH adds STOP 36111 and holds SMS at night)",
+        Kind("bool or {transactional, marketing}", _no_stop_clause),
+        shown="{transactional: true, marketing: false}")
+
+
+class OvhProvider(ProviderBase):
     """Sends through the OVHcloud SMS API (https://www.ovhcloud.com/fr/sms/)."""
 
     type = "ovh"
-    max_batch = 1
-    unicode = True
-    alphanumeric_sender = True  # a sender validated in the OVH manager (11 characters)
+    Settings = OvhSettings
+    CAPABILITIES = Capabilities()   # a sender validated in the OVH manager (11 characters)
 
-    def __init__(self, name: str, *, client: httpx.AsyncClient | None, application_key: str,
-                 application_secret: str, consumer_key: str, service_name: str,
-                 url: str = DEFAULT_URL, timeout: float = 10.0, sender: str | None = None,
-                 no_stop_clause: bool = False, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(name)
-        self._client = client
-        self.application_key = application_key
-        self._secret = application_secret
-        self._consumer = consumer_key
-        self.service_name = service_name
-        self.url = url
-        self.timeout = timeout
-        self.sender = sender
-        self.no_stop_clause = no_stop_clause
-        self.clock = clock
+    def __init__(self, name: str, settings: OvhSettings, client: httpx.AsyncClient) -> None:
+        super().__init__(name, settings, client)
+        self.clock = time.time
         self._offset: int | None = None  # server time - local time, read once
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> OvhProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        known = {"application_key", "application_secret", "consumer_key", "service_name", "url",
-                 "timeout", "sender", "no_stop_clause"}
-        s = Settings(name, settings, known)
-        return cls(
-            name, client=client,
-            application_key=s.str("application_key"),
-            application_secret=s.str("application_secret"),
-            consumer_key=s.str("consumer_key"),
-            service_name=s.str("service_name"),
-            url=s.url("url", DEFAULT_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-            sender=s.str("sender") if settings.get("sender") is not None else None,
-            no_stop_clause=s.bool("no_stop_clause", False),
-        )
 
     async def send(self, sms: Sms) -> Receipt:
         """One job for the numbers of ``sms``; numbers OVH calls invalid are refused."""
-        if len(sms.to) > self.max_batch:
-            raise ValueError(f"{len(sms.to)} numbers in one call, at most {self.max_batch}")
-        sender = sms.sender or self.sender
+        if len(sms.to) > self.capabilities.max_numbers:
+            raise ValueError(f"{len(sms.to)} numbers in one call, at most {self.capabilities.max_numbers}")
+        sender = sms.sender or self.settings.sender
         payload: dict[str, Any] = {
             "receivers": list(sms.to), "message": sms.text, "charset": "UTF-8",
             "coding": "8bit" if sms.unicode else "7bit", "priority": "high",
-            "noStopClause": self.no_stop_clause, "senderForResponse": sender is None,
+            "noStopClause": self.no_stop_clause(sms), "senderForResponse": sender is None,
         }
         if sender:
             payload["sender"] = sender
-        response = await self._call("POST", f"/sms/{self.service_name}/jobs", payload)
+        if sms.reference:
+            payload["tag"] = sms.reference
+        response = await self._call("POST", f"/sms/{self.settings.service_name}/jobs", payload)
         body = json_body(response, self.name)
         if not (isinstance(body, dict) and isinstance(body.get("validReceivers"), list)):
             raise AmbiguousError(f"answer without validReceivers (HTTP {response.status_code})",
                                  provider=self.name)
-        invalid = {_digits(n) for n in body.get("invalidReceivers") or []}
-        refused = [n for n in sms.to if _digits(n) in invalid]
+        invalid = {digits(n) for n in body.get("invalidReceivers") or []}
+        refused = [n for n in sms.to if digits(n) in invalid]
         valid = list(body["validReceivers"])
         if not valid:
             if refused:  # nothing went out: the next provider of the route may take them
@@ -120,37 +132,58 @@ class OvhProvider(Provider):
                                      provider=self.name, code="invalidReceivers")
             raise AmbiguousError("answer lists no receiver at all", provider=self.name)
         ids = body.get("ids") if isinstance(body.get("ids"), list) else []
-        ours = {_digits(n): n for n in sms.to}
+        ours = {digits(n): n for n in sms.to}
         pairs = zip(valid, ids) if len(ids) == len(valid) else ()
         return Receipt(  # totalCreditsRemoved is in OVH credits, not money: left in raw
-            message_ids={ours[_digits(n)]: str(i) for n, i in pairs if _digits(n) in ours},
+            message_ids={ours[digits(n)]: str(i) for n, i in pairs if digits(n) in ours},
             rejected={n: "invalid receiver (OVH invalidReceivers)" for n in refused},
             raw=body,
         )
 
+    def no_stop_clause(self, sms: Sms) -> bool:
+        """``noStopClause`` for the category of ``sms`` (see the module's docstring)."""
+        clause = self.settings.no_stop_clause
+        return clause.marketing if sms.category == "marketing" else clause.transactional
+
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """``GET /sms/{service}/outgoing?tag=<reference>``: an id there means it was sent."""
+        return await or_none(self._reconcile(sms, since, message_id))
+
+    async def _reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        if not sms.reference:
+            return None
+        query = urlencode({"tag": sms.reference})
+        response = await self._call("GET", f"/sms/{self.settings.service_name}/outgoing?{query}")
+        ids = json_body(response, self.name)
+        if isinstance(ids, list) and ids:
+            return "sent", str(ids[0])
+        return None  # maybe still waiting in /jobs (held for the night): cannot tell
+
     async def check(self) -> str:
         """``GET /sms/{service_name}``: the credits left on the SMS account."""
-        body = json_body(await self._call("GET", f"/sms/{self.service_name}"), self.name)
+        service = self.settings.service_name
+        body = json_body(await self._call("GET", f"/sms/{service}"), self.name)
         credits = body.get("creditsLeft") if isinstance(body, dict) else None
         if credits is None:
-            return f"{self.service_name} answered, without creditsLeft"
-        return f"{credits} credits left on {self.service_name}"
+            return f"{service} answered, without creditsLeft"
+        return f"{credits} credits left on {service}"
 
     async def _call(self, method: str, path: str, payload: Any = None) -> httpx.Response:
         """A signed request; a refusal (4xx) becomes ``PermanentError``."""
-        client = self._http()
-        url = str(httpx.URL(self.url + path))
+        client = self.client
+        url = str(httpx.URL(self.settings.url + path))
         body = "" if payload is None else json.dumps(payload)
         now = int(self.clock()) + await self._server_offset(client)
         headers = {
-            "X-Ovh-Application": self.application_key,
-            "X-Ovh-Consumer": self._consumer,
+            "X-Ovh-Application": self.settings.application_key,
+            "X-Ovh-Consumer": self.settings.consumer_key,
             "X-Ovh-Timestamp": str(now),
-            "X-Ovh-Signature": signature(self._secret, self._consumer, method, url, body, now),
+            "X-Ovh-Signature": signature(self.settings.application_secret, self.settings.consumer_key,
+                                         method, url, body, now),
         }
         if payload is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
-        response = await request(client, self.name, method, url, timeout=self.timeout,
+        response = await request(client, self.name, method, url, timeout=self.settings.timeout,
                                  headers=headers, content=body.encode("utf-8") if body else None)
         if response.is_success:
             return response
@@ -159,8 +192,8 @@ class OvhProvider(Provider):
     async def _server_offset(self, client: httpx.AsyncClient) -> int:
         if self._offset is None:
             try:
-                response = await request(client, self.name, "GET", f"{self.url}/auth/time",
-                                         timeout=self.timeout)
+                response = await request(client, self.name, "GET", f"{self.settings.url}/auth/time",
+                                         timeout=self.settings.timeout)
             except AmbiguousError as exc:  # only the clock was asked: no SMS went out
                 raise TransientError(f"server time: {exc}", provider=self.name) from None
             try:
@@ -186,10 +219,5 @@ class OvhProvider(Provider):
         text = f"refused (HTTP {status}{', ' + code if code else ''})"
         if isinstance(body.get("message"), str) and body["message"]:
             text += f" - {body['message']}"
-        text = scrub(text, self._secret, self._consumer, self.application_key)
+        text = self.scrub(text)
         return PermanentError(text, provider=self.name, code=code or status)
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        return self._client

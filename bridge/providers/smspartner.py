@@ -1,36 +1,39 @@
 """SMSPartner: JSON ``POST {url}/send`` with the API key in the body, up to 500 numbers.
 
 Verified against SMSPartner's own documentation: "Single Send" (seed 003: fields, the
-500-number limit, ``:br:``/``:euro:``, the success answer, error codes 1/2/9/10/11) and
-"Single Status" (docpartner.dev, ``GET /v1/message-status?apiKey=&messageId=&phoneNumber=``,
-``statut`` Delivered / Not delivered / Waiting, codes 1/2/3/4/10). Not documented, so
-handled defensively: which HTTP status carries an error body (any status is read for its
-``code``), and 401/403 (treated as a refused key).
+500-number limit, ``:br:``/``:euro:``, ``tag`` "up to 20 characters, no spaces, lowercase
+only", the success answer, error codes 1/2/9/10/11); ``gamme`` 1 premium / 2 low cost,
+premium when omitted (not in seed 003: SMSPartner's current send page, as reported by
+issue 10's review of the official documentation); "Single Status"
+(docpartner.dev, ``GET /v1/message-status?apiKey=&messageId=&phoneNumber=``, ``statut``
+Delivered / Not delivered / Waiting, codes 1/2/3/4/10) and "Status by Tag"
+(``GET /v1/bulk-status-by-tag?apiKey=&tag=``); "Credits" (``GET /v1/me?apiKey=`` ->
+``credits: {creditSms, creditSmsECO, toSend, balance, currency}``), used by ``check()``.
+Assumed: the by-tag answer has the shape of
+"Status by Message" (``StatutResponse_List`` of ``phoneNumber``/``status``); a successful
+by-tag answer without our number, or code 4, means SMSPartner never registered the SMS;
+which HTTP status carries an error body (any status is read for its ``code``); 401/403
+mean a refused key; a 503 is not documented as "not processed", so it stays ambiguous.
+No refusal code for an opted-out recipient is documented (SMSPartner keeps its own STOP
+list and drops those numbers silently).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import (
-    Provider,
-    Receipt,
-    Settings,
-    Sms,
-    as_cost,
-    as_int,
-    json_body,
-    post,
-    request,
-    scrub,
-)
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
+from bridge.providers.calls import as_cost, as_int, digits, json_body, post, request
+from bridge.settings import BOOL, LINK, REQUIRED, SECRET, URL, setting
 
 DEFAULT_URL = "https://api.smspartner.fr/v1"
+TAG = re.compile(r"[a-z0-9_-]{1,20}")   # "up to 20 characters, no spaces, lowercase only"
 
 _REFUSALS = {
     1: "API key required",
@@ -58,62 +61,38 @@ def encode_message(text: str) -> str:
     return _LINE_BREAK.sub(":br:", text).replace("€", ":euro:")
 
 
-class SmsPartnerProvider(Provider):
+def tag_for(reference: str) -> str | None:
+    """The ``tag`` SMSPartner accepts for ``reference``, or None when it does not fit."""
+    tag = reference.lower()
+    return tag if TAG.fullmatch(tag) else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmsPartnerSettings(HttpSettings):
+    """``providers.<name>`` with ``type: smspartner``."""
+
+    api_key: str = setting(REQUIRED, "SMSPartner API key", SECRET)
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    sandbox: bool = setting(False, "sandbox=1: SMSPartner accepts but sends nothing", BOOL)
+    stop_sms: bool = setting(False, "isStopSms=1: SMSPartner appends its STOP notice", BOOL)
+    dlr_url: str | None = setting(None, "urlDlr: where SMSPartner posts delivery reports", LINK)
+    response_url: str | None = setting(None, "urlResponse: where SMSPartner posts replies", LINK)
+
+
+class SmsPartnerProvider(ProviderBase):
     """Sends through SMSPartner's HTTP API (https://www.smspartner.fr)."""
 
     type = "smspartner"
-    max_batch = 500
-    unicode = True  # isUnicode=1; SMSPartner must enable Unicode on the account
-    alphanumeric_sender = True
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        client: httpx.AsyncClient | None,
-        api_key: str,
-        url: str = DEFAULT_URL,
-        timeout: float = 10.0,
-        sandbox: bool = False,
-        stop_sms: bool = False,
-        dlr_url: str | None = None,
-        response_url: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        self._client = client
-        self._api_key = api_key
-        self.url = url
-        self.timeout = timeout
-        self.sandbox = sandbox
-        self.stop_sms = stop_sms
-        self.dlr_url = dlr_url
-        self.response_url = response_url
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> SmsPartnerProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        known = {"api_key", "url", "timeout", "sandbox", "stop_sms", "dlr_url", "response_url"}
-        s = Settings(name, settings, known)
-        return cls(
-            name,
-            client=client,
-            api_key=s.str("api_key"),
-            url=s.url("url", DEFAULT_URL),
-            timeout=s.number("timeout", 10, minimum=0.1),
-            sandbox=s.bool("sandbox", False),
-            stop_sms=s.bool("stop_sms", False),
-            dlr_url=s.optional_url("dlr_url"),
-            response_url=s.optional_url("response_url"),
-        )
+    Settings = SmsPartnerSettings
+    # isUnicode=1; SMSPartner must enable Unicode on the account
+    CAPABILITIES = Capabilities(max_numbers=500)
 
     async def send(self, sms: Sms) -> Receipt:
         """One ``/send`` call for every number of ``sms``; every number gets the message id."""
-        if len(sms.to) > self.max_batch:
-            raise ValueError(f"{len(sms.to)} numbers in one call, at most {self.max_batch}")
-        url, payload = f"{self.url}/send", self._payload(sms)
-        response = await post(self._http(), self.name, url, timeout=self.timeout, json=payload)
+        if len(sms.to) > self.capabilities.max_numbers:
+            raise ValueError(f"{len(sms.to)} numbers in one call, at most {self.capabilities.max_numbers}")
+        url, payload = f"{self.settings.url}/send", self._payload(sms)
+        response = await post(self.client, self.name, url, timeout=self.settings.timeout, json=payload)
         body = self._answer(response)
         if not (response.is_success and body.get("success") is True):
             raise self._refusal(body, response.status_code)
@@ -124,49 +103,91 @@ class SmsPartnerProvider(Provider):
             raw=body,
         )
 
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """By ``tag`` (the reference) when it was sent, else by message id and number."""
+        return await or_none(self._reconcile(sms, since, message_id))
+
+    async def _reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        tag = tag_for(sms.reference) if sms.reference else None
+        if tag is not None:
+            return await self._by_tag(tag, sms.to[0])
+        if message_id:
+            state = await self.status(message_id, sms.to[0])
+            return (state, message_id) if state else None
+        return None
+
+    async def check(self) -> str:
+        """``GET /v1/me``: the key works; premium and low-cost SMS credits left."""
+        body, status = await self._lookup("me", {})
+        credits = body.get("credits") if isinstance(body, dict) else None
+        if not isinstance(credits, dict):
+            return f"API key accepted (HTTP {status}), without a credits figure"
+        premium, low_cost = as_int(credits.get("creditSms")), as_int(credits.get("creditSmsECO"))
+        verdict = f"API key accepted; {premium} premium and {low_cost} low-cost SMS credits"
+        if credits.get("balance") is not None:
+            verdict += f", balance {credits['balance']} {credits.get('currency') or ''}".rstrip()
+        return verdict
+
     async def status(self, message_id: str, number: str) -> str | None:
         """Delivery state of ``message_id`` at ``number``: delivered, sent, failed or None.
 
         SMSPartner keys statuses by message id *and* number (one id covers a whole batch).
         None when the message is unknown to SMSPartner or the answer is not understood.
         """
-        url = f"{self.url}/message-status"
-        params = {"apiKey": self._api_key, "messageId": message_id, "phoneNumber": number,
-                  "_format": "json"}
-        response = await request(
-            self._http(), self.name, "GET", url, timeout=self.timeout, params=params
-        )
-        try:
-            body = response.json()
-        except ValueError:
-            return None
-        if not isinstance(body, dict):
-            return None
-        if body.get("success") is not True:
-            if response.status_code in (401, 403) or as_int(body.get("code")) in (1, 10):
-                raise self._refusal(body, response.status_code)
+        params = {"messageId": message_id, "phoneNumber": number}
+        body, status = await self._lookup("message-status", params)
+        if body is None or body.get("success") is not True:
             return None  # 4: message not found (yet)
         return _STATES.get(str(body.get("statut", "")).strip().lower())
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        return self._client
+    async def _by_tag(self, tag: str, number: str) -> Reconciled | None:
+        body, status = await self._lookup("bulk-status-by-tag", {"tag": tag})
+        if body is None:
+            return None
+        if body.get("success") is not True:
+            return ("not_found", None) if as_int(body.get("code")) == 4 else None
+        entries = body.get("StatutResponse_List")
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if isinstance(entry, dict) and digits(entry.get("phoneNumber")) == digits(number):
+                state = _STATES.get(str(entry.get("status", entry.get("statut", ""))).strip().lower())
+                found = entry.get("messageId", body.get("message_id"))
+                return (state, None if found is None else str(found)) if state else None
+        return "not_found", None
+
+    async def _lookup(self, path: str, params: dict[str, str]) -> tuple[dict[str, Any] | None, int]:
+        """A GET on a status endpoint: its JSON object, or None when not understood."""
+        params = {"apiKey": self.settings.api_key, **params, "_format": "json"}
+        response = await request(self.client, self.name, "GET", f"{self.settings.url}/{path}",
+                                 timeout=self.settings.timeout, params=params)
+        try:
+            body = response.json()
+        except ValueError:
+            return None, response.status_code
+        if not isinstance(body, dict):
+            return None, response.status_code
+        if response.status_code in (401, 403) or as_int(body.get("code")) in (1, 10):
+            raise self._refusal(body, response.status_code)
+        return body, response.status_code
 
     def _payload(self, sms: Sms) -> dict[str, Any]:
+        s = self.settings
         payload: dict[str, Any] = {
-            "apiKey": self._api_key,
+            "apiKey": s.api_key,
             "phoneNumbers": ",".join(sms.to),
             "message": encode_message(sms.text),
+            "gamme": 2 if sms.low_cost else 1,
             "_format": "json",
         }
         optional = {
             "sender": sms.sender,
+            "tag": tag_for(sms.reference) if sms.reference else None,
             "isUnicode": 1 if sms.unicode else None,
-            "sandbox": 1 if self.sandbox else None,
-            "isStopSms": 1 if self.stop_sms else None,
-            "urlDlr": self.dlr_url,
-            "urlResponse": self.response_url,
+            "sandbox": 1 if s.sandbox else None,
+            "isStopSms": 1 if s.stop_sms else None,
+            "urlDlr": s.dlr_url,
+            "urlResponse": s.response_url,
         }
         payload.update({key: value for key, value in optional.items() if value is not None})
         return payload
@@ -199,6 +220,5 @@ class SmsPartnerProvider(Provider):
         if details:
             text += " - " + "; ".join(details)
         # Never let the key out, even if the provider echoes it back.
-        text = scrub(text, self._api_key)
-        return PermanentError(text, provider=self.name, code=code if code is not None else status)
-
+        return PermanentError(self.scrub(text), provider=self.name,
+                              code=code if code is not None else status)

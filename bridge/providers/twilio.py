@@ -11,23 +11,30 @@ pages 20429, 21211, 21408, 21611, 21617, 30001):
   - a US long code sends one segment per second (error 30001/21611 pages): ``default_rate``.
   - errors are ``{"code", "message", "more_info", "status"}``; 20429 is "HTTP 429, not
     processed, safe to retry"; 21611 is "the From queue is full" (nothing created).
+Twilio takes no client reference; an ``unknown`` job is found by its sid, or by listing the
+messages to the number (``GET .../Messages.json?To=``, newest first) and matching the body
+and creation time; "not found" is only said when that list was complete (fewer entries than
+the page size), since a queued message may wait a long time. 21610 (the recipient replied
+STOP to this sender) is ``RecipientRefused``: no other provider may text that person.
 Assumed: 30001 (queue overflow) is documented as a failure *after* creation, seen through
 ``status()``; should it come back synchronously it is read as "not accepted, retry later".
-Every other code on a 4xx answer is a definite refusal; Twilio picks the encoding itself.
+Every other code on a 4xx answer is a definite refusal; Twilio picks the encoding itself;
+a 503 is not documented as "not processed": ambiguous.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from bridge.errors import AmbiguousError, ConfigError, PermanentError, TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, as_int, json_body, request, scrub
+from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
+from bridge.providers.calls import as_int, json_body, request
+from bridge.settings import REQUIRED, SECRET, TEXT, URL, pattern, setting
 
 DEFAULT_URL = "https://api.twilio.com"
 
@@ -46,6 +53,9 @@ _REFUSALS = {
     21614: "'To' is not a mobile number",
     21617: "body exceeds 1600 characters",
 }
+#: codes meaning "this recipient refuses this sender": never try another provider
+_OPTED_OUT = {21610}
+PAGE_SIZE = 50
 #: Twilio message ``status`` -> the bridge's normalised state (others: None)
 _STATES = {
     "accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent", "sent": "sent",
@@ -54,57 +64,43 @@ _STATES = {
 }
 
 
-class TwilioProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class TwilioSettings(HttpSettings):
+    """``providers.<name>`` with ``type: twilio``."""
+
+    account_sid: str = setting(REQUIRED, "Twilio account SID (AC + 32 hex digits)",
+                               pattern(r"AC[0-9a-fA-F]{32}", "must be AC followed by 32 hex digits", "SID"))
+    auth_token: str = setting(REQUIRED, "Twilio auth token", SECRET)
+    sender: str | None = setting(None, "From: a Twilio number or an alphanumeric sender", TEXT, key="from")
+    messaging_service_sid: str | None = setting(
+        None, "MessagingServiceSid (MG + 32 hex digits), instead of or with from",
+        pattern(r"MG[0-9a-fA-F]{32}", "must be MG followed by 32 hex digits", "SID"))
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """``from`` or ``messaging_service_sid`` is needed."""
+        if self.sender is None and self.messaging_service_sid is None:
+            yield "from", "required unless messaging_service_sid is set"
+
+
+class TwilioProvider(ProviderBase):
     """Sends through Twilio's Messages API (https://www.twilio.com)."""
 
     type = "twilio"
-    max_batch = 1
-    unicode = True
-    alphanumeric_sender = True  # where Twilio and the destination country allow it
-    max_parts = 10              # Body is capped at 1600 characters (10 GSM-7 parts)
-    default_rate = 1.0          # a long code sends one segment per second
-
-    def __init__(self, name: str, *, client: httpx.AsyncClient | None, account_sid: str,
-                 auth_token: str, sender: str | None = None,
-                 messaging_service_sid: str | None = None, url: str = DEFAULT_URL,
-                 timeout: float = 10.0) -> None:
-        super().__init__(name)
-        self._client = client
-        self.account_sid = account_sid
-        self._token = auth_token
-        self.sender = sender
-        self.messaging_service_sid = messaging_service_sid
-        self.url = url
-        self.timeout = timeout
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> TwilioProvider:
-        """Validate the section; ``from`` or ``messaging_service_sid`` is required."""
-        known = {"account_sid", "auth_token", "from", "messaging_service_sid", "url", "timeout"}
-        s = Settings(name, settings, known)
-        account_sid = _sid(s, "account_sid", "AC")
-        has_service = settings.get("messaging_service_sid") is not None
-        service = _sid(s, "messaging_service_sid", "MG") if has_service else None
-        sender = s.str("from") if settings.get("from") is not None else None
-        if sender is None and service is None:
-            raise ConfigError(s.path("from"), "required unless messaging_service_sid is set")
-        return cls(name, client=client, account_sid=account_sid, auth_token=s.str("auth_token"),
-                   sender=sender, messaging_service_sid=service, url=s.url("url", DEFAULT_URL),
-                   timeout=s.number("timeout", 10, minimum=0.1))
+    Settings = TwilioSettings
+    # alphanumeric senders where Twilio and the country allow it; Body is capped at 1600
+    # characters (10 GSM-7 parts); a long code sends one segment per second
+    CAPABILITIES = Capabilities(max_parts=10, default_rate=1.0)
 
     async def send(self, sms: Sms) -> Receipt:
         """One Message resource for the single number of ``sms``."""
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, Twilio takes exactly one")
-        (number,) = sms.to
+        number = self.one_number(sms)
         form = {"To": number, "Body": sms.text}
-        sender = sms.sender or self.sender
+        sender = sms.sender or self.settings.sender
         if sender:
             form["From"] = sender
-        if self.messaging_service_sid:
-            form["MessagingServiceSid"] = self.messaging_service_sid
+        if self.settings.messaging_service_sid:
+            form["MessagingServiceSid"] = self.settings.messaging_service_sid
         response = await self._call("POST", "/Messages.json", data=form)
         body = json_body(response, self.name)
         sid = body.get("sid") if isinstance(body, dict) else None
@@ -127,21 +123,24 @@ class TwilioProvider(Provider):
             return None
         return _STATES.get(str(body.get("status", ""))) if isinstance(body, dict) else None
 
-    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> tuple[str, str | None] | None:
-        """Settle an ambiguous send: by its sid, or else by listing messages to the number.
+    async def reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
+        """Settle an ambiguous send: by its sid, or else by listing the messages to the number.
 
-        ``GET .../Messages.json?To=&DateSent>=`` lists what Twilio created for the number
-        since that day; a message with the same body created after ``since`` (minus a
-        minute of clock skew) is ours. None when nothing matches: it was never created.
+        A message to the number with the same body, created after ``since`` (minus a minute
+        of clock skew), is ours. ``not_found`` only when the list was complete.
         """
+        return await or_none(self._reconcile(sms, since, message_id))
+
+    async def _reconcile(self, sms: Sms, since: float, message_id: str | None) -> Reconciled | None:
         if message_id:
-            return await super().reconcile(sms, since, message_id)
-        day = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%d")
-        response = await self._call(
-            "GET", "/Messages.json", params={"To": sms.to[0], "DateSent>": day, "PageSize": 50}
-        )
+            state = await self.status(message_id, sms.to[0])
+            return (state, message_id) if state else None
+        response = await self._call("GET", "/Messages.json", params={"To": sms.to[0], "PageSize": PAGE_SIZE})
         body = json_body(response, self.name)
-        for message in body.get("messages", []) if isinstance(body, dict) else []:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            return None
+        for message in messages:
             if not isinstance(message, dict) or message.get("body") != sms.text:
                 continue
             created = _when(message.get("date_created"))
@@ -149,7 +148,7 @@ class TwilioProvider(Provider):
                 state = _STATES.get(str(message.get("status", "")))
                 if state:
                     return state, message.get("sid")
-        return None
+        return ("not_found", None) if len(messages) < PAGE_SIZE else None
 
     async def check(self) -> str:
         """``GET .../Accounts/{sid}.json``: the credentials work and the account is active."""
@@ -157,15 +156,14 @@ class TwilioProvider(Provider):
         state = body.get("status") if isinstance(body, dict) else None
         if state not in (None, "active"):
             raise PermanentError(f"account is {state}", provider=self.name, code=str(state))
-        return f"account {self.account_sid} is {state or 'reachable'}"
+        return f"account {self.settings.account_sid} is {state or 'reachable'}"
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """An authenticated request; a Twilio error answer becomes the matching exception."""
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        url = f"{self.url}/2010-04-01/Accounts/{self.account_sid}{path}"
-        response = await request(self._client, self.name, method, url, timeout=self.timeout,
-                                 auth=(self.account_sid, self._token), **kwargs)
+        s = self.settings
+        url = f"{s.url}/2010-04-01/Accounts/{s.account_sid}{path}"
+        response = await request(self.client, self.name, method, url, timeout=s.timeout,
+                                 auth=(s.account_sid, s.auth_token), **kwargs)
         if response.is_success:
             return response
         try:
@@ -178,7 +176,9 @@ class TwilioProvider(Provider):
             text = f"code {code}: {_TRANSIENT.get(code) or _REFUSALS.get(code) or 'refused'}"
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             text += f" - {body['message']}"
-        text = scrub(text, self._token)
+        text = self.scrub(text)
+        if code in _OPTED_OUT:
+            raise RecipientRefused(text, provider=self.name, code=code, opted_out=True)
         if code in _TRANSIENT:
             raise TransientError(text, provider=self.name, code=code)
         raise PermanentError(text, provider=self.name,
@@ -194,9 +194,3 @@ def _when(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
 
-
-def _sid(s: Settings, key: str, prefix: str) -> str:
-    value = s.str(key)
-    if not re.fullmatch(prefix + r"[0-9a-fA-F]{32}", value):
-        raise ConfigError(s.path(key), f"must be {prefix} followed by 32 hex digits")
-    return value

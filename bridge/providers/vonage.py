@@ -19,22 +19,29 @@ Decided: 1 and 10 are transient; 5 (an error *inside* Vonage while processing) i
 as an HTTP 500 would be: at-most-once beats a possible duplicate; a long text whose parts
 got different statuses is ambiguous too (some parts are out). Assumed: the default account
 throughput of 30 requests per second (``default_rate``) and the usual 8-part limit.
+Status 7 (number barred: on Vonage's list of numbers that may not receive messages) is
+``RecipientRefused``: no other provider may be tried. ``client-ref`` carries our reference,
+but finding a message by it needs Vonage's separate Reports API, so ``unknown`` jobs are
+not reconciled here; a 503 is not documented as "not processed": ambiguous.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from bridge.errors import AmbiguousError, PermanentError, TransientError
-from bridge.providers.base import Provider, Receipt, Settings, Sms, as_int, json_body, request, scrub
+from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
+from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.calls import as_int, json_body, request
+from bridge.settings import REQUIRED, SECRET, TEXT, URL, setting
 
 DEFAULT_URL = "https://rest.nexmo.com"
 
 _TRANSIENT = {1: "throttled", 10: "too many existing binds"}
 _AMBIGUOUS = {5: "internal error"}
+_BARRED = {7}
 _REFUSALS = {
     2: "missing parameters", 3: "invalid parameters", 4: "invalid credentials",
     6: "invalid message", 7: "number barred", 8: "partner account barred",
@@ -53,42 +60,29 @@ def _price(value: Any) -> float | None:
         return None
 
 
-class VonageProvider(Provider):
+@dataclass(frozen=True, kw_only=True)
+class VonageSettings(HttpSettings):
+    """``providers.<name>`` with ``type: vonage``."""
+
+    api_key: str = setting(REQUIRED, "Vonage API key", TEXT)
+    api_secret: str = setting(REQUIRED, "Vonage API secret", SECRET)
+    sender: str = setting(REQUIRED, "from: a number or an alphanumeric sender", TEXT, key="from")
+    url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+
+
+class VonageProvider(ProviderBase):
     """Sends through Vonage's SMS API (https://developer.vonage.com/messaging/sms)."""
 
     type = "vonage"
-    max_batch = 1
-    unicode = True
-    alphanumeric_sender = True  # not in every country (Vonage "Global Messaging")
-    default_rate = 30.0
-
-    def __init__(self, name: str, *, client: httpx.AsyncClient | None, api_key: str,
-                 api_secret: str, sender: str, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
-        super().__init__(name)
-        self._client = client
-        self.api_key = api_key
-        self._secret = api_secret
-        self.sender = sender
-        self.url = url
-        self.timeout = timeout
-
-    @classmethod
-    def from_config(
-        cls, name: str, settings: Mapping[str, Any], client: httpx.AsyncClient | None = None
-    ) -> VonageProvider:
-        """Validate the section; without ``client`` the provider can only be inspected."""
-        s = Settings(name, settings, {"api_key", "api_secret", "from", "url", "timeout"})
-        return cls(name, client=client, api_key=s.str("api_key"), api_secret=s.str("api_secret"),
-                   sender=s.str("from"), url=s.url("url", DEFAULT_URL),
-                   timeout=s.number("timeout", 10, minimum=0.1))
+    Settings = VonageSettings
+    # alphanumeric senders not in every country (Vonage "Global Messaging")
+    CAPABILITIES = Capabilities(default_rate=30.0)
 
     async def send(self, sms: Sms) -> Receipt:
         """One ``/sms/json`` call; every part of the text must come back with status 0."""
-        if len(sms.to) != 1:
-            raise ValueError(f"{len(sms.to)} numbers in one call, Vonage takes exactly one")
-        (number,) = sms.to
-        form = {"api_key": self.api_key, "api_secret": self._secret,
-                "from": sms.sender or self.sender, "to": number.removeprefix("+"), "text": sms.text}
+        number = self.one_number(sms)
+        s = self.settings
+        form = {"api_key": s.api_key, "api_secret": s.api_secret, "from": sms.sender or s.sender, "to": number.removeprefix("+"), "text": sms.text}
         if sms.unicode:
             form["type"] = "unicode"
         if sms.reference:
@@ -111,10 +105,12 @@ class VonageProvider(Provider):
                                        or _REFUSALS.get(status) or "refused")
         if isinstance(part.get("error-text"), str) and part["error-text"]:
             text += f" - {part['error-text']}"
-        text = scrub(text, self._secret)
+        text = self.scrub(text)
         if len(failed) < len(parts):  # some parts were accepted and are on their way
             raise AmbiguousError(f"{len(parts) - len(failed)} of {len(parts)} parts accepted; "
                                  + text, provider=self.name, code=status)
+        if status in _BARRED:
+            raise RecipientRefused(text, provider=self.name, code=status, opted_out=False)
         if status in _TRANSIENT:
             raise TransientError(text, provider=self.name, code=status)
         if status in _AMBIGUOUS or status is None:
@@ -123,7 +119,7 @@ class VonageProvider(Provider):
 
     async def check(self) -> str:
         """``GET /account/get-balance``: the account balance in euros."""
-        params = {"api_key": self.api_key, "api_secret": self._secret}
+        params = {"api_key": self.settings.api_key, "api_secret": self.settings.api_secret}
         response = await self._get_or_post("GET", "/account/get-balance", params=params)
         body = json_body(response, self.name)
         value = body.get("value") if isinstance(body, dict) else None
@@ -131,10 +127,8 @@ class VonageProvider(Provider):
 
     async def _get_or_post(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request; a 4xx answer is a refusal (Vonage puts SMS errors in a 200 body)."""
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name!r} was built without an HTTP client")
-        response = await request(self._client, self.name, method, self.url + path,
-                                 timeout=self.timeout, **kwargs)
+        response = await request(self.client, self.name, method, self.settings.url + path,
+                                 timeout=self.settings.timeout, **kwargs)
         if response.status_code >= 400:
             what = "API key or secret refused" if response.status_code in (401, 403) else "refused"
             raise PermanentError(f"{what} (HTTP {response.status_code})", provider=self.name,

@@ -33,7 +33,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "ledger": ("id", "login", "amount", "reason", "job", "created_at"),
     "balances": ("login", "balance"),
     "replies": ("id", "to_addr", "code", "message", "state", "attempts", "created_at", "next_attempt_at",
-                "last_error"),
+                "last_error", "cap_mailbox", "cap_domain"),
     "mailboxes": ("name", "uidvalidity", "last_uid"),
     "optouts": ("number", "sender", "source", "created_at"),
 }

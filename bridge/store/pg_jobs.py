@@ -191,3 +191,23 @@ async def defer_logins(conn: asyncpg.Connection, logins: Sequence[str], until: f
         "UPDATE jobs SET next_attempt_at=$1, last_error=$2, updated_at=$3 WHERE state='queued' "
         "AND next_attempt_at<$1 AND login = ANY($4::text[])", float(until), reason, float(now), list(logins))
     return int(status.split()[-1])
+
+
+_FINISHED = ["sent", "delivered", "undelivered", "failed", "cancelled"]
+
+
+async def prune(conn: asyncpg.Connection, before: float) -> dict[str, int]:
+    """Delete what finished before ``before``: jobs, replies, and mails left without jobs.
+
+    The ledger is kept whole (balances are its sum). A mail's dedupe keys go with it, so a
+    copy delivered again after this point would be taken as new (as ``sql_jobs.prune``).
+    """
+    jobs = await conn.fetchval("WITH d AS (DELETE FROM jobs WHERE state = ANY($1::text[]) AND updated_at < $2 "
+                               "RETURNING 1) SELECT COUNT(*) FROM d", _FINISHED, float(before))
+    replies = await conn.fetchval("WITH d AS (DELETE FROM replies WHERE state IN ('sent', 'failed') "
+                                  "AND created_at < $1 RETURNING 1) SELECT COUNT(*) FROM d", float(before))
+    old = "SELECT id FROM messages m WHERE received_at < $1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message = m.id)"
+    await conn.execute(f"DELETE FROM message_keys WHERE message IN ({old})", float(before))
+    messages = await conn.fetchval(f"WITH d AS (DELETE FROM messages WHERE id IN ({old}) RETURNING 1) "
+                                   "SELECT COUNT(*) FROM d", float(before))
+    return {"jobs": jobs, "replies": replies, "messages": messages}

@@ -3,7 +3,7 @@
 The same concepts as the SQLite schema (``schema.py``, version 3): messages and their
 idempotency keys, jobs with leases and client references, the ledger and its running
 balances, replies, IMAP cursors, opt-outs. PostgreSQL has its own version numbers (its
-version 1 is SQLite's version 3).
+version 2 is SQLite's version 4).
 
 Several bridges may start at once against one database: ``migrate`` runs in one
 transaction under ``pg_advisory_xact_lock``, so exactly one of them applies a version and
@@ -16,7 +16,7 @@ import asyncpg
 
 from bridge.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,8 +103,18 @@ CREATE TABLE optouts (
 )
 """
 
+# Replies counted per mailbox (+tag folded) and per domain for the backscatter caps; the
+# provider's message id indexed for delivery reports (as SQLite's versions 3 and 4).
+_V2 = """
+ALTER TABLE replies ADD COLUMN cap_mailbox TEXT, ADD COLUMN cap_domain TEXT;
+UPDATE replies SET cap_mailbox = to_addr;
+CREATE INDEX replies_mailbox ON replies (cap_mailbox, created_at);
+CREATE INDEX replies_domain ON replies (cap_domain, created_at);
+CREATE INDEX jobs_provider_message ON jobs (provider_message_id) WHERE provider_message_id IS NOT NULL
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 #: The advisory lock every migrating bridge takes (one per schema: see ``lock_key``).
 MIGRATE_LOCK = "mail2sms:migrate"

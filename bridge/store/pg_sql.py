@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 
 from bridge.model import IllegalTransition, JobState, NewReply, check_transition
+from bridge.status_mail import reply_cap_keys
 from bridge.store.sql import JOB_SELECT
 
 log = structlog.get_logger("bridge.store")
@@ -110,20 +111,24 @@ async def xact_lock(conn: asyncpg.Connection, *name: str) -> None:
 
 
 async def queue_reply(conn: asyncpg.Connection, reply: NewReply, now: float) -> int | None:
-    """Queue ``reply`` unless its address had ``max_per_hour`` replies in the last hour.
+    """Queue ``reply`` unless its mailbox or its domain had their hourly share of replies.
 
-    The count and the insert run under an advisory lock on the address, so mails to two
-    accounts (or on two instances) from one sender cannot overshoot the cap together.
+    The mailbox folds ``+tags`` (``status_mail.reply_cap_keys``). Each count and the insert
+    run under an advisory lock on the key, so mails to two accounts (or on two instances)
+    cannot overshoot a cap together.
     """
-    to = reply.to.lower()
-    if reply.max_per_hour:
-        await xact_lock(conn, "mail2sms:reply", to)
-        recent = await conn.fetchval(
-            "SELECT COUNT(*) FROM replies WHERE to_addr=$1 AND created_at>=$2", to, now - 3600)
-        if recent >= reply.max_per_hour:
-            return None
+    keys = reply_cap_keys(reply.to)
+    mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
+    for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
+                             ("cap_domain", domain, reply.max_per_domain_per_hour)):
+        if cap and key is not None:
+            await xact_lock(conn, "mail2sms:reply", key)
+            recent = await conn.fetchval(
+                f"SELECT COUNT(*) FROM replies WHERE {column}=$1 AND created_at>=$2", key, now - 3600)
+            if recent >= cap:
+                log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
+                return None
     return await conn.fetchval(
-        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at) "
-        "VALUES ($1, $2, $3, 'queued', $4, $4) RETURNING id",
-        to, reply.code, reply.message, now,
-    )
+        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at, cap_mailbox, cap_domain) "
+        "VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6) RETURNING id",
+        reply.to.lower(), reply.code, reply.message, float(now), mailbox, domain)

@@ -25,7 +25,7 @@ import structlog
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import pg_instances, pg_intake, pg_jobs
+from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs
 from bridge.store.pg_schema import migrate
 from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
                                  POOL_SIZE, describe as _describe, move, queue_reply)
@@ -243,6 +243,19 @@ class PostgresStore:
         """Operator: a ``queued`` job is not sent; its credit is refunded."""
         return await self.write(lambda c: pg_jobs.cancel(c, job_id, now))
 
+    async def prune(self, before: float) -> dict[str, int]:
+        """Delete finished jobs, sent replies and their mails older than ``before``."""
+        return await self.write(lambda c: pg_jobs.prune(c, before))
+
+    async def job_history(self, job_id: int) -> dict[str, Any] | None:
+        """Everything known about one job (see ``pg_history.job_history``), or None."""
+        return await self.read(lambda c: pg_history.job_history(c, job_id))
+
+    async def find_job(self, provider: str, message_id: str | None = None,
+                       client_ref: str | None = None) -> Job | None:
+        """The job ``provider`` knows by ``message_id`` (else by our ``client_ref``), or None."""
+        return await self.read(lambda c: pg_history.find_job(c, provider, message_id, client_ref))
+
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first, optionally in one state."""
         if state:
@@ -286,6 +299,10 @@ class PostgresStore:
         await self.write(lambda c: c.execute(
             "UPDATE replies SET state=$1, attempts=attempts+1, last_error=$2, next_attempt_at=$3 WHERE id=$4",
             ReplyState(state).value, error, float(when), reply_id), single=True)
+
+    async def count_replies(self, state: str) -> int:
+        """How many replies are in ``state`` (queued, sent, failed)."""
+        return await self._fetchval("SELECT COUNT(*) FROM replies WHERE state=$1", state)
 
     async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
         """Replies (for tests and the operator), oldest first."""

@@ -98,6 +98,9 @@ class Store(Protocol):
     async def cancel(self, job_id: int, now: float) -> bool:
         """Operator: queued -> cancelled, refunded."""
 
+    async def prune(self, before: float) -> dict[str, int]:
+        """Operator: delete what finished before ``before`` (the ledger is kept)."""
+
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first."""
 
@@ -106,6 +109,20 @@ class Store(Protocol):
 
     async def count_jobs(self) -> dict[str, int]:
         """Jobs per state."""
+
+    async def job_history(self, job_id: int) -> dict[str, Any] | None:
+        """Read-only: one job and its mail, sibling jobs, ledger rows and status mails.
+
+        Keys: ``job`` (``Job``), ``updated_at``, ``mail`` (id, message_id, login, reply_to,
+        summary, outcome, received_at), ``siblings`` (ids of the same mail's other jobs),
+        ``ledger`` (amount, reason, created_at), ``replies`` (id, to_addr, code, state,
+        attempts, last_error, created_at: the status mails answering the mail's Message-ID).
+        """
+
+    async def find_job(self, provider: str, message_id: str | None = None,
+                       client_ref: str | None = None) -> Job | None:
+        """Read-only: the newest job sent through ``provider`` with this provider message id,
+        else with this client reference (delivery reports)."""
 
     # replies
     async def queue_reply(self, reply: NewReply, now: float) -> int | None:
@@ -116,6 +133,9 @@ class Store(Protocol):
 
     async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
         """A reply's outcome."""
+
+    async def count_replies(self, state: str) -> int:
+        """Read-only: how many replies are in ``state``."""
 
     async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
         """Replies, oldest first."""

@@ -2,7 +2,10 @@
 
 Version 3 splits the old ``sending`` state into ``claimed`` and ``calling`` with leases
 (jobs found ``sending`` may have gone out, so they become ``unknown``), records the client
-reference sent to the provider, and hides API keys left in ``messages.summary``.
+reference sent to the provider, hides API keys left in ``messages.summary``, and counts
+replies per mailbox (``+tag`` folded) and per domain for the backscatter caps. Version 4
+indexes the provider's message id and the client reference, which delivery reports look
+jobs up by.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.text import redact_subject
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,12 +99,22 @@ ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_until REAL;
 UPDATE jobs SET state='unknown', last_error=COALESCE(last_error, 'interrupted while sending (before version 3); not re-sent') WHERE state='sending';
 UPDATE messages SET summary=redact_subject(summary);
+ALTER TABLE replies ADD COLUMN cap_mailbox TEXT;
+ALTER TABLE replies ADD COLUMN cap_domain TEXT;
+UPDATE replies SET cap_mailbox=to_addr;
+CREATE INDEX replies_mailbox ON replies(cap_mailbox, created_at);
+CREATE INDEX replies_domain ON replies(cap_domain, created_at);
 CREATE INDEX jobs_message ON jobs(message);
 CREATE INDEX jobs_leased ON jobs(state, lease_until)
 """
 
+_V4 = """
+CREATE INDEX jobs_provider_message ON jobs(provider_message_id) WHERE provider_message_id IS NOT NULL;
+CREATE INDEX jobs_client_ref ON jobs(client_ref) WHERE client_ref IS NOT NULL
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def connect(path: Path) -> sqlite3.Connection:

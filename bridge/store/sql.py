@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from bridge.model import IllegalTransition, Job, JobState, NewReply, check_transition
+from bridge.status_mail import reply_cap_keys
 
 log = structlog.get_logger("bridge.store")
 
@@ -107,19 +108,24 @@ def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: in
 
 
 def queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | None:
-    """Queue ``reply`` unless its address had ``max_per_hour`` replies in the last hour.
+    """Queue ``reply`` unless its mailbox or its domain had their hourly share of replies.
 
-    Counted inside the transaction, so concurrent mails cannot overshoot the cap.
+    The mailbox folds ``+tags`` (``reply_cap_keys``), so ``target+1@``, ``target+2@`` ...
+    share one count. Counted inside the transaction, so concurrent mails cannot overshoot.
     """
-    if reply.max_per_hour:
-        (recent,) = conn.execute(
-            "SELECT COUNT(*) FROM replies WHERE to_addr=? AND created_at>=?",
-            (reply.to.lower(), now - 3600),
-        ).fetchone()
-        if recent >= reply.max_per_hour:
-            return None
+    keys = reply_cap_keys(reply.to)
+    mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
+    for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
+                             ("cap_domain", domain, reply.max_per_domain_per_hour)):
+        if cap and key is not None:
+            (recent,) = conn.execute(
+                f"SELECT COUNT(*) FROM replies WHERE {column}=? AND created_at>=?", (key, now - 3600)
+            ).fetchone()
+            if recent >= cap:
+                log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
+                return None
     return conn.execute(
-        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at) "
-        "VALUES (?, ?, ?, 'queued', ?, ?)",
-        (reply.to.lower(), reply.code, reply.message, now, now),
+        "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at, cap_mailbox, cap_domain) "
+        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+        (reply.to.lower(), reply.code, reply.message, now, now, mailbox, domain),
     ).lastrowid

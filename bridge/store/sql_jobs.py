@@ -174,3 +174,21 @@ def defer_logins(conn, logins: Sequence[str], until: float, reason: str, now: fl
         f"AND next_attempt_at<? AND login IN ({marks(logins)})",
         (until, reason, now, until, *logins),
     ).rowcount
+
+
+_FINISHED = ("sent", "delivered", "undelivered", "failed", "cancelled")
+
+
+def prune(conn, before: float) -> dict[str, int]:
+    """Delete what finished before ``before``: jobs, replies, and mails left without jobs.
+
+    The ledger is kept whole (balances are its sum). A mail's dedupe keys go with it, so a
+    copy delivered again after this point would be taken as new.
+    """
+    done = ",".join("?" * len(_FINISHED))
+    jobs = conn.execute(f"DELETE FROM jobs WHERE state IN ({done}) AND updated_at<?", (*_FINISHED, before)).rowcount
+    replies = conn.execute("DELETE FROM replies WHERE state IN ('sent', 'failed') AND created_at<?", (before,)).rowcount
+    old = "SELECT id FROM messages m WHERE received_at<? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message=m.id)"
+    conn.execute(f"DELETE FROM message_keys WHERE message IN ({old})", (before,))
+    messages = conn.execute(f"DELETE FROM messages WHERE id IN ({old})", (before,)).rowcount
+    return {"jobs": jobs, "replies": replies, "messages": messages}

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import sql_intake, sql_jobs
+from bridge.store import sql_history, sql_intake, sql_jobs
 from bridge.store.protocol import MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
@@ -72,8 +72,8 @@ class SqliteStore:
         await asyncio.to_thread(self._close_reader)
 
     def _close_reader(self) -> None:
-        # Under the read lock: closing the connection while a read thread is inside it
-        # crashes the interpreter (SIGSEGV); a read queued behind us gets a clean error.
+        # Under the read lock: closing a connection another thread is reading on crashes
+        # the process (sqlite3 does not guard it).
         with self._read_lock:
             self._reader.close()
 
@@ -224,6 +224,10 @@ class SqliteStore:
         """Operator: a ``queued`` job is not sent; its credit is refunded."""
         return await self.write(lambda c: sql_jobs.cancel(c, job_id, now))
 
+    async def prune(self, before: float) -> dict[str, int]:
+        """Delete finished jobs, sent replies and their mails older than ``before``."""
+        return await self.write(lambda c: sql_jobs.prune(c, before))
+
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first, optionally in one state."""
         where, args = ("WHERE j.state=?", (state,)) if state else ("", ())
@@ -241,6 +245,15 @@ class SqliteStore:
         """How many jobs are in each state."""
         rows = await self.read(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         return {r[0]: r[1] for r in rows}
+
+    async def job_history(self, job_id: int) -> dict[str, Any] | None:
+        """Everything known about one job (see ``sql_history.job_history``), or None."""
+        return await self.read(lambda c: sql_history.job_history(c, job_id))
+
+    async def find_job(self, provider: str, message_id: str | None = None,
+                       client_ref: str | None = None) -> Job | None:
+        """The job ``provider`` knows by ``message_id`` (else by our ``client_ref``), or None."""
+        return await self.read(lambda c: sql_history.find_job(c, provider, message_id, client_ref))
 
     # --- replies -----------------------------------------------------------------------
 
@@ -270,6 +283,11 @@ class SqliteStore:
                 (ReplyState(state).value, error, when, reply_id),
             )
         )
+
+    async def count_replies(self, state: str) -> int:
+        """How many replies are in ``state`` (queued, sent, failed)."""
+        row = await self.read(lambda c: c.execute("SELECT COUNT(*) FROM replies WHERE state=?", (state,)).fetchone())
+        return row[0]
 
     async def replies(self, state: str | None = None) -> list[dict[str, Any]]:
         """Replies (for tests and the operator), oldest first."""

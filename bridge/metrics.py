@@ -1,0 +1,230 @@
+"""The bridge's Prometheus metrics, in a registry of its own (never the global one).
+
+Every ``Bridge`` owns one ``Metrics``: tests can run several bridges in one process, and
+nothing a library registers globally leaks into ``/metrics``. The code that does the work
+calls one method per event (``mail``, ``settled``, ``timed``, ``reply``, ``report``);
+what only the store or the dispatcher knows (jobs per state, balances, circuit
+breakers, loop heartbeats) is read at scrape time by ``refresh``, the store part
+cached for ``cache`` seconds so a scraper hammering ``/metrics`` costs the store little.
+
+Names (all prefixed ``mail2sms_``; counters end in ``_total`` on the wire):
+
+===============================  =======================  ==================================
+metric                           labels                   meaning
+===============================  =======================  ==================================
+mails_total                      ingress, outcome         accepted, refused, duplicate, unavailable (451)
+mail_statuses_total              status                   numbered statuses told (100, 113, 104, ...)
+sms_total                        provider, outcome        per job and call: sent, not_delivered
+                                                          (next provider or retry), unknown, failed
+                                                          (provider ``none``: given up without a call)
+sms_parts_total                  provider                 parts of the SMS a provider accepted
+provider_call_seconds            provider                 histogram of provider call durations
+credits_spent_total              account                  credits debited at intake
+credits_refunded_total           account                  credits given back for failed jobs
+credits_balance                  account                  balance in the store (scrape time)
+jobs                             state                    jobs in the store per state (scrape time)
+circuit_state                    provider                 0 closed, 1 half-open, 2 open
+replies_total                    result                   status mails sent, retried, failed
+replies_queued                   -                        status mails waiting in the store
+delivery_reports_total           provider, result         delivered, undelivered, ignored (intermediate
+                                                          status), not_applied (already final),
+                                                          unknown_message, malformed, forbidden
+loop_beat_age_seconds            loop                     seconds since a supervised loop made progress
+ready                            -                        1 when ``/readyz`` would answer 200
+===============================  =======================  ==================================
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from bridge.errors import StoreError
+from bridge.model import Job, JobState, Settlement
+from bridge.statuses import CATALOGUE
+
+if TYPE_CHECKING:
+    from bridge.intake import Outcome
+    from bridge.limits import CircuitBreaker
+    from bridge.store import Store
+
+T = TypeVar("T")
+# No ``*_created`` series: they double the output and no dashboard or alert here reads them.
+disable_created_metrics()
+
+#: The classic text format, which every Prometheus version (and most agents) reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+INGRESSES = ("smtp", "imap", "cli")
+MAIL_OUTCOMES = ("accepted", "refused", "duplicate", "unavailable")
+SMS_OUTCOMES = ("sent", "not_delivered", "unknown", "failed")
+REPLY_RESULTS = ("sent", "retried", "failed")
+REPORT_RESULTS = ("delivered", "undelivered", "ignored", "not_applied", "unknown_message", "malformed", "forbidden")
+NO_PROVIDER = "none"                      # jobs given up on without (or after) a call
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Settlement state of a provider call -> the ``outcome`` label of ``sms_total``.
+_CALL_OUTCOME = {
+    JobState.SENT: "sent",
+    JobState.CLAIMED: "not_delivered",
+    JobState.QUEUED: "not_delivered",
+    JobState.UNKNOWN: "unknown",
+    JobState.FAILED: "failed",
+}
+
+
+class Metrics:
+    """Every metric of one bridge, and the calls that move them."""
+
+    def __init__(
+        self,
+        providers: Iterable[str] = (),
+        accounts: Iterable[str] = (),
+        cache: float = 2.0,
+        clock=time.monotonic,
+    ) -> None:
+        self.registry = r = CollectorRegistry()
+        self.cache = cache
+        self.clock = clock
+        self._store_read_at: float | None = None
+        self.mails = Counter("mail2sms_mails", "Mails handled by intake.", ["ingress", "outcome"], registry=r)
+        self.statuses = Counter("mail2sms_mail_statuses", "Numbered statuses told about mails.", ["status"],
+                                registry=r)
+        self.sms = Counter("mail2sms_sms", "SMS job outcomes, per provider call.", ["provider", "outcome"],
+                           registry=r)
+        self.parts = Counter("mail2sms_sms_parts", "SMS parts accepted by providers.", ["provider"], registry=r)
+        self.latency = Histogram("mail2sms_provider_call_seconds", "Provider call durations.", ["provider"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.spent = Counter("mail2sms_credits_spent", "Credits debited at intake.", ["account"], registry=r)
+        self.refunded = Counter("mail2sms_credits_refunded", "Credits refunded for failed jobs.", ["account"],
+                                registry=r)
+        self.balance = Gauge("mail2sms_credits_balance", "Credit balance per account.", ["account"], registry=r)
+        self.jobs = Gauge("mail2sms_jobs", "Jobs in the store per state.", ["state"], registry=r)
+        self.circuit = Gauge("mail2sms_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                             ["provider"], registry=r)
+        self.replies = Counter("mail2sms_replies", "Status mails handed to the relay, by result.", ["result"],
+                               registry=r)
+        self.replies_queued = Gauge("mail2sms_replies_queued", "Status mails waiting to be sent.", registry=r)
+        self.reports = Counter("mail2sms_delivery_reports", "Delivery reports received, by result.",
+                               ["provider", "result"], registry=r)
+        self.loop_age = Gauge("mail2sms_loop_beat_age_seconds", "Seconds since a supervised loop made progress.",
+                              ["loop"], registry=r)
+        self.ready = Gauge("mail2sms_ready", "1 when the bridge is ready (as /readyz).", registry=r)
+        self._zero(list(providers), list(accounts))
+
+    def _zero(self, providers: list[str], accounts: list[str]) -> None:
+        """Create the known label sets at 0, so rates and dashboards work before the first event."""
+        for ingress in INGRESSES:
+            for outcome in MAIL_OUTCOMES:
+                self.mails.labels(ingress, outcome)
+        for provider in [*providers, NO_PROVIDER]:
+            for outcome in SMS_OUTCOMES:
+                self.sms.labels(provider, outcome)
+        for provider in providers:
+            self.parts.labels(provider)
+            self.latency.labels(provider)
+            for result in REPORT_RESULTS:
+                self.reports.labels(provider, result)
+        for account in accounts:
+            self.spent.labels(account)
+            self.refunded.labels(account)
+        for code in CATALOGUE:
+            self.statuses.labels(str(code))
+        for result in REPLY_RESULTS:
+            self.replies.labels(result)
+        for state in JobState:
+            self.jobs.labels(state.value)
+
+    # --- events, one call each from the code that does the work ---------------------------
+
+    def mail(self, ingress: str, outcome: Outcome, login: str | None = None, spent: int = 0) -> None:
+        """Intake handled one mail; ``spent`` credits were debited when it was accepted."""
+        if outcome.duplicate:
+            self.mails.labels(ingress, "duplicate").inc()
+            return
+        self.mails.labels(ingress, "accepted" if outcome.accepted else "refused").inc()
+        if outcome.status:
+            self.statuses.labels(str(outcome.status)).inc()
+        if outcome.accepted and login and spent:
+            self.spent.labels(login).inc(spent)
+
+    def unavailable(self, ingress: str) -> None:
+        """Intake refused a mail for now (SMTP 451): a loop died, or the bridge is stopping."""
+        self.mails.labels(ingress, "unavailable").inc()
+
+    async def timed(self, provider: str, call: Awaitable[T]) -> T:
+        """Await a provider call, recording how long it took (whatever its outcome)."""
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.latency.labels(provider).observe(time.perf_counter() - started)
+
+    def settled(self, provider: str | None, jobs: Sequence[Job], items: Sequence[Settlement],
+                refused: Sequence[int] = ()) -> None:
+        """Outcomes written for ``jobs``: of a call to ``provider``, or (None) decided without one.
+
+        Without a provider only ``failed`` counts (a retry later was already counted as
+        ``not_delivered`` at the call). Jobs in ``refused`` (the store's CAS said no) count
+        nothing: another writer settled them.
+        """
+        by_id = {job.id: job for job in jobs}
+        skipped = set(refused)
+        for item in items:
+            job = by_id.get(item.job_id)
+            if job is None or item.job_id in skipped:
+                continue
+            if provider is None and item.state is not JobState.FAILED:
+                continue
+            outcome = _CALL_OUTCOME.get(item.state)
+            if outcome is None:
+                continue
+            self.sms.labels(provider or NO_PROVIDER, outcome).inc()
+            if item.state is JobState.SENT and provider:
+                self.parts.labels(provider).inc(job.parts)
+            elif item.state is JobState.FAILED and job.cost:
+                self.refunded.labels(job.login).inc(job.cost)
+
+    def reply(self, result: str) -> None:
+        """One status mail handed to the relay: ``sent``, ``retried`` (later) or ``failed``."""
+        self.replies.labels(result).inc()
+
+    def report(self, provider: str, result: str) -> None:
+        """One delivery report received from ``provider`` (see ``REPORT_RESULTS``)."""
+        self.reports.labels(provider, result).inc()
+
+    # --- scrape time -------------------------------------------------------------------
+
+    async def refresh(self, store: Store | None, breakers: Mapping[str, CircuitBreaker],
+                      loop_ages: Mapping[str, float], ready: bool, now: float) -> None:
+        """Read what only the store, the breakers and the supervisor know.
+
+        The store is read at most once per ``cache`` seconds; a store that does not answer
+        leaves the last values (``/readyz`` and ``mail2sms_ready`` say it is down).
+        """
+        for name, breaker in breakers.items():
+            self.circuit.labels(name).set(BREAKER_VALUES[breaker.state(now).value])
+        for name, age in loop_ages.items():
+            self.loop_age.labels(name).set(round(age, 3))
+        self.ready.set(1 if ready else 0)
+        stamp = self.clock()
+        if store is None or (self._store_read_at is not None and stamp - self._store_read_at < self.cache):
+            return
+        self._store_read_at = stamp
+        try:
+            counts = await store.count_jobs()
+            balances = await store.balances()
+            queued = await store.count_replies("queued")
+        except StoreError:
+            return
+        for state in JobState:
+            self.jobs.labels(state.value).set(counts.get(state.value, 0))
+        for login, credits in balances.items():
+            self.balance.labels(login).set(credits)
+        self.replies_queued.set(queued)
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,208 @@
+"""Delivery reports of the generic http provider, posted to the running daemon over HTTP.
+
+The gateway is a fake on loopback whose answer carries a message id (``{"id": "gw-N"}``);
+its callbacks are shaped the way the operator declares them in ``http.dlr.gw``, as the
+generic provider's own contract is the operator's description, not a vendor document.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send, wait_until
+from provider_fakes import FakeHttpServer, Reply
+from structlog.testing import capture_logs
+from test_metrics import samples, value
+
+from bridge.config import parse_config
+from bridge.errors import ConfigErrors
+from bridge.model import JobState as S
+
+SECRET = "s3cret-dlr-token-0123"
+MAPPING = {
+    "secret": SECRET,
+    "status": "status",
+    "message_id": "id",
+    "reference": "data.ref",
+    "reason": "err",
+    "delivered": ["DELIVRD"],
+    "undelivered": ["UNDELIV", "EXPIRED", "REJECTD"],
+}
+
+
+@pytest.fixture
+async def gateway(tmp_path, start_bridge):
+    """A bridge sending through the http provider ``gw``, its reports mapped; job 1 is sent."""
+    with FakeHttpServer(Reply(json={"id": "gw-1"})) as fake:
+        settings = base_settings(
+            tmp_path,
+            http={"listen": "127.0.0.1:0", "max_body": 2048, "dlr": {"gw": MAPPING}},
+            providers={"gw": {"type": "http", "url": fake.url, "body": {"to": "{to}", "text": "{text}",
+                                                                        "ref": "{reference}"},
+                              "message_id_path": "id"}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["gw"]}},
+        )
+        bridge = await start_bridge(make_config(tmp_path, settings))
+        assert (await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515")))[0] == 250
+        await wait_until(lambda: _state_is(bridge, 1, S.SENT), what="job 1 sent")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+            yield bridge, client
+
+
+async def _state_is(bridge, job_id: int, state: S) -> bool:
+    job = await bridge.store.job(job_id)
+    return job is not None and job.state is state
+
+
+async def _state(bridge, job_id: int = 1) -> S:
+    return (await bridge.store.job(job_id)).state
+
+
+class TestReports:
+    async def test_delivered_by_message_id_as_a_form(self, gateway):
+        """A form-encoded DELIVRD for the provider's id moves the job to delivered."""
+        bridge, client = gateway
+        answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"})
+        assert answer.status_code == 200 and answer.json() == {"result": "delivered"}
+        assert await _state(bridge) is S.DELIVERED
+
+    async def test_undelivered_by_reference_as_json_keeps_the_reason(self, gateway):
+        """A JSON report found by our reference moves the job to undelivered with the reason."""
+        bridge, client = gateway
+        body = {"status": "undeliv", "data": {"ref": "m2s-1-1"}, "err": "absent subscriber"}
+        answer = await client.post(f"/dlr/gw/{SECRET}", json=body)
+        assert answer.json() == {"result": "undelivered"}
+        job = await bridge.store.job(1)
+        assert job.state is S.UNDELIVERED and job.last_error == "gw: undelivered (undeliv: absent subscriber)"
+
+    async def test_a_get_callback_is_read_from_the_query(self, gateway):
+        """Gateways that call back with GET and a query string are understood."""
+        bridge, client = gateway
+        answer = await client.get(f"/dlr/gw/{SECRET}", params={"id": "gw-1", "status": "DELIVRD"})
+        assert answer.json() == {"result": "delivered"} and await _state(bridge) is S.DELIVERED
+
+    async def test_duplicates_and_late_reports_never_move_a_job_backwards(self, gateway):
+        """After delivered, a second report (same or contrary) changes nothing and is answered 200."""
+        bridge, client = gateway
+        url = f"/dlr/gw/{SECRET}"
+        assert (await client.post(url, data={"id": "gw-1", "status": "DELIVRD"})).status_code == 200
+        again = await client.post(url, data={"id": "gw-1", "status": "DELIVRD"})
+        contrary = await client.post(url, data={"id": "gw-1", "status": "EXPIRED"})
+        assert again.status_code == contrary.status_code == 200
+        assert contrary.json() == {"result": "job already delivered"}
+        assert await _state(bridge) is S.DELIVERED
+
+    async def test_intermediate_status_changes_nothing(self, gateway):
+        """A status in neither list (ACCEPTD) is acknowledged and ignored."""
+        bridge, client = gateway
+        answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "ACCEPTD"})
+        assert answer.json() == {"result": "ignored"} and await _state(bridge) is S.SENT
+
+    async def test_unknown_message_is_answered_200_and_logged(self, gateway):
+        """A report about an id no job has: 200 (the gateway stops retrying) and a log line."""
+        bridge, client = gateway
+        with capture_logs() as logs:
+            answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-999", "status": "DELIVRD"})
+        assert answer.status_code == 200 and answer.json() == {"result": "unknown message"}
+        assert [e["message_id"] for e in logs if e["event"] == "dlr_unknown_message"] == ["gw-999"]
+
+    async def test_wrong_secret_is_403_logged_and_changes_nothing(self, gateway):
+        """A forged callback (wrong or missing secret) gets 403 and a log line; the job stays sent."""
+        bridge, client = gateway
+        with capture_logs() as logs:
+            forged = await client.post("/dlr/gw/not-the-secret", data={"id": "gw-1", "status": "UNDELIV"})
+            missing = await client.post("/dlr/gw/", data={"id": "gw-1", "status": "UNDELIV"})
+        assert forged.status_code == 403 and forged.json() == {"error": "forbidden"}
+        assert missing.status_code == 404
+        assert [e["event"] for e in logs if e["event"].startswith("dlr_")] == ["dlr_forbidden"]
+        assert SECRET not in str(logs) and "not-the-secret" not in str(logs)
+        assert await _state(bridge) is S.SENT
+
+    async def test_provider_without_mapping_is_404(self, gateway):
+        """Only providers mapped in http.dlr have a report route."""
+        _, client = gateway
+        answer = await client.post(f"/dlr/outbox/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"})
+        assert answer.status_code == 404
+
+    async def test_unreadable_report_is_400(self, gateway):
+        """A report without status or id, or a body that is not JSON, is refused with 400."""
+        bridge, client = gateway
+        url = f"/dlr/gw/{SECRET}"
+        no_id = await client.post(url, data={"status": "DELIVRD"})
+        bad_json = await client.post(url, content=b"{nope", headers={"Content-Type": "application/json"})
+        assert no_id.status_code == bad_json.status_code == 400
+        assert await _state(bridge) is S.SENT
+
+    async def test_oversized_report_is_413(self, gateway):
+        """A report body above http.max_body is refused before it is read."""
+        bridge, client = gateway
+        answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "DELIVRD", "x": "y" * 4096})
+        assert answer.status_code == 413 and await _state(bridge) is S.SENT
+
+    async def test_reports_are_counted(self, gateway):
+        """/metrics counts reports by result."""
+        bridge, client = gateway
+        url = f"/dlr/gw/{SECRET}"
+        await client.post(url, data={"id": "gw-1", "status": "DELIVRD"})
+        await client.post(url, data={"id": "gw-1", "status": "DELIVRD"})
+        await client.post(url, data={"id": "gw-404", "status": "DELIVRD"})
+        await client.post("/dlr/gw/wrong", data={"id": "gw-1", "status": "DELIVRD"})
+        found = samples((await client.get("/metrics")).text)
+        for result, count in (("delivered", 1), ("not_applied", 1), ("unknown_message", 1), ("forbidden", 1),
+                              ("undelivered", 0)):
+            assert value(found, "mail2sms_delivery_reports_total", provider="gw", result=result) == count, result
+
+
+class TestEarlyReport:
+    async def test_report_before_the_answer_is_recorded_wins(self, tmp_path, start_bridge):
+        """A report that arrives while the call is on the wire is applied; the late 'sent' is refused."""
+        with FakeHttpServer(Reply(json={"id": "gw-1"}, delay=1.5)) as fake:
+            settings = base_settings(
+                tmp_path,
+                http={"listen": "127.0.0.1:0", "dlr": {"gw": MAPPING}},
+                providers={"gw": {"type": "http", "url": fake.url, "body": {"to": "{to}", "ref": "{reference}"},
+                                  "message_id_path": "id"}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["gw"]}},
+            )
+            bridge = await start_bridge(make_config(tmp_path, settings))
+            assert (await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515")))[0] == 250
+            await wait_until(lambda: _state_is(bridge, 1, S.CALLING), what="call on the wire")
+            async with httpx.AsyncClient(timeout=10) as client:
+                answer = await client.post(f"http://127.0.0.1:{bridge.web.port}/dlr/gw/{SECRET}",
+                                           json={"status": "DELIVRD", "data": {"ref": "m2s-1-1"}})
+            assert answer.json() == {"result": "delivered"}
+            with capture_logs() as logs:
+                await wait_until(lambda: fake.requests and any(e["event"] == "settle_refused" for e in logs),
+                                 what="the late answer")
+        assert await _state(bridge) is S.DELIVERED
+
+
+class TestMappingConfig:
+    def _config(self, tmp_path, mapping: dict, provider: str = "gw") -> None:
+        settings = base_settings(tmp_path, http={"listen": "127.0.0.1:0", "dlr": {provider: mapping}},
+                                 providers={"gw": {"type": "http", "url": "http://127.0.0.1:9/x",
+                                                   "body": "{text}"},
+                                            "outbox": {"type": "file", "path": "o.jsonl"}})
+        parse_config(settings, tmp_path / "config.yaml")
+
+    def test_a_good_mapping_is_read(self, tmp_path):
+        """The example mapping parses; statuses are compared without case."""
+        self._config(tmp_path, MAPPING)
+
+    @pytest.mark.parametrize("change, key", [
+        ({"secret": "short"}, "http.dlr.gw.secret"),
+        ({"delivered": []}, "http.dlr.gw"),
+        ({"undelivered": ["DELIVRD"]}, "http.dlr.gw.undelivered"),
+        ({"colour": "blue"}, "http.dlr.gw.colour"),
+    ])
+    def test_bad_mappings_name_their_key(self, tmp_path, change, key):
+        """A short secret, a missing list, an overlap or an unknown key is refused by key path."""
+        with pytest.raises(ConfigErrors) as caught:
+            self._config(tmp_path, {**MAPPING, **change})
+        assert key in [error.path for error in caught.value.errors]
+
+    def test_only_http_providers_have_reports(self, tmp_path):
+        """A mapping for a provider that is not of type http is refused."""
+        with pytest.raises(ConfigErrors) as caught:
+            self._config(tmp_path, MAPPING, provider="outbox")
+        assert "http.dlr.outbox" in [error.path for error in caught.value.errors]
