@@ -13,7 +13,8 @@ about it. A crash leaves leases that its sweep ends.
 
 An open circuit on every provider of a route defers that route's jobs, and every due job
 of accounts that have no other way out, to the end of the cooldown in one write, with one
-log line per route and interval.
+log line per route and interval. When every provider is down the loop pauses until the
+first may take a call, and no queued row is touched whatever the backlog.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bridge.limits import CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
-from bridge.providers.base import Provider, Receipt, Sms
+from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
 from bridge.routing import Route, choose_route, configured_route
 from bridge.store import Store
 
@@ -106,6 +107,10 @@ class Dispatcher:
                 self._slot.clear()
                 await _first(stop.wait(), self._slot.wait())
                 continue
+            paused = self._paused_until(self.clock())
+            if paused is not None:  # every provider is down: nothing could go out before then
+                await _first(stop.wait(), timeout=max(0.0, paused - self.clock()))
+                continue
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
             wanted = free * self._per_group
@@ -125,6 +130,12 @@ class Dispatcher:
             if len(jobs) < wanted:  # everything due is taken: sleep until woken or due
                 timeout = await self._next_wait()
                 await _first(stop.wait(), self._wake.wait(), timeout=timeout)
+
+    def _paused_until(self, now: float) -> float | None:
+        """When every provider's circuit is open: the first time one may take a call."""
+        if not self.breakers or not all(b.blocked(now) for b in self.breakers.values()):
+            return None
+        return min(b.retry_at(now) for b in self.breakers.values())
 
     async def run_once(self, only: Sequence[int] = ()) -> int:
         """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
@@ -202,16 +213,16 @@ class Dispatcher:
         await self.store.settle_claimed(self.owner, back, now)  # refused ids: already settled
 
     async def _screen(self, jobs: list[Job]) -> list[Job]:
-        """Last checks: quiet hours (marketing), opt-outs since intake, the account's rate."""
+        """Last checks: quiet hours (marketing), opt-outs since intake (read at the claim), the
+        account's rate."""
         now = self.clock()
-        optouts = frozenset((r["number"], r["sender"]) for r in await self.store.optouts([j.number for j in jobs]))
         kept, later, failed = [], [], []
         windows = self.windows.get(jobs[0].login, []) if jobs else []
         for job in jobs:
             account = self.config.accounts.get(job.login)
             quiet = (account.quiet_hours if account else None) or self.config.quiet_hours
             release = rules.quiet_release(quiet, job.category, now)
-            reason = rules.optout_reason(optouts, job.number, job.sender)
+            reason = job.suppressed  # the opt-outs, read when the job was claimed
             when = max((w.next_free(now) for w in windows), default=now)
             if release is not None:
                 later.append(Settlement(job.id, JobState.QUEUED, "quiet hours (marketing)", retry_at=release))
@@ -256,7 +267,13 @@ class Dispatcher:
                 continue
             has_next = index + 1 < len(route)
             left: list[Job] = []
-            for chunk in _chunks(pending, self.providers[name].capabilities.max_numbers):
+            for i, chunk in enumerate(_chunks(pending, self.providers[name].capabilities.max_numbers)):
+                if i and self.breakers[name].blocked(self.clock()):  # opened by an earlier chunk
+                    left += chunk
+                    transient.append(TransientError("circuit open", provider=name))
+                    for job in chunk:
+                        errors[job.id].append(f"{name}: circuit open")
+                    continue
                 left += await self._call(name, chunk, has_next, transient, errors)
             pending = left
         if pending:  # still claimed: every provider said no for sure, or was open
@@ -268,7 +285,9 @@ class Dispatcher:
         reason = f"circuit open on {', '.join(route)}"
         await self.store.settle_claimed(
             self.owner, [Settlement(j.id, JobState.QUEUED, reason, retry_at=until) for j in jobs], now)
-        logins = sorted({j.login for j in jobs if self._all_open(j.login, now)})
+        # With every provider down the loop pauses (no row is touched); else the accounts that
+        # have no other way out wait, all their due jobs in one write.
+        logins = [] if self._paused_until(now) else sorted({j.login for j in jobs if self._all_open(j.login, now)})
         deferred = await self.store.defer_logins(logins, until, reason, now) if logins else 0
         if now - self._open_logged.get(route, 0.0) >= self.settings.poll_interval * 30:
             self._open_logged[route] = now
@@ -332,7 +351,7 @@ class Dispatcher:
                                         reply=self._status(job, 122, f"{name}: {rejected}")) if rejected
                              else Settlement(job.id, JobState.SENT, None, receipt.message_ids.get(job.number)))
             elif kind is Next.UNKNOWN:
-                items.append(Settlement(job.id, JobState.UNKNOWN, _describe(error)[:500]))
+                items.append(Settlement(job.id, JobState.UNKNOWN, self._unknown_note(name, error)))
             else:
                 errors[job.id].append(f"{name}: {error}")
                 if kind is Next.FAILED and not isinstance(error, TransientError) and (
@@ -353,6 +372,14 @@ class Dispatcher:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)
         return [job for job in left if job.id not in refused]
+
+    def _unknown_note(self, name: str, error: BaseException | None) -> str:
+        """Why a job is unknown and what happens next (``queue list --state unknown``)."""
+        if can_reconcile(self.providers[name]):
+            then = f"it will be looked up at {name}"
+        else:
+            then = f"{name} offers no lookup: check with it, then `mail2sms queue retry` if it did not go out"
+        return f"{_describe(error)[:300]}; {then}"
 
     async def _after_route(self, jobs: list[Job], transient, errors) -> None:
         """Jobs back in ``claimed`` after the whole route: retry later or fail, in one write."""

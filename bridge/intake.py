@@ -41,6 +41,7 @@ class Outcome:
     job_ids: tuple[int, ...] = ()
     duplicate: bool = False
     note: str = ""
+    no_reply: str | None = None               # why no status mail may go to the sender, if so
 
     @property
     def accepted(self) -> bool:
@@ -99,11 +100,11 @@ def _report(decision: Decision, envelope: Envelope, result: Acceptance) -> Outco
     if verdict.error is not None:
         code, note = verdict.error.code, verdict.error.note
         bound.info("rejected", status=code, reply_suppressed=decision.no_reply)
-        return Outcome(code, status_text(code, "en"), note=note)
+        return Outcome(code, status_text(code, "en"), note=note, no_reply=decision.no_reply)
     if result.outcome == "insufficient_credit":
         details = {"used": result.used, "available": result.available}
         bound.info("rejected", status=104, **details)
-        return Outcome(104, status_text(104, "en", **details))
+        return Outcome(104, status_text(104, "en", **details), no_reply=decision.no_reply)
     for item in result.refused:
         if item.code != 113:
             bound.info("number_refused", number=item.number, status=item.code, reason=item.reason)
@@ -112,4 +113,5 @@ def _report(decision: Decision, envelope: Envelope, result: Acceptance) -> Outco
                    first_job=result.job_ids[0], status=result.status)
     else:
         bound.info("rejected", status=result.status, note=result.note)
-    return Outcome(result.status, status_text(result.status, "en"), result.job_ids, note=result.note)
+    return Outcome(result.status, status_text(result.status, "en"), result.job_ids, note=result.note,
+                   no_reply=decision.no_reply)

@@ -140,6 +140,7 @@ class Job:
     category: str = "transactional"
     client_ref: str | None = None              # our reference, sent to the provider
     called_at: float | None = None             # when the last provider call started
+    suppressed: str | None = None              # set at claim: why the number may not be texted now
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ class Handler:
             return text
         if self.config.reject_inline:
             return f"550 5.6.0 Status {outcome.status}: {_clean(outcome.text)}"
+        if outcome.no_reply:  # a bounce, an auto-reply, a list: nothing is mailed back
+            return f"250 2.0.0 OK: not sent, Status {outcome.status} (no status mail: {outcome.no_reply})"
         return f"250 2.0.0 OK: not sent, Status {outcome.status} mailed back"
 
 

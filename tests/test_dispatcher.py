@@ -498,7 +498,7 @@ class TestHalfOpen:
         events = [e["event"] for e in logs]
         assert "retry_scheduled" not in events and events.count("route_open") <= 1
         waiting = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
-        assert len(waiting) == 19 and all(j.next_attempt_at >= clock.now + 5 - 0.01 for j in waiting)
+        assert len(waiting) == 19 and dispatcher._paused_until(clock.now) is not None
 
 
 class RefusesRecipient(Provider):
@@ -536,3 +536,39 @@ class TestRecipientRefused:
         assert (await store.balances())["arthur45"] == 10
         [row] = await store.optouts()
         assert row["number"] == "+33612121515" and row["source"] == "provider:first"
+
+
+class TestBreakerBetweenChunks:
+    async def test_a_circuit_opened_by_one_chunk_spares_the_next_chunks(self, tmp_path, world):
+        """Sixteen numbers, one per call, to a provider refusing connections: once its
+        circuit opens, the group's remaining numbers are not tried one by one."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 1})
+        settings["providers"]["outbox"]["circuit"] = {"failures": 2, "cooldown": 30}
+        settings["providers"]["outbox"]["rate"] = 100_000
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock, fail_first=1000)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, ";".join(f"06121215{i:02d}" for i in range(16)), text="Same text")
+        await dispatcher.run_once(only=range(1, 17))
+        assert len(recorder.calls) == 2
+        assert Counter(await states(store)) == {"queued": 16}
+
+
+class TestUnknownSaysWhy:
+    async def test_unknown_job_says_whether_it_will_be_looked_up(self, tmp_path, world):
+        """A timeout at a provider without a lookup: the job says to check with the provider."""
+        clock, store, make, open_accounts = world
+        with FakeHttpServer(Reply(json=OK, delay=3)) as slow:
+            settings = base_settings(
+                tmp_path,
+                providers={"vonage": {"type": "vonage", "api_key": "k", "api_secret": "s", "from": "BRIDGE",
+                                      "url": slow.url, "timeout": 0.5}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["vonage"]}},
+            )
+            await open_accounts(settings)
+            dispatcher, intake = make(settings)
+            await submit(intake, "0612121515")
+            await dispatcher.run_once()
+        job = await store.job(1)
+        assert job.state.value == "unknown" and "vonage offers no lookup" in job.last_error

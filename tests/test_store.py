@@ -206,6 +206,16 @@ class TestIntakeRules:
         assert len(result.job_ids) == 2 and result.refused[0].code == 127
 
 
+class TestClaimSeesOptOuts:
+    async def test_a_number_opted_out_since_intake_is_flagged_at_claim(self, store):
+        """A STOP recorded after the commit is reported with the claimed job (not texted)."""
+        await store.commit(plan("k", numbers=("+33612121515", "+33612121516")), 1)
+        await store.optout_add("+33612121516", None, "sms", 2)
+        jobs = {j.number: j for j in await store.claim("me", 3, 10, 60)}
+        assert jobs["+33612121515"].suppressed is None
+        assert jobs["+33612121516"].suppressed == "opted out (STOP)"
+
+
 class TestJobs:
     async def test_duplicate_key_is_dropped(self, store):
         """The same idempotency key commits only once, even within one group commit."""

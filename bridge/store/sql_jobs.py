@@ -8,9 +8,11 @@ sweep already marked ``unknown``, and never one that was claimed again since.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 
+from bridge import rules
 from bridge.model import Job, JobState as S, Settlement
 from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
 
@@ -35,12 +37,18 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
         (now, *only, limit),
     ).fetchall()
     taken = transition(conn, [r["id"] for r in rows], S.CLAIMED, S.QUEUED, now)
-    if taken:
-        conn.execute(
-            f"UPDATE jobs SET lease_owner=?, lease_until=? WHERE id IN ({marks(list(taken))})",
-            (owner, lease_until, *taken),
-        )
-    return [job_of(r) for r in rows if r["id"] in taken]
+    if not taken:
+        return []
+    conn.execute(
+        f"UPDATE jobs SET lease_owner=?, lease_until=? WHERE id IN ({marks(list(taken))})",
+        (owner, lease_until, *taken),
+    )
+    # Opt-outs since intake, read here rather than with one more round trip per call.
+    numbers = sorted({r["number"] for r in rows if r["id"] in taken})
+    optouts = frozenset((n, s) for n, s in conn.execute(
+        f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)})", numbers))
+    return [dataclasses.replace(job_of(r), suppressed=rules.optout_reason(optouts, r["number"], r["sender"]))
+            for r in rows if r["id"] in taken]
 
 
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
