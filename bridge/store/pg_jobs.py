@@ -10,9 +10,12 @@ run on every instance at once: a row another sweep already moved no longer match
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import asyncpg
+
+from bridge import rules
 
 from bridge.model import IllegalTransition, Job, JobState as S, Settlement, check_transition
 from bridge.store.pg_sql import Params, log, move, queue_reply, transition
@@ -44,7 +47,8 @@ _SETS = {
 
 async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,
                 only: Sequence[int]) -> list[Job]:
-    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``): one statement.
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``): one statement,
+    which also reads the opt-outs recorded since intake (``Job.suppressed``).
 
     ``SKIP LOCKED``: jobs another instance is claiming at this moment are passed over, not
     waited for; the ``UPDATE`` re-checks the state (the CAS) on the rows it locked.
@@ -58,9 +62,12 @@ async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, le
         f"taken AS (UPDATE jobs j SET state = {p(S.CLAIMED.value)}, updated_at = {p(now)}::float8, "
         f"lease_owner = {p(owner)}, lease_until = {p(lease_until)}::float8 FROM picked "
         f"WHERE j.id = picked.id AND j.state = ANY({p(sorted(x.value for x in sources))}::text[]) RETURNING j.*) "
-        "SELECT t.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
+        "SELECT t.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to, "
+        "ARRAY(SELECT o.sender FROM optouts o WHERE o.number = t.number) AS optout_senders "
         "FROM taken t JOIN messages m ON m.id = t.message ORDER BY t.next_attempt_at, t.id", *p.args)
-    return [job_of(r) for r in rows]
+    # Opt-outs since intake come with the claim (same statement), not one more round trip per call.
+    return [dataclasses.replace(job_of(r), suppressed=rules.optout_reason(
+        frozenset((r["number"], s) for s in r["optout_senders"]), r["number"], r["sender"])) for r in rows]
 
 
 async def start_call(conn: asyncpg.Connection, owner: str, ids: Sequence[int], provider: str, ref: str,
