@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument("--language", choices=("en", "fr"), default="en")
     _add_config_verbs(verbs)
     _add_admin_verbs(verbs)
+    from bridge.store.copy import add_store_verbs
+
+    add_store_verbs(verbs)  # store migrate | store copy
     return parser
 
 
@@ -135,6 +138,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     from bridge.config import load_config
 
+    if args.verb == "store":  # `store copy` names its stores itself: no config needed
+        import asyncio
+
+        from bridge.store.copy import run_store_verb
+
+        return asyncio.run(run_store_verb(args, lambda: load_config(_config_path(args.config))))
     config = load_config(_config_path(args.config))
     if args.verb == "check-config":
         return _check_config(config)

@@ -349,8 +349,8 @@ class Config:
     timezone: ZoneInfo = setting(ZoneInfo("Europe/Paris"), "time zone of date= and quiet hours",
                                  Kind("IANA time zone", _timezone))
     region: str = setting("FR", "country of national numbers (0612...)", Kind("ISO country code", _region))
-    store: str = setting("sqlite://mail2sms.db", "sqlite://PATH (relative: to the config's folder)",
-                         Kind("sqlite://PATH", lambda v: _store(TEXT(v))))
+    store: str = setting("sqlite://mail2sms.db", "sqlite://PATH (relative: to the config's folder), or postgresql://...",
+                         Kind("sqlite://PATH or postgresql://...", lambda v: _store(TEXT(v))))
     max_recipients: int = setting(500, "numbers per mail (status 120 beyond)", integer(1))
     smtp: SmtpConfig = setting(SmtpConfig(), "the SMTP listener", SECTION)
     replies: RepliesConfig = setting(RepliesConfig(), "status mails", SECTION)
@@ -382,8 +382,8 @@ class Config:
 
 
 def _store(text: str) -> str:
-    if not text.startswith("sqlite://"):
-        raise ValueError("must be sqlite://PATH (postgresql:// is not supported yet)")
+    if not text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ValueError("must be sqlite://PATH or postgresql://USER@HOST/DATABASE")
     return text
 
 

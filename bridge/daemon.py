@@ -32,7 +32,8 @@ from bridge.providers.registry import build_provider
 from bridge.recovery import Recovery
 from bridge.replies import ReplySender
 from bridge.smtp import start_smtp
-from bridge.store import Store, open_store
+from bridge.store import Store, is_postgres, open_store
+from bridge.store.outage import riding_out
 from bridge.supervise import Supervisor
 from bridge.web import HttpListener
 
@@ -84,10 +85,13 @@ class Bridge:
         replies = ReplySender(config.replies, self.store, self.clock, metrics=self.metrics)
         run = self.supervisor
         settings = config.dispatcher
-        run.start("dispatcher", lambda: dispatcher.run(self.stopping))
-        run.every("sweep", settings.sweep_interval, recovery.sweep)
-        run.every("reconciler", settings.reconcile_interval, recovery.reconcile)
-        run.every("replies", 1.0, replies.send_due)
+        # A shared server comes back after an outage: its loops wait for it (store.outage).
+        patient = riding_out(self.store, self.stopping) if is_postgres(config.store) else (lambda loop: loop)
+        run.start("dispatcher", patient(lambda: dispatcher.run(self.stopping)))
+        run.every("sweep", settings.sweep_interval, patient(recovery.sweep))
+        run.every("reconciler", settings.reconcile_interval, patient(recovery.reconcile))
+        run.every("replies", 1.0, patient(replies.send_due))
+        run.start("store_listen", lambda: self.store.listen(dispatcher.wake, self.stopping))  # other instances' jobs
         for name, mailbox in config.imap.items():
             poller = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)
             run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))

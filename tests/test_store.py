@@ -1,16 +1,27 @@
-"""The store: durability, group commit, exact credits, and the job state machine on disk."""
+"""The store: durability, exact credits, and the job state machine on disk.
+
+One suite for both backends: every test taking ``store`` or ``backend`` runs against
+SQLite and against PostgreSQL (a fresh schema of the local server; see ``tests/pg.py``).
+The few tests of SQLite's own machinery (WAL, group commit) use ``sqlite_store``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
 import pytest
 
 from bridge.errors import StoreError
 from bridge.model import IllegalTransition, JobState, Limits, NewJob, NewReply, Plan, Settlement
-from bridge.store import SqliteStore
+from bridge.store import SqliteStore, Store, open_url
+from bridge.store.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION
+from pg import fresh_schema
 
 S = JobState
 
@@ -27,8 +38,54 @@ def plan(key: str | None, numbers=("+33612121515",), cost: int = 1, login: str =
     )
 
 
+@dataclass
+class Backend:
+    """One backend under test: its store URL, and raw SQL on its database for setting up cases."""
+
+    name: str
+    url: str
+    sql: Callable[[str], Awaitable[list[Any]]]
+    schema_version: int
+
+    async def open(self) -> Store:
+        """Open (creating or migrating) the store at ``url``."""
+        return await open_url(self.url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request, tmp_path) -> AsyncIterator[Backend]:
+    """The SQLite file or PostgreSQL schema of this test."""
+    if request.param == "sqlite":
+        path = tmp_path / "s.db"
+
+        async def sqlite_sql(statement: str) -> list[Any]:
+            with sqlite3.connect(path) as conn:
+                return conn.execute(statement).fetchall()
+
+        yield Backend("sqlite", f"sqlite://{path}", sqlite_sql, SCHEMA_VERSION)
+        return
+    async with fresh_schema() as url:
+
+        async def pg_sql(statement: str) -> list[Any]:
+            conn = await asyncpg.connect(url)
+            try:
+                return [tuple(r) for r in await conn.fetch(statement)]
+            finally:
+                await conn.close()
+
+        yield Backend("postgresql", url, pg_sql, PG_SCHEMA_VERSION)
+
+
 @pytest.fixture
-async def store(tmp_path):
+async def store(backend):
+    store = await backend.open()
+    await store.open_accounts({"a": 10}, now=0)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
     store = await SqliteStore.open(tmp_path / "s.db")
     await store.open_accounts({"a": 10}, now=0)
     yield store
@@ -41,36 +98,37 @@ async def one_job(store, cost: int = 1, owner: str = "me", now: float = 2, lease
     return job
 
 
-class TestDurability:
-    async def test_wal_and_full_sync(self, store):
-        """The store runs in WAL mode with synchronous=FULL (fsync before acknowledging)."""
-        conn = store._writer.conn
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-
-    async def test_schema_is_versioned(self, tmp_path, store):
+class TestSchema:
+    async def test_schema_is_versioned(self, backend, store):
         """A new store records its schema version; reopening keeps the data."""
         await store.commit(plan("k1"), now=1)
         await store.close()
-        reopened = await SqliteStore.open(tmp_path / "s.db")
+        reopened = await backend.open()
         try:
             assert len(await reopened.jobs()) == 1
-            version = sqlite3.connect(tmp_path / "s.db").execute("SELECT value FROM meta").fetchone()[0]
-            assert int(version) == SCHEMA_VERSION
+            [(version,)] = await backend.sql("SELECT value FROM meta WHERE key='schema'")
+            assert int(version) == backend.schema_version
         finally:
             await reopened.close()
 
-    async def test_newer_schema_is_refused(self, tmp_path):
+    async def test_newer_schema_is_refused(self, backend, store):
         """A store written by a newer bridge is not touched."""
-        store = await SqliteStore.open(tmp_path / "n.db")
         await store.close()
-        with sqlite3.connect(tmp_path / "n.db") as conn:
-            conn.execute("UPDATE meta SET value='99' WHERE key='schema'")
+        await backend.sql("UPDATE meta SET value='99' WHERE key='schema'")
         with pytest.raises(StoreError, match="newer"):
-            await SqliteStore.open(tmp_path / "n.db")
+            await backend.open()
 
-    async def test_failed_write_does_not_sink_its_group(self, store):
+
+class TestSqliteDurability:
+    async def test_wal_and_full_sync(self, sqlite_store):
+        """The store runs in WAL mode with synchronous=FULL (fsync before acknowledging)."""
+        conn = sqlite_store._writer.conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    async def test_failed_write_does_not_sink_its_group(self, sqlite_store):
         """One write raising inside a group commit leaves the others committed."""
+        store = sqlite_store
 
         def broken(conn):
             conn.execute("INSERT INTO nowhere VALUES (1)")
@@ -82,9 +140,10 @@ class TestDurability:
         assert isinstance(results[1], StoreError)
         assert len(await store.jobs()) == 2
 
-    async def test_broken_connection_fails_its_batch_and_the_store_goes_on(self, store):
+    async def test_broken_connection_fails_its_batch_and_the_store_goes_on(self, sqlite_store):
         """A write that breaks the connection (so even ROLLBACK fails): every caller of that
         batch gets an error instead of waiting forever, and the next write succeeds."""
+        store = sqlite_store
 
         def breaks(conn):
             conn.close()
@@ -355,7 +414,7 @@ class TestBackscatterCaps:
 
 class TestMigrationAndKeys:
     async def test_v2_store_is_migrated(self, tmp_path):
-        """A version-2 store: dedup keys kept, 'sending' jobs become unknown, keys hidden."""
+        """(SQLite) A version-2 store: dedup keys kept, 'sending' jobs become unknown, keys hidden."""
         path = tmp_path / "old.db"
         with sqlite3.connect(path) as conn:
             for version in (1, 2):
@@ -390,3 +449,21 @@ class TestMigrationAndKeys:
         assert await store.mailbox_state("INBOX") == (10, 5)
         await store.set_mailbox_state("INBOX", 11, 1)
         assert await store.mailbox_state("INBOX") == (11, 1)
+
+
+class TestInstances:
+    async def test_a_lone_instance_gets_its_mailbox(self, store):
+        """One bridge asking for a mailbox gets it, and can ask again once it let go."""
+        async with store.mailbox_lock("work:INBOX") as lock:
+            assert lock
+        async with store.mailbox_lock("work:INBOX") as lock:
+            assert lock and not lock.lost.is_set()
+
+    async def test_listen_ends_when_asked(self, store):
+        """The wake-up listener runs until the bridge stops, then returns."""
+        stop = asyncio.Event()
+        listener = asyncio.create_task(store.listen(lambda: None, stop))
+        await asyncio.sleep(0.1)
+        assert not listener.done()
+        stop.set()
+        await asyncio.wait_for(listener, 15)

@@ -1,16 +1,34 @@
 """What the daemon needs from a store: the ``Store`` protocol every backend implements.
 
-One SQLite backend today (``bridge.store.sqlite``); a PostgreSQL one can follow for
-several bridges sharing one queue. Every job state change is a compare-and-set inside
-the backend (see ``bridge.model`` for the table); nothing outside a backend writes SQL.
+Two backends: SQLite (``bridge.store.sqlite``, one bridge) and PostgreSQL
+(``bridge.store.postgres``, several bridges sharing one queue). Every job state change is
+a compare-and-set inside the backend (see ``bridge.model`` for the table); nothing outside
+a backend writes SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, Settlement
+
+
+class MailboxLock:
+    """Whether this instance may poll a mailbox: truthy while granted and not lost.
+
+    ``lost`` is set when a granted lock goes away (PostgreSQL: the connection holding it
+    broke, so another instance may take the mailbox over); the poller should stop then.
+    """
+
+    def __init__(self, held: bool) -> None:
+        self.held = held
+        self.lost = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.held and not self.lost.is_set()
 
 
 class Store(Protocol):
@@ -137,3 +155,10 @@ class Store(Protocol):
 
     async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Suppressions (of ``numbers``)."""
+
+    # several instances
+    async def listen(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
+        """Call ``on_wake`` whenever any instance commits jobs, until ``stop`` is set."""
+
+    def mailbox_lock(self, name: str) -> AbstractAsyncContextManager[MailboxLock]:
+        """Hold the right to poll mailbox ``name`` for the duration of the block (if granted)."""

@@ -13,15 +13,17 @@ Tables: ``messages`` (one per mail, by idempotency key, with ``message_keys``), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
 from bridge.store import sql_history, sql_intake, sql_jobs
+from bridge.store.protocol import MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
 from bridge.store.writer import Writer
@@ -349,3 +351,14 @@ class SqliteStore:
             ).fetchall()
         )
         return [dict(r) for r in rows]
+
+    # --- several instances (one SQLite file has one bridge) ----------------------------
+
+    async def listen(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:
+        """Nothing to listen to: intake wakes the one dispatcher itself. Waits for ``stop``."""
+        await stop.wait()
+
+    @contextlib.asynccontextmanager
+    async def mailbox_lock(self, name: str) -> AsyncIterator[MailboxLock]:
+        """Always granted: one SQLite file serves one bridge."""
+        yield MailboxLock(True)
