@@ -57,6 +57,7 @@ _UID = re.compile(rb"\bUID (\d+)", re.I)
 _DELIMITER = re.compile(rb'\([^)]*\) (?:"((?:\\.|[^"\\])*)"|NIL)', re.I)
 _RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<([^<>\r\n]*)>", re.I | re.M)
 _SETTING = -1.0   # _call's timeout: use the mailbox's ``timeout`` setting
+STANDBY_RETRY = 5.0  # seconds between tries for a mailbox another bridge polls
 
 
 class ImapError(Exception):
@@ -97,6 +98,7 @@ class MailboxPoller:
         self._uidvalidity = 0
         self._last_uid = 0
         self._folders: dict[str, str] = {}
+        self._lock_lost = asyncio.Event()     # set if the mailbox lock goes away mid-session
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -105,7 +107,15 @@ class MailboxPoller:
         while not stop.is_set():
             delay = 0.0
             try:
-                await self._session(stop)           # ends only by raising
+                # One bridge polls a mailbox at a time (PostgreSQL: an advisory lock; another
+                # instance takes over within STANDBY_RETRY seconds of this one's death).
+                async with self.store.mailbox_lock(self.state_name) as lock:
+                    if not lock:
+                        self.log.info("imap_standby", retry_in=STANDBY_RETRY)
+                        delay = STANDBY_RETRY
+                    else:
+                        self._lock_lost = lock.lost
+                        await self._session(stop)   # ends only by raising
             except _Stopped:
                 break
             except StoreError as exc:           # the message stays in the mailbox
@@ -159,7 +169,8 @@ class MailboxPoller:
             imap = aioimaplib.IMAP4(s.host, s.port, timeout=s.timeout)
         imap.protocol.conn_lost_cb = lambda exc: lost.set()
         self._imap = imap
-        self._watch = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._lost.wait())]
+        self._watch = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._lost.wait()),
+                       asyncio.ensure_future(_forward(self._lock_lost, lost))]  # lock gone: stop too
         await self._call(imap.wait_hello_from_server(), "greeting")
         if s.tls == "starttls":
             await self._starttls(imap, context)
@@ -274,7 +285,7 @@ class MailboxPoller:
         """
         limit = self.settings.timeout if timeout == _SETTING else timeout
         task = asyncio.ensure_future(awaitable)
-        stop_waiter, lost_waiter = self._watch
+        stop_waiter, lost_waiter = self._watch[:2]
         waiters = {task, lost_waiter} | ({stop_waiter} if interruptible else set())
         try:
             done, _ = await asyncio.wait(waiters, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
@@ -292,7 +303,7 @@ class MailboxPoller:
 
     async def _pause(self, seconds: float) -> bool:
         """Wait between polls (no IDLE); end early if the link drops or the bridge stops."""
-        stop_waiter, lost_waiter = self._watch
+        stop_waiter, lost_waiter = self._watch[:2]
         await asyncio.wait({stop_waiter, lost_waiter}, timeout=seconds)
         if stop_waiter.done():
             raise _Stopped
@@ -423,6 +434,12 @@ class MailboxPoller:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    """Set ``target`` once ``source`` is set."""
+    await source.wait()
+    target.set()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -8,6 +8,7 @@ into the Maildir for big backlogs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg import pg_url  # noqa: F401 - fixture
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send, wait_until
 from dovecot import MailUser, dovecot, dovecot_server, dovecot_tls, dovecot_tls_server  # noqa: F401 - fixtures
 from structlog.testing import capture_logs
@@ -433,3 +435,28 @@ class TestHelpers:
         assert _return_path(b"Return-Path: <zabbix@example.org>\r\nSubject: x\r\n\r\nbody") == "zabbix@example.org"
         assert _return_path(b"Return-Path: <>\r\n\r\n") == ""  # a bounce: no reply
         assert _return_path(b"Subject: x\r\n\r\nReturn-Path: <late@example.org>\r\n") is None
+
+
+class TestTwoBridgesOnePostgres:
+    async def test_one_bridge_polls_the_mailbox_the_other_takes_over(self, tmp_path, sink, dovecot, pg_url,
+                                                                    run_bridge):
+        """Two bridges on one PostgreSQL and one mailbox: one polls, the other stands by; each
+        mail is sent once; when the polling one stops, the other takes the mailbox over."""
+        _, relay_port = sink
+        config = config_for(tmp_path, relay_port, dovecot)
+        config = dataclasses.replace(config, store=pg_url)
+        with capture_logs() as logs:
+            first = await run_bridge(config)
+            await wait_until(lambda: any(e["event"] == "imap_connected" for e in logs), what="a poller")
+            second = await run_bridge(config)
+            await wait_until(lambda: any(e["event"] == "imap_standby" for e in logs), what="a standby")
+            for i in range(3):
+                dovecot.append(alert(i))
+            await wait_until(lambda: len(outbox(tmp_path)) == 3, what="3 SMS")
+            assert [e["event"] for e in logs].count("imap_connected") == 1
+            await first.stop()
+            dovecot.append(alert(3))
+            await wait_until(lambda: len(outbox(tmp_path)) == 4, timeout=20, what="the takeover's SMS")
+        assert sorted(line["text"] for line in outbox(tmp_path)) == sorted({line["text"] for line in outbox(tmp_path)})
+        assert await wait_folder(dovecot, PROCESSED, 4) == [f"<alert-{i}@example.org>" for i in range(4)]
+        await second.stop()
