@@ -86,17 +86,6 @@ async def _queue(config: Config, store, args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"job {args.job} is not failed or unknown (or does not exist)")
         return EXIT_RUNTIME
-    if args.action == "prune":
-        from bridge.settings import parse_duration
-
-        try:
-            age = parse_duration(args.older_than)
-        except ValueError as exc:
-            print(f"--older-than: {exc}")
-            return EXIT_USAGE
-        counts = await store.prune(time.time() - age)
-        print(", ".join(f"{n} {what} deleted" for what, n in counts.items()))
-        return EXIT_OK
     if args.action == "cancel":
         if await store.cancel(args.job, time.time()):
             print(f"job {args.job} cancelled, its credit refunded")
@@ -123,7 +112,13 @@ def _when(config: Config, epoch: float | None) -> str:
 
 
 async def _replies(config: Config, store, args: argparse.Namespace) -> int:
-    """The status mails, oldest first; queued ones wait for the relay."""
+    """The status mails, oldest first; queued ones wait for the relay. ``retry``: again."""
+    if args.action == "retry":
+        if await store.retry_reply(args.reply, time.time()):
+            print(f"status mail {args.reply} queued again")
+            return EXIT_OK
+        print(f"status mail {args.reply} has not failed (or does not exist)")
+        return EXIT_RUNTIME
     rows = await store.replies(args.state)
     print(f"{'reply':>7} {'state':<7} {'status':>6} {'attempts':>8}  {'to':<32} last error")
     for row in rows:

@@ -78,13 +78,12 @@ def _add_admin_verbs(verbs: argparse._SubParsersAction) -> None:
     retry.add_argument("job", type=int)
     cancel = queue_verbs.add_parser("cancel", help="do not send a queued job; refund its credit")
     cancel.add_argument("job", type=int)
-    prune = queue_verbs.add_parser("prune", help="delete finished jobs, sent status mails and their mails")
-    prune.add_argument("--older-than", required=True, metavar="DURATION",
-                       help="e.g. 90d: what finished longer ago than this (the ledger is kept)")
     replies = verbs.add_parser("replies", help="the status mails to senders")
     replies_verbs = replies.add_subparsers(dest="action", required=True, metavar="ACTION")
     replies_list = replies_verbs.add_parser("list", help="status mails, oldest first")
     replies_list.add_argument("--state", choices=REPLY_STATES, help="only those in this state")
+    replies_retry = replies_verbs.add_parser("retry", help="send a failed status mail again")
+    replies_retry.add_argument("reply", type=int)
     optout = verbs.add_parser("optout", help="the opt-out (STOP) list")
     optout_verbs = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (("add", "suppress a number"), ("remove", "lift a suppression")):

@@ -1,4 +1,4 @@
-"""The operator's queue verbs, run as a user would: list by state, cancel, retry, prune."""
+"""The operator's queue and store verbs, run as a user would: list by state, cancel, prune."""
 
 from __future__ import annotations
 
@@ -66,11 +66,11 @@ def test_unknown_state_is_a_usage_error(config):
 
 
 def test_prune_keeps_queued_jobs(config):
-    """`queue prune --older-than 0s` deletes the cancelled job, not the queued one."""
+    """`store prune --older-than 0s` deletes the cancelled job, not the queued one."""
     mail2sms(config, "queue", "cancel", "1")
-    result = mail2sms(config, "queue", "prune", "--older-than", "0s")
+    result = mail2sms(config, "store", "prune", "--older-than", "0s")
     assert result.returncode == 0 and "1 jobs deleted" in result.stdout, result.stderr
     listing = mail2sms(config, "queue", "list")
     assert "+33612121516" in listing.stdout and "+33612121515" not in listing.stdout
-    bad = mail2sms(config, "queue", "prune", "--older-than", "soon")
+    bad = mail2sms(config, "store", "prune", "--older-than", "soon")
     assert bad.returncode == 2

@@ -386,6 +386,17 @@ class TestReplies:
         assert ids[2] is None and len(await store.replies()) == 2
 
 
+class TestReplyRetry:
+    async def test_only_a_failed_reply_can_be_retried(self, store):
+        """`replies retry` queues a failed status mail again; a sent one stays sent."""
+        first = await store.queue_reply(NewReply("a@example.org", 109, b"x"), now=1)
+        second = await store.queue_reply(NewReply("b@example.org", 109, b"x"), now=1)
+        await store.finish_reply(first, "failed", "550 no such user", 2, 2)
+        await store.finish_reply(second, "sent", None, 2, 2)
+        assert await store.retry_reply(first, 3) and not await store.retry_reply(second, 3)
+        assert [r.id for r in await store.claim_replies(3, 10)] == [first]
+
+
 class TestBackscatterCaps:
     async def test_plus_tags_share_one_mailbox_cap(self, store):
         """300 replies to target+N@victim.org: the mailbox cap (20/hour) holds for all of them."""

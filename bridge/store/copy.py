@@ -14,6 +14,8 @@ The copy runs in one transaction on the destination: it lands whole or not at al
 
 from __future__ import annotations
 
+from bridge.errors import ConfigError
+
 import argparse
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -45,17 +47,20 @@ BATCH = 2000
 
 def add_store_verbs(verbs: argparse._SubParsersAction) -> None:
     """The ``store`` verb and its actions, for ``cli.py``."""
-    store = verbs.add_parser("store", help="the store itself: migrate it, copy it to another")
+    store = verbs.add_parser("store", help="the store itself: migrate it, copy it to another, prune it")
     actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     migrate = actions.add_parser("migrate", help="bring the store's schema up to this version, then exit")
     migrate.add_argument("--url", help="the store to migrate (default: the config's store)")
     copy = actions.add_parser("copy", help="copy everything from one store to another, empty one")
     copy.add_argument("--from", dest="source", required=True, help="sqlite:///PATH or postgresql://...")
     copy.add_argument("--to", dest="target", required=True, help="sqlite:///PATH or postgresql://...")
+    prune = actions.add_parser("prune", help="delete finished jobs, sent status mails and their mails")
+    prune.add_argument("--older-than", required=True, metavar="DURATION",
+                       help="e.g. 90d: what finished longer ago than this (the ledger is kept)")
 
 
 async def run_store_verb(args: argparse.Namespace, load_config: Callable[[], Any]) -> int:
-    """Run ``store migrate`` or ``store copy``; print what was done; 0 (errors raise)."""
+    """Run ``store migrate``, ``copy`` or ``prune``; print what was done; 0 (errors raise)."""
     if args.action == "migrate":
         if args.url:
             store = await open_url(args.url)
@@ -65,6 +70,23 @@ async def run_store_verb(args: argparse.Namespace, load_config: Callable[[], Any
             store = await open_store(load_config())
         await store.close()
         print("store: schema up to date")
+        return 0
+    if args.action == "prune":
+        import time
+
+        from bridge.settings import parse_duration
+        from bridge.store import open_store
+
+        try:
+            age = parse_duration(args.older_than)
+        except ValueError as exc:
+            raise ConfigError("--older-than", str(exc)) from None
+        store = await open_store(load_config())
+        try:
+            counts = await store.prune(time.time() - age)
+        finally:
+            await store.close()
+        print(", ".join(f"{n} {what} deleted" for what, n in counts.items()))
         return 0
     counts = await copy_store(args.source, args.target)
     print("copied: " + ", ".join(f"{n} {table}" for table, n in counts.items()))

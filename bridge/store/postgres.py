@@ -294,6 +294,13 @@ class PostgresStore:
         return [Reply(r["id"], r["to_addr"], r["code"], bytes(r["message"]), r["attempts"], r["created_at"])
                 for r in rows]
 
+    async def retry_reply(self, reply_id: int, now: float) -> bool:
+        """Operator: a ``failed`` status mail goes back to the queue; False if it had not failed."""
+        status = await self.write(lambda c: c.execute(
+            "UPDATE replies SET state='queued', next_attempt_at=$1, created_at=$1 WHERE id=$2 AND state='failed'",
+            float(now), reply_id), single=True)
+        return status.endswith(" 1")
+
     async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
         """Record a reply's outcome: ``sent``, ``failed``, or ``queued`` again at ``when``."""
         await self.write(lambda c: c.execute(

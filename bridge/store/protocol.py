@@ -131,6 +131,9 @@ class Store(Protocol):
     async def claim_replies(self, now: float, limit: int) -> list[Reply]:
         """Due replies."""
 
+    async def retry_reply(self, reply_id: int, now: float) -> bool:
+        """Operator: a failed status mail back to the queue."""
+
     async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
         """A reply's outcome."""
 

@@ -275,6 +275,12 @@ class SqliteStore:
             for r in rows
         ]
 
+    async def retry_reply(self, reply_id: int, now: float) -> bool:
+        """Operator: a ``failed`` status mail goes back to the queue; False if it had not failed."""
+        return await self.write(lambda c: c.execute(
+            "UPDATE replies SET state='queued', next_attempt_at=?, created_at=? WHERE id=? AND state='failed'",
+            (now, now, reply_id)).rowcount == 1)
+
     async def finish_reply(self, reply_id: int, state: str, error: str | None, when: float, now: float) -> None:
         """Record a reply's outcome: ``sent``, ``failed``, or ``queued`` again at ``when``."""
         await self.write(
