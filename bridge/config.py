@@ -183,6 +183,7 @@ class RepliesConfig:
     enabled: bool = setting(True, "false: never mail a status", BOOL)
     rate_per_hour: int = setting(20, "status mails per recipient mailbox (+tags folded) per hour", integer(1))
     rate_per_domain_per_hour: int = setting(60, "status mails per recipient domain per hour", integer(1))
+    rate_total_per_hour: int = setting(1000, "status mails per hour in all", integer(1))
     timeout: float = setting(30.0, "longest wait for the relay", DURATION)
     starttls: bool = setting(False, "use STARTTLS with the relay", BOOL)
     username: str | None = setting(None, "relay login", TEXT)

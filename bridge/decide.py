@@ -194,6 +194,7 @@ def _recipe(verdict: Verdict, to: str | None, config: Config) -> StatusRecipe:
         received=tuple(received),
         max_per_hour=config.replies.rate_per_hour,
         max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
+        max_total_per_hour=config.replies.rate_total_per_hour,
         receipts=bool(account and account.receipts),
     )
 

@@ -113,6 +113,7 @@ class NewReply:
     message: bytes                             # the whole RFC 5322 message
     max_per_hour: int = 0                      # drop it past this many to ``to``'s mailbox (0: no cap)
     max_per_domain_per_hour: int = 0           # ... or to ``to``'s domain (0: no cap)
+    max_total_per_hour: int = 0                # ... or past this many to anyone (0: no cap)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class StatusRecipe:
     received: tuple[tuple[str, str], ...]      # (label, value) lines echoed in the body
     max_per_hour: int
     max_per_domain_per_hour: int
+    max_total_per_hour: int
     receipts: bool                             # also mail 100/101
 
 

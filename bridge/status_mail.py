@@ -83,6 +83,7 @@ def compose_status(
     received: Sequence[tuple[str, str]] = (),
     max_per_hour: int = 0,
     max_per_domain_per_hour: int = 0,
+    max_total_per_hour: int = 0,
 ) -> NewReply:
     """The status mail for ``code``: ``Status:``/``StatusText:`` lines, then what was received.
 
@@ -115,7 +116,7 @@ def compose_status(
         message["References"] = " ".join(dict.fromkeys([*chain, parent]))
     message.set_content("\n".join(lines) + "\n", charset="utf-8")
     return NewReply(to=to, code=code, message=bytes(message), max_per_hour=max_per_hour,
-                    max_per_domain_per_hour=max_per_domain_per_hour)
+                    max_per_domain_per_hour=max_per_domain_per_hour, max_total_per_hour=max_total_per_hour)
 
 
 def _msgid(value: str | None) -> str | None:
@@ -147,6 +148,7 @@ def for_request(
         received=recipe.received,
         max_per_hour=recipe.max_per_hour,
         max_per_domain_per_hour=recipe.max_per_domain_per_hour,
+        max_total_per_hour=recipe.max_total_per_hour,
     )
 
 
@@ -177,4 +179,5 @@ def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:
         received=[("Number" if language == "en" else "Numéro", job.number)],
         max_per_hour=config.replies.rate_per_hour,
         max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
+        max_total_per_hour=config.replies.rate_total_per_hour,
     )

@@ -389,3 +389,17 @@ class TestSupervision:
         bridge.intake.config = None  # intake now fails on every mail
         code, text = await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515"))
         assert code == 451 and "error id" in text and "AttributeError" not in text
+
+
+async def test_forged_reply_tos_to_one_domain_get_at_most_the_domain_cap(tmp_path, sink, start_bridge):
+    """A flood of refused mails whose Reply-To names many mailboxes of one domain (+tags,
+    case) sends that domain at most its hourly cap of status mails."""
+    handler, relay_port = sink
+    settings = base_settings(tmp_path, relay_port, replies={"rate_per_hour": 20, "rate_per_domain_per_hour": 5})
+    bridge = await start_bridge(make_config(tmp_path, settings))
+    for i in range(40):
+        mailbox = f"Target+{i}" if i % 2 else f"user{i}"
+        raw = compose("   ", "x", headers={"Reply-To": f"{mailbox}@Victim.example"})  # 105
+        assert (await smtp_send(bridge.smtp_port, raw))[0] == 250
+    replies = await bridge.store.replies()
+    assert len(replies) == 5 and all(r["to_addr"].endswith("@victim.example") for r in replies)

@@ -414,6 +414,12 @@ class TestBackscatterCaps:
         addresses = [r["to_addr"] for r in await store.replies()]
         assert len(addresses) == 61 and addresses[-1] == "ops@elsewhere.org"
 
+    async def test_a_global_cap_holds_for_every_address(self, store):
+        """Past the hourly total, no status mail is queued, whoever it is for."""
+        for i in range(10):
+            await store.queue_reply(NewReply(f"u@d{i}.org", 109, b"x", max_total_per_hour=4), now=1)
+        assert len(await store.replies()) == 4
+
     async def test_the_cap_is_per_hour(self, store):
         """An hour later the mailbox may get replies again."""
         for now in (0, 1, 2):

@@ -110,6 +110,7 @@ ALTER TABLE replies ADD COLUMN cap_mailbox TEXT, ADD COLUMN cap_domain TEXT;
 UPDATE replies SET cap_mailbox = to_addr;
 CREATE INDEX replies_mailbox ON replies (cap_mailbox, created_at);
 CREATE INDEX replies_domain ON replies (cap_domain, created_at);
+CREATE INDEX replies_created ON replies (created_at);
 CREATE INDEX jobs_provider_message ON jobs (provider_message_id) WHERE provider_message_id IS NOT NULL
 """
 

@@ -111,7 +111,7 @@ async def xact_lock(conn: asyncpg.Connection, *name: str) -> None:
 
 
 async def queue_reply(conn: asyncpg.Connection, reply: NewReply, now: float) -> int | None:
-    """Queue ``reply`` unless its mailbox or its domain had their hourly share of replies.
+    """Queue ``reply`` unless its mailbox, its domain, or all of them had their hourly share.
 
     The mailbox folds ``+tags`` (``status_mail.reply_cap_keys``). Each count and the insert
     run under an advisory lock on the key, so mails to two accounts (or on two instances)
@@ -120,11 +120,15 @@ async def queue_reply(conn: asyncpg.Connection, reply: NewReply, now: float) -> 
     keys = reply_cap_keys(reply.to)
     mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
     for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
-                             ("cap_domain", domain, reply.max_per_domain_per_hour)):
+                             ("cap_domain", domain, reply.max_per_domain_per_hour),
+                             ("cap_total", "", reply.max_total_per_hour)):
         if cap and key is not None:
-            await xact_lock(conn, "mail2sms:reply", key)
-            recent = await conn.fetchval(
-                f"SELECT COUNT(*) FROM replies WHERE {column}=$1 AND created_at>=$2", key, now - 3600)
+            await xact_lock(conn, "mail2sms:reply", key or "*")
+            if key:
+                recent = await conn.fetchval(
+                    f"SELECT COUNT(*) FROM replies WHERE {column}=$1 AND created_at>=$2", key, now - 3600)
+            else:
+                recent = await conn.fetchval("SELECT COUNT(*) FROM replies WHERE created_at>=$1", now - 3600)
             if recent >= cap:
                 log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
                 return None

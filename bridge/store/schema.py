@@ -104,6 +104,7 @@ ALTER TABLE replies ADD COLUMN cap_domain TEXT;
 UPDATE replies SET cap_mailbox=to_addr;
 CREATE INDEX replies_mailbox ON replies(cap_mailbox, created_at);
 CREATE INDEX replies_domain ON replies(cap_domain, created_at);
+CREATE INDEX replies_created ON replies(created_at);
 CREATE INDEX jobs_message ON jobs(message);
 CREATE INDEX jobs_leased ON jobs(state, lease_until)
 """

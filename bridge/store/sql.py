@@ -108,7 +108,7 @@ def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: in
 
 
 def queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | None:
-    """Queue ``reply`` unless its mailbox or its domain had their hourly share of replies.
+    """Queue ``reply`` unless its mailbox, its domain, or all of them had their hourly share.
 
     The mailbox folds ``+tags`` (``reply_cap_keys``), so ``target+1@``, ``target+2@`` ...
     share one count. Counted inside the transaction, so concurrent mails cannot overshoot.
@@ -116,10 +116,12 @@ def queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | 
     keys = reply_cap_keys(reply.to)
     mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
     for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
-                             ("cap_domain", domain, reply.max_per_domain_per_hour)):
+                             ("cap_domain", domain, reply.max_per_domain_per_hour),
+                             ("cap_total", "", reply.max_total_per_hour)):
         if cap and key is not None:
+            where, args = (f"{column}=? AND ", (key,)) if key else ("", ())
             (recent,) = conn.execute(
-                f"SELECT COUNT(*) FROM replies WHERE {column}=? AND created_at>=?", (key, now - 3600)
+                f"SELECT COUNT(*) FROM replies WHERE {where}created_at>=?", (*args, now - 3600)
             ).fetchone()
             if recent >= cap:
                 log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
