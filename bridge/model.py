@@ -56,6 +56,19 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.CANCELLED: frozenset(),
 }
 
+#: The states from which each outcome of a provider call may be written: a late answer
+#: still settles a job the sweep marked ``unknown``; a retry or the next provider only
+#: follows a call still on record.
+CALL_OUTCOME_SOURCES: dict[JobState, frozenset[JobState]] = {
+    S.SENT: frozenset({S.CALLING, S.UNKNOWN}),
+    S.FAILED: frozenset({S.CALLING, S.UNKNOWN}),
+    S.DELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.UNDELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
+    S.CLAIMED: frozenset({S.CALLING}),
+    S.QUEUED: frozenset({S.CALLING}),
+    S.UNKNOWN: frozenset({S.CALLING}),
+}
+
 #: States a job never leaves by itself (only an operator's command moves them).
 TERMINAL = frozenset({S.SENT, S.DELIVERED, S.UNDELIVERED, S.FAILED, S.CANCELLED})
 #: States in which the dispatcher holds the job under a lease.

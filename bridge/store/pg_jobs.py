@@ -17,20 +17,10 @@ import asyncpg
 
 from bridge import rules
 
-from bridge.model import IllegalTransition, Job, JobState as S, Settlement, check_transition
+from bridge.model import CALL_OUTCOME_SOURCES, IllegalTransition, Job, JobState as S, Settlement, check_transition
 from bridge.store.pg_sql import Params, log, move, queue_reply, transition
 from bridge.store.sql import job_of
 
-#: From which states each outcome of a call may be written.
-_CALL_SOURCES = {
-    S.SENT: frozenset({S.CALLING, S.UNKNOWN}),
-    S.FAILED: frozenset({S.CALLING, S.UNKNOWN}),
-    S.DELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
-    S.UNDELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
-    S.CLAIMED: frozenset({S.CALLING}),
-    S.QUEUED: frozenset({S.CALLING}),
-    S.UNKNOWN: frozenset({S.CALLING}),
-}
 
 _FREE = ", lease_owner=NULL, lease_until=NULL"
 #: The columns that go with each new state, from the settlement table ``u``.
@@ -83,7 +73,7 @@ async def start_call(conn: asyncpg.Connection, owner: str, ids: Sequence[int], p
 async def settle_call(conn: asyncpg.Connection, ref: str, items: Sequence[Settlement], now: float,
                       lease_until: float) -> list[int]:
     """Write the outcome of the call ``ref`` for each of its jobs; return the ids refused."""
-    return await _settle(conn, items, now, lease_until, lambda state: _CALL_SOURCES[state], "client_ref", ref)
+    return await _settle(conn, items, now, lease_until, lambda state: CALL_OUTCOME_SOURCES[state], "client_ref", ref)
 
 
 async def settle_claimed(conn: asyncpg.Connection, owner: str, items: Sequence[Settlement], now: float) -> list[int]:

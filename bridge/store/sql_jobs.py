@@ -13,19 +13,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge import rules
-from bridge.model import Job, JobState as S, Settlement
+from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
 from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
 
-#: From which states each outcome of a call may be written.
-_CALL_SOURCES = {
-    S.SENT: frozenset({S.CALLING, S.UNKNOWN}),
-    S.FAILED: frozenset({S.CALLING, S.UNKNOWN}),
-    S.DELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
-    S.UNDELIVERED: frozenset({S.CALLING, S.UNKNOWN, S.SENT}),
-    S.CLAIMED: frozenset({S.CALLING}),
-    S.QUEUED: frozenset({S.CALLING}),
-    S.UNKNOWN: frozenset({S.CALLING}),
-}
 
 
 def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
@@ -71,7 +61,7 @@ def settle_call(conn, ref: str, items: Sequence[Settlement], now: float, lease_u
     for item in items:
         by_state.setdefault(item.state, []).append(item)
     for state, group in by_state.items():
-        matched = transition(conn, [i.job_id for i in group], state, _CALL_SOURCES[state], now,
+        matched = transition(conn, [i.job_id for i in group], state, CALL_OUTCOME_SOURCES[state], now,
                              " AND client_ref=?", (ref,))
         refused += [i.job_id for i in group if i.job_id not in matched]
         _apply(conn, [i for i in group if i.job_id in matched], matched, now, lease_until)
