@@ -120,9 +120,6 @@ class Dispatcher:
                 timeout = await self._next_wait()
                 await _first(stop.wait(), self._wake.wait(), timeout=timeout)
 
-    def _paused_until(self, now: float) -> float | None:
-        return self.throttles.paused_until(now)
-
     async def run_once(self, only: Sequence[int] = ()) -> int:
         """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
         jobs = await self.store.claim(self.owner, self.clock(), max(len(only), self.settings.concurrency),

@@ -71,10 +71,6 @@ CALL_OUTCOME_SOURCES: dict[JobState, frozenset[JobState]] = {
 
 #: States a job never leaves by itself (only an operator's command moves them).
 TERMINAL = frozenset({S.SENT, S.DELIVERED, S.UNDELIVERED, S.FAILED, S.CANCELLED})
-#: States in which the dispatcher holds the job under a lease.
-LEASED = frozenset({S.CLAIMED, S.CALLING})
-#: States meaning the SMS may have reached a provider.
-MAYBE_OUT = frozenset({S.CALLING, S.UNKNOWN, S.SENT, S.DELIVERED, S.UNDELIVERED})
 
 
 class ReplyState(str, Enum):
@@ -191,7 +187,6 @@ class Limits:
 class Counts:
     """What the store reads in the commit's transaction for the rules to decide on."""
 
-    balance: int = 0
     optouts: frozenset[tuple[str, str]] = frozenset()   # (number, sender or "") suppressed
     per_number_hour: dict[str, int] = field(default_factory=dict)
     sms_today: int = 0

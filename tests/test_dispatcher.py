@@ -498,7 +498,7 @@ class TestHalfOpen:
         events = [e["event"] for e in logs]
         assert "retry_scheduled" not in events and events.count("route_open") <= 1
         waiting = [j for j in await store.jobs(limit=100) if j.state.value == "queued"]
-        assert len(waiting) == 19 and dispatcher._paused_until(clock.now) is not None
+        assert len(waiting) == 19 and dispatcher.throttles.paused_until(clock.now) is not None
 
 
 class RefusesRecipient(Provider):

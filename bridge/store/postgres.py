@@ -175,10 +175,6 @@ class PostgresStore:
         except pg_intake.Duplicate:
             return Acceptance("duplicate")
 
-    async def seen(self, key: str) -> bool:
-        """True when a mail with this idempotency key was already committed."""
-        return bool(await self._fetchval("SELECT 1 FROM message_keys WHERE key=$1", key))
-
     # --- the job life cycle (see bridge.model) ---------------------------------------------
 
     async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
@@ -351,14 +347,10 @@ class PostgresStore:
             single=True)
         return removed is not None
 
-    async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Every suppression (of ``numbers``, if given), oldest first."""
-        columns = "SELECT number, sender, source, created_at FROM optouts"
-        if numbers is None:
-            rows = await self._fetch(f"{columns} ORDER BY created_at, number, sender")
-        else:
-            rows = await self._fetch(f"{columns} WHERE number = ANY($1::text[]) ORDER BY created_at, number, sender",
-                                     list(numbers))
+    async def optouts(self) -> list[dict[str, Any]]:
+        """Every suppression, oldest first."""
+        rows = await self._fetch("SELECT number, sender, source, created_at FROM optouts "
+                                 "ORDER BY created_at, number, sender")
         return [dict(r) for r in rows]
 
     # --- several instances (pg_instances) ------------------------------------------------

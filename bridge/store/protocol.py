@@ -57,9 +57,6 @@ class Store(Protocol):
     async def commit(self, plan: Plan, now: float) -> Acceptance:
         """Apply intake's plan in one transaction."""
 
-    async def seen(self, key: str) -> bool:
-        """Whether an idempotency key was committed."""
-
     # the job life cycle
     async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
         """queued -> claimed, under a lease."""
@@ -156,8 +153,8 @@ class Store(Protocol):
     async def optout_remove(self, number: str, sender: str | None) -> bool:
         """Lift a suppression."""
 
-    async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Suppressions (of ``numbers``)."""
+    async def optouts(self) -> list[dict[str, Any]]:
+        """Every suppression."""
 
     # several instances
     async def listen(self, on_wake: Callable[[], None], stop: asyncio.Event) -> None:

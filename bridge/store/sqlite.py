@@ -151,11 +151,6 @@ class SqliteStore:
         """Apply intake's plan: dedupe, rules, credit, jobs and debits, replies; one transaction."""
         return await self.write(lambda conn: sql_intake.commit(conn, plan, now))
 
-    async def seen(self, key: str) -> bool:
-        """True when a mail with this idempotency key was already committed."""
-        row = await self.read(lambda c: c.execute("SELECT 1 FROM message_keys WHERE key=?", (key,)).fetchone())
-        return row is not None
-
     # --- the job life cycle (see bridge.model) ----------------------------------------
 
     async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
@@ -345,16 +340,10 @@ class SqliteStore:
             ).rowcount == 1
         )
 
-    async def optouts(self, numbers: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Every suppression (of ``numbers``, if given), oldest first."""
-        if numbers is not None and not numbers:
-            return []
-        numbers = list(numbers or [])
-        where = f"WHERE number IN ({','.join('?' * len(numbers))})" if numbers else ""
+    async def optouts(self) -> list[dict[str, Any]]:
+        """Every suppression, oldest first."""
         rows = await self.read(
-            lambda c: c.execute(
-                f"SELECT number, sender, source, created_at FROM optouts {where} ORDER BY created_at", numbers
-            ).fetchall()
+            lambda c: c.execute("SELECT number, sender, source, created_at FROM optouts ORDER BY created_at").fetchall()
         )
         return [dict(r) for r in rows]
 
