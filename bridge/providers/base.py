@@ -123,23 +123,84 @@ class Checker(Protocol):
         """A one-line verdict; raises a ``ProviderError`` when unreachable or refused."""
 
 
+class CallbackForbidden(Exception):
+    """A webhook whose provider signature is missing or wrong: answered 403, nothing changes."""
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """One webhook request as the provider sent it (built by ``bridge.callbacks``).
+
+    ``url`` is the URL the provider called as the provider saw it: ``http.public_url``
+    followed by the request's path and query when that is set (behind a proxy the
+    listener's own URL differs), else the listener's URL. Signatures (Twilio's
+    ``X-Twilio-Signature``) are computed over it. ``fields`` are the query parameters with
+    the body's over them: a JSON object as is, or a form (``application/x-www-form-urlencoded``
+    or multipart) as strings.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]        # case-insensitive
+    query: Mapping[str, str]
+    body: bytes
+    content_type: str
+    fields: Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class Callback:
-    """One event a provider pushed to us: a delivery report or an inbound SMS."""
+    """One event a provider pushed to us: a delivery report or an inbound SMS.
+
+    Delivery reports: ``message_id`` is the provider's id of our SMS (what its send answer
+    gave), ``reference`` our client reference when the provider echoes it; ``state`` is
+    ``delivered``/``undelivered`` (a ``JobState`` value) or None for an intermediate status
+    (queued, accepted by the operator, buffered) which changes nothing; ``status`` is the
+    provider's own word and ``reason`` its error code or text when it gives one.
+
+    Inbound SMS: ``number`` is the phone that wrote (E.164 when it can be made so),
+    ``text`` what it wrote, ``to`` the number or short code it wrote to, ``message_id`` the
+    provider's id of the inbound SMS (used to drop a webhook delivered twice), and
+    ``in_reply_to`` the provider's id of our SMS it answers, when the provider says.
+    """
 
     kind: Literal["delivery", "inbound"]
-    number: str
+    number: str | None = None
     message_id: str | None = None
-    state: str | None = None             # delivery: sent | delivered | failed
-    text: str | None = None              # inbound: the SMS text
+    reference: str | None = None
+    state: Literal["delivered", "undelivered"] | None = None
+    status: str = ""
+    reason: str | None = None
+    text: str | None = None
+    to: str | None = None
+    in_reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackUrls:
+    """Where this bridge receives a provider's webhooks (``http.public_url`` + the secret path).
+
+    Set on a provider by the daemon when ``http.public_url`` and
+    ``http.callbacks.<provider>`` are both configured; providers that take a callback URL
+    per message (SMSPartner ``urlDlr``/``urlResponse``, Twilio ``StatusCallback``...) send
+    these, the others document what to set in the provider's console.
+    """
+
+    dlr: str
+    inbound: str
 
 
 @runtime_checkable
 class CallbackParser(Protocol):
-    """A provider whose webhooks (DLR, inbound SMS) the bridge can read (two-way issue)."""
+    """A provider whose webhooks (delivery reports, inbound SMS) the bridge can read."""
 
-    def parse_callback(self, method: str, query: Mapping[str, str], body: bytes) -> list[Callback]:
-        """The events in one webhook request; ``ValueError`` when it is not understood."""
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """The events in one webhook request (often one; an empty list is fine).
+
+        Raises ``CallbackForbidden`` when the provider signs its webhooks and the signature
+        is missing or wrong (403), ``ValueError`` when the request cannot be read (400).
+        Pure apart from the provider's own settings: no I/O, no store.
+        """
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +218,8 @@ class ProviderBase:
     type: ClassVar[str] = ""
     Settings: ClassVar[type]
     CAPABILITIES: ClassVar[Capabilities] = Capabilities()
+    #: where this bridge receives the provider's webhooks; set by the daemon (see CallbackUrls)
+    callbacks: CallbackUrls | None = None
 
     def __init__(self, name: str, settings: Any, client: httpx.AsyncClient) -> None:
         if not isinstance(client, httpx.AsyncClient):
