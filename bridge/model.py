@@ -151,6 +151,7 @@ class Job:
     client_ref: str | None = None              # our reference, sent to the provider
     called_at: float | None = None             # when the last provider call started
     suppressed: str | None = None              # set at claim: why the number may not be texted now
+    subject: str | None = None                 # the mail's subject, API key hidden (threaded mails)
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ class TestPrune:
         await store.queue_reply(NewReply("b@example.org", 109, b"x"), now=1)
         [reply] = await store.claim_replies(2, 10)
         await store.finish_reply(reply.id, "sent", None, 2, 2)
-        assert await store.prune(before=10) == {"jobs": 1, "replies": 1, "messages": 1}
+        assert await store.prune(before=10) == {"jobs": 1, "replies": 1, "messages": 1, "events": 0}
         assert [j.id for j in await store.jobs()] == list(waiting.job_ids)
         assert len(await store.ledger("a")) == 4  # opening, debit, refund, debit
 
@@ -484,3 +484,74 @@ class TestInstances:
         assert not listener.done()
         stop.set()
         await asyncio.wait_for(listener, 15)
+
+
+async def sent_job(store, ref: str = "m2s-1-1", message_id: str = "pm-1"):
+    """One job sent through provider ``p`` with the provider's id ``message_id``."""
+    job = await one_job(store)
+    await store.start_call("me", [job.id], "p", ref, 3, 60)
+    assert await store.settle_call(ref, [Settlement(job.id, S.SENT, provider_message_id=message_id)], 4) == []
+    return job
+
+
+class TestWebhooks:
+    """Delivery reports and inbound SMS: one transaction each, idempotent (both backends)."""
+
+    async def test_a_report_moves_the_job_notes_it_and_queues_its_mail(self, store):
+        job = await sent_job(store)
+        reply = NewReply(to="alice@example.org", code=128, message=b"Subject: x\r\n\r\nundelivered\r\n")
+        assert await store.report_delivery(job.id, S.UNDELIVERED, "p: undelivered (EXPIRED)", None,
+                                           "undelivered: EXPIRED", reply, 5)
+        found = await store.job(job.id)
+        assert (found.state, found.last_error, found.provider_message_id) == (
+            S.UNDELIVERED, "p: undelivered (EXPIRED)", "pm-1")
+        assert [(r["code"], r["to_addr"]) for r in await store.replies()] == [(128, "alice@example.org")]
+        history = await store.job_history(job.id)
+        assert [(e["kind"], e["detail"]) for e in history["events"]] == [("report", "undelivered: EXPIRED")]
+
+    async def test_a_second_or_contrary_report_changes_nothing(self, store):
+        job = await sent_job(store)
+        assert await store.report_delivery(job.id, S.DELIVERED, None, None, "delivered", None, 5)
+        reply = NewReply(to="alice@example.org", code=128, message=b"Subject: x\r\n\r\nx\r\n")
+        assert not await store.report_delivery(job.id, S.UNDELIVERED, "late", None, "undelivered", reply, 6)
+        assert not await store.report_delivery(job.id, S.DELIVERED, None, None, "delivered", None, 7)
+        assert (await store.job(job.id)).state is S.DELIVERED
+        assert await store.replies() == []
+        assert len((await store.job_history(job.id))["events"]) == 1
+
+    async def test_a_report_before_the_answer_wins_over_the_later_sent(self, store):
+        """A report while the call is still ``calling``: applied; the dispatcher's ``sent`` is refused."""
+        job = await one_job(store)
+        await store.start_call("me", [job.id], "p", "r1", 3, 60)
+        assert await store.report_delivery(job.id, S.DELIVERED, None, "pm-9", "delivered", None, 4)
+        assert await store.settle_call("r1", [Settlement(job.id, S.SENT, provider_message_id="pm-9")], 5) == [job.id]
+        assert (await store.job(job.id)).state is S.DELIVERED
+
+    async def test_a_queued_job_takes_no_report(self, store):
+        await store.commit(plan(None), 1)
+        [job] = await store.jobs()
+        assert not await store.report_delivery(job.id, S.DELIVERED, None, None, "delivered", None, 2)
+        assert (await store.job(job.id)).state is S.QUEUED
+
+    async def test_inbound_stop_then_start_and_its_duplicate(self, store):
+        job = await sent_job(store)
+        number = job.number
+        assert await store.record_inbound("inbound:p:1", job.id, number, "STOP", "add", None, 5)
+        assert [(o["number"], o["source"]) for o in await store.optouts()] == [(number, "sms")]
+        # the provider delivers the same webhook again: dropped, nothing changes
+        assert not await store.record_inbound("inbound:p:1", job.id, number, "STOP", "add", None, 6)
+        await store.optout_add(number, "ACME", "admin", 6)
+        assert await store.record_inbound("inbound:p:2", job.id, number, "START", "remove", None, 7)
+        assert await store.optouts() == []
+        assert [e["detail"] for e in (await store.job_history(job.id))["events"]] == ["STOP", "START"]
+
+    async def test_origin_is_the_named_sms_else_the_newest_to_that_number(self, store):
+        first = await sent_job(store, "r1", "pm-1")
+        second = await sent_job(store, "r2", "pm-2")
+        assert (await store.find_origin("p", first.number, "pm-1", 0)).id == first.id
+        assert (await store.find_origin("p", first.number, None, 0)).id == second.id
+        assert (await store.find_origin("p", first.number, "pm-404", 0)).id == second.id
+        assert await store.find_origin("other", first.number, None, 0) is None
+        assert await store.find_origin("p", first.number, None, 10) is None
+        assert await store.find_origin("p", "+33699999999", None, 0) is None
+        assert (await store.find_origin("p", first.number, None, 0)).subject == "a@***|..."

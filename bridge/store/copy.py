@@ -38,10 +38,11 @@ TABLES: dict[str, tuple[str, ...]] = {
                 "last_error", "cap_mailbox", "cap_domain"),
     "mailboxes": ("name", "uidvalidity", "last_uid"),
     "optouts": ("number", "sender", "source", "created_at"),
+    "events": ("id", "job", "at", "kind", "detail", "key"),
 }
-_FLOATS = {"received_at", "created_at", "next_attempt_at", "updated_at", "called_at", "lease_until"}
+_FLOATS = {"received_at", "created_at", "next_attempt_at", "updated_at", "called_at", "lease_until", "at"}
 _BOOLS = {"unicode", "low_cost"}
-_SERIALS = ("messages", "jobs", "ledger", "replies")
+_SERIALS = ("messages", "jobs", "ledger", "replies", "events")
 BATCH = 2000
 
 

@@ -16,7 +16,7 @@ import asyncpg
 
 from bridge.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,8 +114,22 @@ CREATE INDEX replies_created ON replies (created_at);
 CREATE INDEX jobs_provider_message ON jobs (provider_message_id) WHERE provider_message_id IS NOT NULL
 """
 
+# What happened to a job after its call, and the keys of webhooks already read (SQLite's v5).
+_V3 = """
+CREATE TABLE events (
+    id BIGSERIAL PRIMARY KEY,
+    job BIGINT,
+    at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    key TEXT UNIQUE
+);
+CREATE INDEX events_job ON events (job) WHERE job IS NOT NULL;
+CREATE INDEX events_at ON events (at)
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 #: The advisory lock every migrating bridge takes (one per schema: see ``lock_key``).
 MIGRATE_LOCK = "mail2sms:migrate"

@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 import structlog
 
 from bridge.errors import StoreError
-from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs
+from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, ReplyState, Settlement
+from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs, pg_twoway
 from bridge.store.pg_schema import migrate
 from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
                                  POOL_SIZE, describe as _describe, move, queue_reply)
@@ -241,16 +241,37 @@ class PostgresStore:
 
     async def prune(self, before: float) -> dict[str, int]:
         """Delete finished jobs, sent replies and their mails older than ``before``."""
-        return await self.write(lambda c: pg_jobs.prune(c, before))
+        async def prune(c: asyncpg.Connection) -> dict[str, int]:
+            return {**await pg_jobs.prune(c, before), "events": await pg_twoway.prune(c, before)}
+        return await self.write(prune)
 
     async def job_history(self, job_id: int) -> dict[str, Any] | None:
         """Everything known about one job (see ``pg_history.job_history``), or None."""
-        return await self.read(lambda c: pg_history.job_history(c, job_id))
+        async def history(c: asyncpg.Connection) -> dict[str, Any] | None:
+            found = await pg_history.job_history(c, job_id)
+            return None if found is None else {**found, "events": await pg_twoway.events(c, job_id)}
+        return await self.read(history)
 
     async def find_job(self, provider: str, message_id: str | None = None,
                        client_ref: str | None = None) -> Job | None:
         """The job ``provider`` knows by ``message_id`` (else by our ``client_ref``), or None."""
         return await self.read(lambda c: pg_history.find_job(c, provider, message_id, client_ref))
+
+    async def report_delivery(self, job_id: int, state: JobState, error: str | None,
+                              provider_message_id: str | None, detail: str, reply: NewReply | None,
+                              now: float) -> bool:
+        """A delivery report, its event and its mail in one transaction (see ``Store``)."""
+        return await self.write(lambda c: pg_twoway.report(c, job_id, state, error, provider_message_id,
+                                                           detail, reply, now))
+
+    async def record_inbound(self, key: str | None, job_id: int | None, number: str, detail: str,
+                             optout: Literal["add", "remove"] | None, reply: NewReply | None, now: float) -> bool:
+        """An inbound SMS, its opt-out change and its mail in one transaction (see ``Store``)."""
+        return await self.write(lambda c: pg_twoway.inbound(c, key, job_id, number, detail, optout, reply, now))
+
+    async def find_origin(self, provider: str, number: str, in_reply_to: str | None, since: float) -> Job | None:
+        """The SMS an inbound one answers (see ``sql_twoway.origin``)."""
+        return await self.read(lambda c: pg_twoway.origin(c, provider, number, in_reply_to, since))
 
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first, optionally in one state."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from bridge.model import Acceptance, Job, NewReply, Plan, Reply, Settlement
+from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settlement
 
 
 class MailboxLock:
@@ -113,13 +113,30 @@ class Store(Protocol):
         Keys: ``job`` (``Job``), ``updated_at``, ``mail`` (id, message_id, login, reply_to,
         summary, outcome, received_at), ``siblings`` (ids of the same mail's other jobs),
         ``ledger`` (amount, reason, created_at), ``replies`` (id, to_addr, code, state,
-        attempts, last_error, created_at: the status mails answering the mail's Message-ID).
+        attempts, last_error, created_at: the status mails answering the mail's Message-ID),
+        ``events`` (at, kind, detail: delivery reports and SMS replies, oldest first).
         """
 
     async def find_job(self, provider: str, message_id: str | None = None,
                        client_ref: str | None = None) -> Job | None:
         """Read-only: the newest job sent through ``provider`` with this provider message id,
         else with this client reference (delivery reports)."""
+
+    # webhooks
+    async def report_delivery(self, job_id: int, state: JobState, error: str | None,
+                              provider_message_id: str | None, detail: str, reply: NewReply | None,
+                              now: float) -> bool:
+        """Move ``job_id`` to ``delivered``/``undelivered`` (CAS), note it, queue ``reply``: one
+        transaction. False (and nothing written) when the job is in no state a report moves."""
+
+    async def record_inbound(self, key: str | None, job_id: int | None, number: str, detail: str,
+                             optout: Literal["add", "remove"] | None, reply: NewReply | None, now: float) -> bool:
+        """Note an inbound SMS, apply STOP (``add``, source ``sms``) or START (``remove``), queue
+        ``reply``: one transaction. False (nothing written) when ``key`` was recorded before."""
+
+    async def find_origin(self, provider: str, number: str, in_reply_to: str | None, since: float) -> Job | None:
+        """Read-only: the SMS an inbound one answers (by the provider's id, else the newest
+        one to ``number`` through ``provider`` created since ``since``)."""
 
     # replies
     async def queue_reply(self, reply: NewReply, now: float) -> int | None:

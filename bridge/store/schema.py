@@ -5,7 +5,8 @@ Version 3 splits the old ``sending`` state into ``claimed`` and ``calling`` with
 reference sent to the provider, hides API keys left in ``messages.summary``, and counts
 replies per mailbox (``+tag`` folded) and per domain for the backscatter caps. Version 4
 indexes the provider's message id and the client reference, which delivery reports look
-jobs up by.
+jobs up by. Version 5 adds ``events``: what happened to a job after its call (delivery
+reports, SMS replies, opt-outs by SMS), and the keys that drop a webhook delivered twice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.text import redact_subject
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,8 +115,21 @@ CREATE INDEX jobs_provider_message ON jobs(provider_message_id) WHERE provider_m
 CREATE INDEX jobs_client_ref ON jobs(client_ref) WHERE client_ref IS NOT NULL
 """
 
+_V5 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    job INTEGER,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    key TEXT UNIQUE
+);
+CREATE INDEX events_job ON events(job) WHERE job IS NOT NULL;
+CREATE INDEX events_at ON events(at)
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def connect(path: Path) -> sqlite3.Connection:

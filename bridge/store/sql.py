@@ -14,7 +14,7 @@ from bridge.status_mail import reply_cap_keys
 log = structlog.get_logger("bridge.store")
 
 JOB_SELECT = (
-    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
+    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to, m.summary AS mail_summary "
     "FROM jobs j JOIN messages m ON m.id = j.message"
 )
 
@@ -43,7 +43,16 @@ def job_of(row: sqlite3.Row) -> Job:
         category=row["category"],
         client_ref=row["client_ref"],
         called_at=row["called_at"],
+        subject=_optional(row, "mail_summary"),
     )
+
+
+def _optional(row: Any, column: str) -> Any:
+    """``row[column]``, or None when the query did not select it (claims do not)."""
+    try:
+        return row[column]
+    except (IndexError, KeyError):
+        return None
 
 
 def marks(values: Sequence[Any]) -> str:

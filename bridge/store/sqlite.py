@@ -18,11 +18,11 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from bridge.errors import StoreError
-from bridge.model import Acceptance, Job, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import sql_history, sql_intake, sql_jobs
+from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, ReplyState, Settlement
+from bridge.store import sql_history, sql_intake, sql_jobs, sql_twoway
 from bridge.store.protocol import MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
@@ -221,7 +221,7 @@ class SqliteStore:
 
     async def prune(self, before: float) -> dict[str, int]:
         """Delete finished jobs, sent replies and their mails older than ``before``."""
-        return await self.write(lambda c: sql_jobs.prune(c, before))
+        return await self.write(lambda c: {**sql_jobs.prune(c, before), "events": sql_twoway.prune(c, before)})
 
     async def jobs(self, state: str | None = None, limit: int = 50) -> list[Job]:
         """Jobs, newest first, optionally in one state."""
@@ -243,12 +243,33 @@ class SqliteStore:
 
     async def job_history(self, job_id: int) -> dict[str, Any] | None:
         """Everything known about one job (see ``sql_history.job_history``), or None."""
-        return await self.read(lambda c: sql_history.job_history(c, job_id))
+        def history(c: sqlite3.Connection) -> dict[str, Any] | None:
+            found = sql_history.job_history(c, job_id)
+            return None if found is None else {**found, "events": sql_twoway.events(c, job_id)}
+        return await self.read(history)
 
     async def find_job(self, provider: str, message_id: str | None = None,
                        client_ref: str | None = None) -> Job | None:
         """The job ``provider`` knows by ``message_id`` (else by our ``client_ref``), or None."""
         return await self.read(lambda c: sql_history.find_job(c, provider, message_id, client_ref))
+
+    # --- webhooks ----------------------------------------------------------------------
+
+    async def report_delivery(self, job_id: int, state: JobState, error: str | None,
+                              provider_message_id: str | None, detail: str, reply: NewReply | None,
+                              now: float) -> bool:
+        """A delivery report, its event and its mail in one transaction (see ``Store``)."""
+        return await self.write(lambda c: sql_twoway.report(c, job_id, state, error, provider_message_id,
+                                                            detail, reply, now))
+
+    async def record_inbound(self, key: str | None, job_id: int | None, number: str, detail: str,
+                             optout: Literal["add", "remove"] | None, reply: NewReply | None, now: float) -> bool:
+        """An inbound SMS, its opt-out change and its mail in one transaction (see ``Store``)."""
+        return await self.write(lambda c: sql_twoway.inbound(c, key, job_id, number, detail, optout, reply, now))
+
+    async def find_origin(self, provider: str, number: str, in_reply_to: str | None, since: float) -> Job | None:
+        """The SMS an inbound one answers (see ``sql_twoway.origin``)."""
+        return await self.read(lambda c: sql_twoway.origin(c, provider, number, in_reply_to, since))
 
     # --- replies -----------------------------------------------------------------------
 
