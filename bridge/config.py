@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -25,7 +25,7 @@ import yaml
 from bridge.calendar_rules import QuietHours, parse_windows
 from bridge.errors import ConfigError, ConfigErrors
 from bridge.settings import (
-    BOOL, DURATION, REQUIRED, SECRET, SECTION, TEXT, Kind, Row, SubError, choice, duration,
+    BOOL, DURATION, REQUIRED, SECRET, SECTION, TEXT, URL, Kind, Row, SubError, choice, duration,
     integer, list_of, number, read, rows, setting,
 )
 
@@ -234,6 +234,8 @@ class AccountConfig:
     allowed_senders: tuple[str, ...] = setting((), "if set, only these addresses may use the account",
                                                list_of(EMAIL))
     receipts: bool = setting(False, "also mail status 100/101 on success", BOOL)
+    dlr_mail: str = setting("failures", "delivery reports mailed back: none, failures (status 128) or all "
+                                        "(also 129)", choice("none", "failures", "all"))
     lowcost_route: tuple[str, ...] = setting((), "route for lc=1 (empty: route)", NAMES)
     country_routes: Mapping[str, tuple[str, ...]] = setting(
         MappingProxyType({}), "route by destination country, * for the others; wins over route", _by_country(NAMES))
@@ -282,36 +284,47 @@ LOWER_SET = Kind("list of strings", _lower_set)
 
 
 @dataclass(frozen=True, kw_only=True)
-class DlrMapping:
-    """How to read one ``http`` provider's delivery reports (``http.dlr.<provider>``)."""
+class CallbackConfig:
+    """One provider's webhooks (``http.callbacks.<provider>``): its secret and, for a provider
+    of type ``http``, how to read its delivery reports."""
 
-    secret: str = setting(REQUIRED, "last segment of /dlr/<provider>/<secret>; 16 characters or more", SECRET)
-    status: str = setting("status", "field (dotted path in JSON) holding the report's status", TEXT)
-    delivered: frozenset[str] = setting(REQUIRED, "status values meaning delivered (any case)", LOWER_SET)
-    undelivered: frozenset[str] = setting(REQUIRED, "status values meaning not delivered, for good", LOWER_SET)
-    message_id: str | None = setting("message_id", "field holding the provider's message id", TEXT)
-    reference: str | None = setting(None, "field holding our client reference ({reference})", TEXT)
-    reason: str | None = setting(None, "field holding the provider's reason, kept as the job's last error", TEXT)
+    secret: str = setting(REQUIRED, "last segment of /dlr/<provider>/<secret> and /inbound/<provider>/<secret>; "
+                                    "16 characters or more", SECRET)
+    status: str = setting("status", "http type: field (dotted path in JSON) holding the report's status", TEXT)
+    delivered: frozenset[str] = setting(frozenset(), "http type: status values meaning delivered (any case)",
+                                        LOWER_SET, shown="required for http")
+    undelivered: frozenset[str] = setting(frozenset(), "http type: status values meaning not delivered, for good",
+                                          LOWER_SET, shown="required for http")
+    message_id: str | None = setting("message_id", "http type: field holding the provider's message id", TEXT)
+    reference: str | None = setting(None, "http type: field holding our client reference ({reference})", TEXT)
+    reason: str | None = setting(None, "http type: field holding the provider's reason, kept as the job's last error",
+                                 TEXT)
+
+    #: the keys that describe an ``http`` provider's reports (the others read their own)
+    MAPPING_KEYS: ClassVar[tuple[str, ...]] = ("status", "delivered", "undelivered", "message_id", "reference",
+                                               "reason")
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """A guessable secret, or a status on both sides."""
         if self.secret and len(self.secret) < 16:
             yield "secret", "at least 16 characters (it is the only proof a report is genuine)"
-        if not self.delivered or not self.undelivered:
-            yield "", "delivered and undelivered are required: the status values of each"
-        elif self.delivered & self.undelivered:
+        if self.delivered & self.undelivered:
             yield "undelivered", "a status cannot be both delivered and undelivered"
 
 
 @dataclass(frozen=True, kw_only=True)
 class HttpConfig:
-    """The HTTP listener: health, readiness, metrics, delivery reports (``http``)."""
+    """The HTTP listener: health, readiness, metrics, webhooks (``http``)."""
 
     listen: Address | None = setting(None, "address of the HTTP listener; none: off", ADDRESS)
+    public_url: str | None = setting(None, "the listener's address as providers reach it (https://bridge.example); "
+                                           "providers that take a callback URL per SMS get theirs", URL)
     max_body: int = setting(64 * 1024, "largest request body in bytes; 413 beyond", integer(1024))
     timeout: float = setting(10.0, "longest time to read and answer one request", SECONDS)
-    dlr: Mapping[str, DlrMapping] = setting(MappingProxyType({}), "delivery-report mappings by provider name",
-                                            SECTION)
+    inbound_window: float = setting(7 * 86400.0, "an SMS reply is matched to an SMS sent this long before at most",
+                                    SECONDS)
+    callbacks: Mapping[str, CallbackConfig] = setting(MappingProxyType({}), "webhook settings by provider name",
+                                                      SECTION)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -505,14 +518,29 @@ def _imap(data: Any, errors: list[ConfigError]) -> dict[str, ImapConfig]:
 
 
 def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
-    """``http``: the listener, and ``dlr.<provider>`` for providers of type ``http``."""
-    dlr = {}
-    for name, section in _named(_sub(data, "dlr"), "http.dlr", errors).items():
-        provider = _sub(providers, name)
-        if _sub(provider, "type") != "http":
-            errors.append(ConfigError(f"http.dlr.{name}", "delivery reports are read for providers of type http only"))
-        dlr[str(name)] = read(DlrMapping, section, f"http.dlr.{name}", errors)
-    return read(HttpConfig, data, "http", errors, dlr=MappingProxyType(dlr))
+    """``http``: the listener, and ``callbacks.<provider>`` for providers whose webhooks are read."""
+    from bridge.providers.registry import PROVIDER_TYPES, provider_class
+    callbacks = {}
+    for name, section in _named(_sub(data, "callbacks"), "http.callbacks", errors).items():
+        path = f"http.callbacks.{name}"
+        kind = _sub(_sub(providers, name), "type")
+        config = read(CallbackConfig, section, path, errors)
+        if kind not in PROVIDER_TYPES:
+            errors.append(ConfigError(path, f"no provider {name!r} of a known type is configured"))
+        elif kind == "http":
+            for key in ("delivered", "undelivered"):
+                if not getattr(config, key):
+                    errors.append(ConfigError(f"{path}.{key}", "required for a provider of type http: "
+                                                               "the status values that mean it"))
+        elif not hasattr(provider_class(kind), "parse_callback"):
+            errors.append(ConfigError(path, f"providers of type {kind} send no webhooks the bridge reads"))
+        else:
+            for key in CallbackConfig.MAPPING_KEYS:
+                if isinstance(section, Mapping) and key in section:
+                    errors.append(ConfigError(f"{path}.{key}", f"only for providers of type http: {kind} "
+                                                               "reports are read by its own module"))
+        callbacks[str(name)] = config
+    return read(HttpConfig, data, "http", errors, callbacks=MappingProxyType(callbacks))
 
 
 def parse_config(data: Any, path: Path | None = None) -> Config:
@@ -561,7 +589,7 @@ def reference() -> list[Row]:
         (DispatcherConfig, "dispatcher"), (QuietHoursSettings, "quiet_hours"),
         (AccountConfig, "accounts.<login>"), (QuietHoursSettings, "accounts.<login>.quiet_hours"),
         (ImapConfig, "imap.<name>"), (ProviderPolicy, "providers.<name>"),
-        (HttpConfig, "http"), (DlrMapping, "http.dlr.<provider>"),
+        (HttpConfig, "http"), (CallbackConfig, "http.callbacks.<provider>"),
     ):
         table += rows(cls, prefix)
     for type_name in PROVIDER_TYPES:

@@ -27,6 +27,7 @@ from bridge.imap import MailboxPoller
 from bridge.intake import Intake
 from bridge.metrics import Metrics
 from bridge.notify import sd_notify
+from bridge.callbacks import callback_urls
 from bridge.providers.base import Provider
 from bridge.providers.registry import build_provider
 from bridge.recovery import Recovery
@@ -75,6 +76,8 @@ class Bridge:
         self.providers = {
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }
+        for name, provider in self.providers.items():
+            provider.callbacks = callback_urls(config, name)
         dispatcher = self.dispatcher = Dispatcher(config, self.store, self.providers, self.clock,
                                                   metrics=self.metrics)
         recovery = Recovery(config, self.store, self.providers, dispatcher.owner, self.clock, dispatcher.wake,

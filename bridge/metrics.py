@@ -62,6 +62,7 @@ MAIL_OUTCOMES = ("accepted", "refused", "duplicate", "unavailable")
 SMS_OUTCOMES = ("sent", "not_delivered", "unknown", "failed")
 REPLY_RESULTS = ("sent", "retried", "failed")
 REPORT_RESULTS = ("delivered", "undelivered", "ignored", "not_applied", "unknown_message", "malformed", "forbidden")
+INBOUND_KINDS = ("reply", "stop", "start", "unmatched", "duplicate", "malformed", "forbidden")
 NO_PROVIDER = "none"                      # jobs given up on without (or after) a call
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -109,6 +110,8 @@ class Metrics:
         self.replies_queued = Gauge("mail2sms_replies_queued", "Status mails waiting to be sent.", registry=r)
         self.reports = Counter("mail2sms_delivery_reports", "Delivery reports received, by result.",
                                ["provider", "result"], registry=r)
+        self.inbound = Counter("mail2sms_inbound_sms", "SMS received from phones (replies, STOP, START), by kind.",
+                               ["provider", "kind"], registry=r)
         self.loop_age = Gauge("mail2sms_loop_beat_age_seconds", "Seconds since a supervised loop made progress.",
                               ["loop"], registry=r)
         self.ready = Gauge("mail2sms_ready", "1 when the bridge is ready (as /readyz).", registry=r)
@@ -127,6 +130,8 @@ class Metrics:
             self.latency.labels(provider)
             for result in REPORT_RESULTS:
                 self.reports.labels(provider, result)
+            for kind in INBOUND_KINDS:
+                self.inbound.labels(provider, kind)
         for account in accounts:
             self.spent.labels(account)
             self.refunded.labels(account)
@@ -194,6 +199,10 @@ class Metrics:
     def report(self, provider: str, result: str) -> None:
         """One delivery report received from ``provider`` (see ``REPORT_RESULTS``)."""
         self.reports.labels(provider, result).inc()
+
+    def inbound_sms(self, provider: str, kind: str) -> None:
+        """One SMS received from a phone through ``provider`` (see ``INBOUND_KINDS``)."""
+        self.inbound.labels(provider, kind).inc()
 
     # --- scrape time -------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
 store and prints. Times are UTC, as in ``queue list``. The store keeps one row per job,
 not one per provider call: what is shown of the calls is the number of attempts and the
 last one (provider, client reference, when it started, the provider's message id, the
-last error).
+last error). Delivery reports and SMS replies are stored as events and shown in the
+timeline.
 """
 
 from __future__ import annotations
@@ -92,7 +93,13 @@ def _events(job: Job, history: dict[str, Any]) -> list[tuple[float, str]]:
                    (f": {job.last_error}" if job.last_error else "")))
     for reply in history["replies"]:
         events.append((reply["created_at"], f"status {reply['code']} mail queued to {reply['to_addr']}"))
+    for event in history.get("events", ()):
+        events.append((event["at"], _EVENT_LABELS.get(event["kind"], "") + event["detail"]))
     return events
+
+
+#: How each kind of stored event reads in the timeline.
+_EVENT_LABELS = {"report": "delivery report: ", "inbound": ""}
 
 
 def _reply_state(reply: dict[str, Any]) -> str:

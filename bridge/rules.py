@@ -7,8 +7,10 @@ Nothing here does I/O, so each rule is tested with plain tables.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from typing import Literal
 
 from bridge.model import Counts, Limits, NewJob, Refusal
 from bridge.numbers import FRENCH_REGIONS, region_of
@@ -23,6 +25,29 @@ def optout_reason(optouts: frozenset[tuple[str, str]], number: str, sender: str 
         return "opted out (STOP)"
     if sender and (number, sender.lower()) in optouts:
         return f"opted out of sender {sender}"
+    return None
+
+
+#: What a phone may answer to unsubscribe or subscribe again (after ``keyword``'s folding).
+STOP_WORDS = frozenset({"stop", "stop sms"})
+START_WORDS = frozenset({"start", "reabo"})
+
+
+def keyword(text: str | None) -> Literal["stop", "start"] | None:
+    """``stop`` or ``start`` when an SMS reply is only one of the opt-out words, else None.
+
+    Any case, accents, surrounding spaces and a final full stop or exclamation mark are
+    ignored (``" Stop SMS "``, ``"RÉABO"``, ``"start!"``); a sentence that merely contains
+    the word (``"please stop calling"``) is a reply, not a keyword.
+    """
+    if not text:
+        return None
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    folded = " ".join(folded.casefold().split()).rstrip(".!").strip()
+    if folded in STOP_WORDS:
+        return "stop"
+    if folded in START_WORDS:
+        return "start"
     return None
 
 

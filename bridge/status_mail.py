@@ -6,14 +6,21 @@
 mailing-list mail; the store caps replies per mailbox and per domain per hour, counted
 on ``reply_cap_keys`` so ``target+1@``, ``Target+2@`` ... are one mailbox. Nothing from
 the incoming mail is copied into a header except its Message-ID (checked to hold no
-CR/LF), so a crafted subject cannot inject headers. ``compose_status`` writes the mail;
-three builders call it:
+CR/LF) and, in mails about what became of an SMS, its subject with the key removed and all
+whitespace folded to single spaces, so a crafted subject cannot inject headers.
+``compose_status`` writes the mail; these builders call it:
 
 - ``for_request``: a status about a mail, from the ``StatusRecipe`` intake prepared (for
   errors known before the commit, and inside the commit for credit, opt-outs and caps).
 - ``for_acceptance``: the one status an evaluated request gets once the commit knows the
   outcome (104, 113, 125-127, or 100/101 when the account wants receipts), or None.
 - ``for_job``: a job the dispatcher gave up on (122, 125).
+- ``for_report``: a delivery report the account wants mailed (``dlr_mail``: 128, 129).
+- ``for_inbound``: an SMS reply (132) or a STOP/START by SMS (130, 131), forwarded to the
+  sender of the mail it answers.
+
+The last two go in the mail's thread: ``In-Reply-To`` and ``References`` its Message-ID
+and ``Subject: Re: <its subject without the key>``.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from bridge.config import Config
-from bridge.model import Acceptance, Job, NewReply, StatusRecipe
+from bridge.model import Acceptance, Job, JobState, NewReply, StatusRecipe
 from bridge.statuses import label, localise, status_text
+from bridge.text import subject_without_key
 
 _MSGID = re.compile(r"<?([^<>\s]+@[^<>\s]+)>?")
 
@@ -84,15 +92,18 @@ def compose_status(
     max_per_hour: int = 0,
     max_per_domain_per_hour: int = 0,
     max_total_per_hour: int = 0,
+    subject: str | None = None,
+    preface: Sequence[str] = (),
 ) -> NewReply:
     """The status mail for ``code``: ``Status:``/``StatusText:`` lines, then what was received.
 
     ``received`` holds (label, value) lines such as the redacted subject, the numbers and
     the part count; values are printed in the body only. ``max_per_hour`` caps the
-    replies to ``to`` (checked when the reply is committed).
+    replies to ``to`` (checked when the reply is committed). ``subject`` replaces
+    ``mail2sms: Status N``; ``preface`` lines come first in the body (an SMS reply's text).
     """
     text = status_text(code, language, **(details or {}))
-    lines = [f"Status: {code}", f"StatusText: {text}"]
+    lines = [*preface, f"Status: {code}", f"StatusText: {text}"]
     if note:
         lines.append(label("details", language) + _one_line(localise(note, language)))
     if received:
@@ -104,7 +115,7 @@ def compose_status(
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to
-    message["Subject"] = f"mail2sms: Status {code}"
+    message["Subject"] = subject or f"mail2sms: Status {code}"
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
     message["Auto-Submitted"] = "auto-replied"
@@ -181,3 +192,64 @@ def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:
         max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
         max_total_per_hour=config.replies.rate_total_per_hour,
     )
+
+
+def _in_thread(job: Job, code: int, config: Config, details: dict[str, object],
+               preface: Sequence[str] = (), note: str = "") -> NewReply | None:
+    """A mail about ``job`` in its mail's thread: ``Re: <subject without the key>``."""
+    if not job.reply_to:
+        return None
+    account = config.accounts.get(job.login)
+    language = account.language if account else "fr"
+    return compose_status(
+        code=code,
+        to=job.reply_to,
+        sender=config.replies.sender,
+        language=language,
+        note=note,
+        details=details,
+        in_reply_to=job.message_id,
+        received=[("Number" if language == "en" else "Numéro", job.number),
+                  ("SMS", _one_line(job.text)[:160])],
+        max_per_hour=config.replies.rate_per_hour,
+        max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
+        max_total_per_hour=config.replies.rate_total_per_hour,
+        subject=f"Re: {subject_without_key(job.subject)}",
+        preface=preface,
+    )
+
+
+def for_report(job: Job, state: JobState, reason: str | None, config: Config) -> NewReply | None:
+    """The mail a delivery report gets under the account's ``dlr_mail``, or None.
+
+    ``failures`` (the default): 128 for an SMS not delivered; ``all``: also 129 for one
+    delivered; ``none``: nothing.
+    """
+    account = config.accounts.get(job.login)
+    mode = account.dlr_mail if account else "failures"
+    if mode == "none" or (state is JobState.DELIVERED and mode != "all"):
+        return None
+    if state is JobState.DELIVERED:
+        return _in_thread(job, 129, config, {"number": job.number})
+    return _in_thread(job, 128, config, {"number": job.number, "reason": _one_line(reason or "?")[:200]})
+
+
+def for_inbound(job: Job, number: str, text: str, action: str | None, word: str, when: str,
+                config: Config) -> NewReply | None:
+    """The mail an SMS reply to ``job`` gets: 130 (STOP), 131 (START/REABO) or 132 (a reply).
+
+    The SMS text (whitespace folded, at most 1,000 characters) and the number come first in
+    the body (indented), then the status lines; ``when`` is the time received, as printed.
+    """
+    language = (config.accounts[job.login].language if job.login in config.accounts else "fr")
+    heading = f"SMS from {number} ({when}):" if language == "en" else f"SMS du {number} ({when}) :"
+    preface = [heading, "", *_wrapped(text), "", "--"]
+    code = {"stop": 130, "start": 131}.get(action or "", 132)
+    return _in_thread(job, code, config, {"number": number, "word": word}, preface)
+
+
+def _wrapped(text: str) -> list[str]:
+    """The SMS as lines indented by two spaces (so no line of it reads as ``Status:``): its own
+    line breaks kept, each line's spaces folded, 1,000 characters at most."""
+    kept = text.replace("\r\n", "\n").replace("\r", "\n")[:1000]
+    return ["  " + " ".join(line.split()) for line in kept.split("\n")]

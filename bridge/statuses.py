@@ -21,8 +21,11 @@ class Status:
     @property
     def is_error(self) -> bool:
         """True for statuses that mean the request (or part of it) was refused."""
-        return self.code not in (100, 101)
+        return self.code not in NOT_ERRORS
 
+
+#: Statuses that report something that went well, or that only tell.
+NOT_ERRORS = frozenset({100, 101, 129, 131, 132})
 
 CATALOGUE: dict[int, Status] = {
     s.code: s
@@ -113,6 +116,20 @@ CATALOGUE: dict[int, Status] = {
             "Limite d'envoi atteinte (par numéro, par jour ou budget quotidien)",
             "Sending limit reached (per number, per day or daily spend)",
         ),
+        # After the send: delivery reports and SMS replies (two-way), mailed in the mail's thread.
+        Status(128, "SMS non distribué au {number} ({reason})", "SMS not delivered to {number} ({reason})"),
+        Status(129, "SMS distribué au {number}", "SMS delivered to {number}"),
+        Status(
+            130,
+            "Le {number} a répondu STOP : il ne recevra plus de SMS",
+            "{number} replied STOP: it will get no more SMS",
+        ),
+        Status(
+            131,
+            "Le {number} a répondu {word} : il peut de nouveau recevoir des SMS",
+            "{number} replied {word}: it may get SMS again",
+        ),
+        Status(132, "Réponse par SMS du {number}", "SMS reply from {number}"),
     ]
 }
 

@@ -73,3 +73,10 @@ def redact_subject(subject: str) -> str:
     if "@" in first:
         first = _KEY.sub("@***", first, count=1)
     return (first + sep + rest)[:200]
+
+
+def subject_without_key(summary: str | None) -> str:
+    """A stored (redacted) subject with no trace of the key: ``arthur45@***|06...`` -> ``arthur45|06...``."""
+    first, sep, rest = (summary or "").partition("|")
+    first = first.split("@", 1)[0]
+    return " ".join((first + sep + rest).split())[:150] or "SMS"

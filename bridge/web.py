@@ -6,8 +6,8 @@ thread, no second loop, no signal handlers of its own). Routes:
 - ``GET /healthz``: 200 while the process runs.
 - ``GET /readyz``: 200 when ready, else 503 and what is wrong (see ``bridge.health``).
 - ``GET /metrics``: Prometheus text format (see ``bridge.metrics``).
-- ``GET|POST /dlr/<provider>/<secret>``: delivery reports, when ``http.dlr`` maps some
-  (see ``bridge.dlr``).
+- ``GET|POST /dlr/<provider>/<secret>`` and ``/inbound/<provider>/<secret>``: delivery
+  reports and SMS replies of the providers in ``http.callbacks`` (see ``bridge.callbacks``).
 
 Anything else is 404 (405 for a known path with another method). Every answer is a short
 JSON body (``/metrics`` aside): never a traceback, never a listing. A request declaring
@@ -29,7 +29,7 @@ import structlog
 from aiohttp import web
 
 from bridge.config import HttpConfig
-from bridge.dlr import DlrRoute
+from bridge.callbacks import Webhooks
 from bridge.health import ReadinessCheck
 from bridge.metrics import CONTENT_TYPE
 
@@ -54,10 +54,10 @@ class HttpListener:
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
         ]
-        if config.dlr:
-            reports = DlrRoute(config.dlr, lambda: bridge.store, bridge.metrics, bridge.clock)
-            self.routes += [web.get("/dlr/{provider}/{secret}", reports.handle),
-                            web.post("/dlr/{provider}/{secret}", reports.handle)]
+        if config.callbacks:
+            hooks = Webhooks(bridge.config, lambda: bridge.providers, lambda: bridge.store, bridge.metrics,
+                             bridge.clock)
+            self.routes += hooks.routes()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 

@@ -241,7 +241,7 @@ class TestConfig:
     def test_defaults(self, tmp_path):
         """No http section: no listener, 64 KiB bodies, 10 s per request, no reports."""
         http = make_config(tmp_path, base_settings(tmp_path)).http
-        assert http == HttpConfig(listen=None, max_body=65536, timeout=10.0, dlr={})
+        assert http == HttpConfig(listen=None, public_url=None, max_body=65536, timeout=10.0, inbound_window=604800.0, callbacks={})
 
     def test_values_and_errors_name_their_key(self, tmp_path):
         """Good values are read; bad ones are reported with their key path."""

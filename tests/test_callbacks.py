@@ -1,7 +1,7 @@
 """Delivery reports of the generic http provider, posted to the running daemon over HTTP.
 
 The gateway is a fake on loopback whose answer carries a message id (``{"id": "gw-N"}``);
-its callbacks are shaped the way the operator declares them in ``http.dlr.gw``, as the
+its callbacks are shaped the way the operator declares them in ``http.callbacks.gw``, as the
 generic provider's own contract is the operator's description, not a vendor document.
 """
 
@@ -36,7 +36,7 @@ async def gateway(tmp_path, start_bridge):
     with FakeHttpServer(Reply(json={"id": "gw-1"})) as fake:
         settings = base_settings(
             tmp_path,
-            http={"listen": "127.0.0.1:0", "max_body": 2048, "dlr": {"gw": MAPPING}},
+            http={"listen": "127.0.0.1:0", "max_body": 2048, "callbacks": {"gw": MAPPING}},
             providers={"gw": {"type": "http", "url": fake.url, "body": {"to": "{to}", "text": "{text}",
                                                                         "ref": "{reference}"},
                               "message_id_path": "id"}},
@@ -114,12 +114,12 @@ class TestReports:
             missing = await client.post("/dlr/gw/", data={"id": "gw-1", "status": "UNDELIV"})
         assert forged.status_code == 403 and forged.json() == {"error": "forbidden"}
         assert missing.status_code == 404
-        assert [e["event"] for e in logs if e["event"].startswith("dlr_")] == ["dlr_forbidden"]
+        assert [e["event"] for e in logs if e["event"].startswith(("dlr_", "callback_"))] == ["callback_forbidden"]
         assert SECRET not in str(logs) and "not-the-secret" not in str(logs)
         assert await _state(bridge) is S.SENT
 
     async def test_provider_without_mapping_is_404(self, gateway):
-        """Only providers mapped in http.dlr have a report route."""
+        """Only providers in http.callbacks have a report route."""
         _, client = gateway
         answer = await client.post(f"/dlr/outbox/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"})
         assert answer.status_code == 404
@@ -159,7 +159,7 @@ class TestEarlyReport:
         with FakeHttpServer(Reply(json={"id": "gw-1"}, delay=1.5)) as fake:
             settings = base_settings(
                 tmp_path,
-                http={"listen": "127.0.0.1:0", "dlr": {"gw": MAPPING}},
+                http={"listen": "127.0.0.1:0", "callbacks": {"gw": MAPPING}},
                 providers={"gw": {"type": "http", "url": fake.url, "body": {"to": "{to}", "ref": "{reference}"},
                                   "message_id_path": "id"}},
                 accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["gw"]}},
@@ -179,7 +179,7 @@ class TestEarlyReport:
 
 class TestMappingConfig:
     def _config(self, tmp_path, mapping: dict, provider: str = "gw") -> None:
-        settings = base_settings(tmp_path, http={"listen": "127.0.0.1:0", "dlr": {provider: mapping}},
+        settings = base_settings(tmp_path, http={"listen": "127.0.0.1:0", "callbacks": {provider: mapping}},
                                  providers={"gw": {"type": "http", "url": "http://127.0.0.1:9/x",
                                                    "body": "{text}"},
                                             "outbox": {"type": "file", "path": "o.jsonl"}})
@@ -190,10 +190,10 @@ class TestMappingConfig:
         self._config(tmp_path, MAPPING)
 
     @pytest.mark.parametrize("change, key", [
-        ({"secret": "short"}, "http.dlr.gw.secret"),
-        ({"delivered": []}, "http.dlr.gw"),
-        ({"undelivered": ["DELIVRD"]}, "http.dlr.gw.undelivered"),
-        ({"colour": "blue"}, "http.dlr.gw.colour"),
+        ({"secret": "short"}, "http.callbacks.gw.secret"),
+        ({"delivered": []}, "http.callbacks.gw.delivered"),
+        ({"undelivered": ["DELIVRD"]}, "http.callbacks.gw.undelivered"),
+        ({"colour": "blue"}, "http.callbacks.gw.colour"),
     ])
     def test_bad_mappings_name_their_key(self, tmp_path, change, key):
         """A short secret, a missing list, an overlap or an unknown key is refused by key path."""
@@ -201,8 +201,106 @@ class TestMappingConfig:
             self._config(tmp_path, {**MAPPING, **change})
         assert key in [error.path for error in caught.value.errors]
 
-    def test_only_http_providers_have_reports(self, tmp_path):
-        """A mapping for a provider that is not of type http is refused."""
+    def test_a_provider_without_webhooks_is_refused(self, tmp_path):
+        """Callbacks for a provider whose type sends none (file) are refused by key path."""
         with pytest.raises(ConfigErrors) as caught:
-            self._config(tmp_path, MAPPING, provider="outbox")
-        assert "http.dlr.outbox" in [error.path for error in caught.value.errors]
+            self._config(tmp_path, {"secret": SECRET}, provider="outbox")
+        assert "http.callbacks.outbox" in [error.path for error in caught.value.errors]
+
+    def test_callbacks_for_no_configured_provider_are_refused(self, tmp_path):
+        with pytest.raises(ConfigErrors) as caught:
+            self._config(tmp_path, {"secret": SECRET}, provider="ghost")
+        assert "http.callbacks.ghost" in [error.path for error in caught.value.errors]
+
+
+@pytest.fixture
+async def mailed(tmp_path, start_bridge, sink):
+    """Start a bridge whose replies go to the sink; ``dlr_mail`` as asked; job 1 sent."""
+    handler, relay = sink
+    started = []
+
+    async def start(dlr_mail: str | None):
+        account = {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["gw"], "language": "en"}
+        if dlr_mail is not None:
+            account["dlr_mail"] = dlr_mail
+        fake = FakeHttpServer(Reply(json={"id": "gw-1"}))
+        started.append(fake.__enter__())
+        settings = base_settings(
+            tmp_path, relay,
+            http={"listen": "127.0.0.1:0", "callbacks": {"gw": MAPPING}},
+            providers={"gw": {"type": "http", "url": fake.url, "body": {"to": "{to}", "text": "{text}"},
+                              "message_id_path": "id"}},
+            accounts={"arthur45": account},
+        )
+        bridge = await start_bridge(make_config(tmp_path, settings))
+        mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515|from=Alerts", "Disk full on db1",
+                       message_id="<alert-77@zabbix.example.org>")
+        assert (await smtp_send(bridge.smtp_port, mail))[0] == 250
+        await wait_until(lambda: _state_is(bridge, 1, S.SENT), what="job 1 sent")
+        return bridge, httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10)
+
+    yield start, handler
+    for fake in started:
+        fake.__exit__(None, None, None)
+
+
+class TestDeliveryReportMails:
+    """``dlr_mail``: the sender learns, in the mail's own thread, what became of the SMS."""
+
+    async def test_by_default_an_undelivered_sms_is_mailed_in_the_thread(self, mailed):
+        start, sink = mailed
+        bridge, client = await start(None)
+        async with client:
+            await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "EXPIRED", "err": "absent"})
+        [mail] = await sink.wait_for(1)
+        assert mail["X-Mail2SMS-Status"] == "128"
+        assert mail["In-Reply-To"] == "<alert-77@zabbix.example.org>"
+        assert mail["References"] == "<alert-77@zabbix.example.org>"
+        assert mail["Subject"] == "Re: arthur45|0612121515|from=Alerts"
+        assert ACCOUNT_KEY not in mail.as_string()
+        body = mail.get_content()
+        assert "Status: 128" in body and "SMS not delivered to +33612121515 (gw: undelivered (EXPIRED: absent))" in body
+        assert "Disk full on db1" in body
+
+    async def test_by_default_a_delivered_sms_is_not_mailed(self, mailed):
+        start, sink = mailed
+        bridge, client = await start(None)
+        async with client:
+            assert (await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"})).json() == {
+                "result": "delivered"}
+        assert await bridge.store.replies() == []
+        assert (await bridge.store.job(1)).state is S.DELIVERED
+
+    async def test_all_mails_a_delivered_sms_too(self, mailed):
+        start, sink = mailed
+        bridge, client = await start("all")
+        async with client:
+            await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"})
+        [mail] = await sink.wait_for(1)
+        assert mail["X-Mail2SMS-Status"] == "129" and "SMS delivered to +33612121515" in mail.get_content()
+
+    async def test_none_mails_nothing_even_a_failure(self, mailed):
+        start, sink = mailed
+        bridge, client = await start("none")
+        async with client:
+            answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "UNDELIV"})
+        assert answer.json() == {"result": "undelivered"}
+        assert await bridge.store.replies() == []
+
+    async def test_a_duplicate_failure_report_mails_once(self, mailed):
+        start, sink = mailed
+        bridge, client = await start(None)
+        async with client:
+            for _ in range(3):
+                await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "UNDELIV"})
+        assert [r["code"] for r in await bridge.store.replies()] == [128]
+
+    async def test_queue_show_tells_the_report(self, mailed, capsys):
+        from bridge.queue_show import show
+        start, sink = mailed
+        bridge, client = await start(None)
+        async with client:
+            await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "UNDELIV", "err": "barred"})
+        assert await show(bridge.store, 1) == 0
+        out = capsys.readouterr().out
+        assert "undelivered (gw: UNDELIV, barred)" in out and "status 128" in out
