@@ -95,3 +95,15 @@ class TestStateTable:
         with pytest.raises(IllegalTransition, match="sent -> queued"):
             check_transition(JobState.SENT, JobState.QUEUED)
         assert check_transition(frozenset({JobState.CALLING, JobState.UNKNOWN}), JobState.SENT)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("STOP", "stop"), ("stop", "stop"), ("  Stop  ", "stop"), ("STOP SMS", "stop"), ("stop   sms", "stop"),
+    ("Stop.", "stop"), ("STOP!", "stop"), ("ＳＴＯＰ", "stop"),
+    ("START", "start"), ("start", "start"), ("REABO", "start"), ("réabo", "start"), ("RÉABO ", "start"),
+    ("please stop", None), ("STOPPED", None), ("stop calling me", None), ("ACK", None), ("", None), (None, None),
+    ("S T O P", None),
+])
+def test_keyword(text, expected):
+    """Only a reply that is one of the words (any case, accents, spaces) changes the opt-outs."""
+    assert rules.keyword(text) == expected

@@ -47,3 +47,16 @@ def test_dashes_in_text_are_kept():
 def test_redact_subject(subject, expected):
     """Whatever follows @ in the first field is hidden, parsed or not."""
     assert redact_subject(subject) == expected
+
+
+@pytest.mark.parametrize("summary, expected", [
+    ("arthur45@***|0612121515|from=Alerts", "arthur45|0612121515|from=Alerts"),
+    ("arthur45@***", "arthur45"),
+    ("no key|0612", "no key|0612"),
+    ("a@***|x\r\nBcc: victim@example.org", "a|x Bcc: victim@example.org"),
+    (None, "SMS"), ("", "SMS"),
+])
+def test_subject_without_key(summary, expected):
+    """The subject of a threaded mail: no key, no line break (no header injection)."""
+    from bridge.text import subject_without_key
+    assert subject_without_key(summary) == expected
