@@ -540,6 +540,8 @@ def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
                     errors.append(ConfigError(f"{path}.{key}", f"only for providers of type http: {kind} "
                                                                "reports are read by its own module"))
         callbacks[str(name)] = config
+    if callbacks and _sub(data, "listen") is None:
+        errors.append(ConfigError("http.callbacks", "webhooks need the HTTP listener: set http.listen"))
     return read(HttpConfig, data, "http", errors, callbacks=MappingProxyType(callbacks))
 
 

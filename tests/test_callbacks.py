@@ -207,6 +207,13 @@ class TestMappingConfig:
             self._config(tmp_path, {"secret": SECRET}, provider="outbox")
         assert "http.callbacks.outbox" in [error.path for error in caught.value.errors]
 
+    def test_callbacks_need_the_listener(self, tmp_path):
+        settings = base_settings(tmp_path, http={"callbacks": {"gw": MAPPING}},
+                                 providers={"gw": {"type": "http", "url": "http://127.0.0.1:9/x", "body": "{text}"}})
+        with pytest.raises(ConfigErrors) as caught:
+            parse_config(settings, tmp_path / "config.yaml")
+        assert "http.callbacks" in [error.path for error in caught.value.errors]
+
     def test_callbacks_for_no_configured_provider_are_refused(self, tmp_path):
         with pytest.raises(ConfigErrors) as caught:
             self._config(tmp_path, {"secret": SECRET}, provider="ghost")
@@ -304,3 +311,132 @@ class TestDeliveryReportMails:
         assert await show(bridge.store, 1) == 0
         out = capsys.readouterr().out
         assert "undelivered (gw: UNDELIV, barred)" in out and "status 128" in out
+
+
+TWILIO_TOKEN = "twilio-auth-token-0123456789abcdef"
+TWILIO_SID = "AC" + "0" * 32
+
+
+@pytest.fixture
+async def twilio_bridge(tmp_path, start_bridge, sink):
+    """A bridge sending through a Twilio-shaped fake; its webhooks on; job 1 sent as SM1."""
+    handler, relay = sink
+    with FakeHttpServer(Reply(status=201, json={"sid": "SM1", "status": "queued"})) as fake:
+        settings = base_settings(
+            tmp_path, relay,
+            http={"listen": "127.0.0.1:0", "callbacks": {"tw": {"secret": SECRET}}},
+            providers={"tw": {"type": "twilio", "url": fake.url, "account_sid": TWILIO_SID,
+                              "auth_token": TWILIO_TOKEN, "from": "+15005550006"}},
+            accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["tw"], "language": "en"}},
+        )
+        bridge = await start_bridge(make_config(tmp_path, settings))
+        mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "db1 down, please ACK",
+                       sender="zabbix@example.org", message_id="<alert-9@zabbix.example.org>")
+        assert (await smtp_send(bridge.smtp_port, mail))[0] == 250
+        await wait_until(lambda: _state_is(bridge, 1, S.SENT), what="job 1 sent")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+            yield bridge, client, handler, fake
+
+
+async def twilio_post(client, path: str, fields: dict[str, str], token: str = TWILIO_TOKEN):
+    """POST a form the way Twilio does, signed with ``X-Twilio-Signature`` over the URL it calls.
+
+    Shape: https://www.twilio.com/docs/messaging/guides/webhook-request (incoming message:
+    MessageSid, From, To, Body) and https://www.twilio.com/docs/usage/security (signature).
+    """
+    from bridge.providers.twilio import signature
+    url = f"{client.base_url}".rstrip("/") + path
+    headers = {"X-Twilio-Signature": signature(token, url, sorted(fields.items()))}
+    return await client.post(path, data=fields, headers=headers)
+
+
+def incoming(body: str, sid: str) -> dict[str, str]:
+    return {"MessageSid": sid, "SmsMessageSid": sid, "AccountSid": TWILIO_SID, "From": "+33612121515",
+            "To": "+15005550006", "Body": body, "NumMedia": "0"}
+
+
+class TestSmsReplies:
+    """An SMS from the phone comes back to the sender's mailbox, in the thread; STOP and START work."""
+
+    async def test_a_reply_is_mailed_in_the_thread_once(self, twilio_bridge):
+        bridge, client, sink, _ = twilio_bridge
+        answer = await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("ACK, on it", "SMin1"))
+        assert answer.status_code == 200 and answer.json() == {"result": "reply"}
+        again = await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("ACK, on it", "SMin1"))
+        assert again.json() == {"result": "duplicate"}
+        [mail] = await sink.wait_for(1)
+        assert mail["To"] == "zabbix@example.org" and mail["X-Mail2SMS-Status"] == "132"
+        assert mail["In-Reply-To"] == mail["References"] == "<alert-9@zabbix.example.org>"
+        assert mail["Subject"] == "Re: arthur45|0612121515"
+        body = mail.get_content()
+        assert body.startswith("SMS from +33612121515 (") and "\n  ACK, on it\n" in body
+        assert "Status: 132" in body and "db1 down, please ACK" in body
+        assert [r["code"] for r in await bridge.store.replies()] == [132]
+
+    async def test_stop_then_a_new_mail_is_not_sent_not_charged_and_told(self, twilio_bridge):
+        bridge, client, sink, fake = twilio_bridge
+        answer = await twilio_post(client, f"/inbound/tw/{SECRET}", incoming(" Stop ", "SMin2"))
+        assert answer.json() == {"result": "stop"}
+        [told] = await sink.wait_for(1)
+        assert told["X-Mail2SMS-Status"] == "130" and told["In-Reply-To"] == "<alert-9@zabbix.example.org>"
+        assert "+33612121515 replied STOP" in told.get_content()
+        assert [(o["number"], o["source"]) for o in await bridge.store.optouts()] == [("+33612121515", "sms")]
+        balance = (await bridge.store.balances())["arthur45"]
+        calls = len(fake.requests)
+        mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "second alert", sender="zabbix@example.org")
+        assert (await smtp_send(bridge.smtp_port, mail))[0] in (250, 550)
+        refused = (await sink.wait_for(2))[1]
+        assert refused["X-Mail2SMS-Status"] == "125"
+        assert (await bridge.store.balances())["arthur45"] == balance and len(fake.requests) == calls
+
+    async def test_start_or_reabo_takes_the_number_back(self, twilio_bridge):
+        bridge, client, sink, _ = twilio_bridge
+        await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("STOP SMS", "SMin3"))
+        answer = await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("Réabo", "SMin4"))
+        assert answer.json() == {"result": "start"} and await bridge.store.optouts() == []
+        mails = await sink.wait_for(2)
+        assert sorted(m["X-Mail2SMS-Status"] for m in mails) == ["130", "131"]
+
+    async def test_stop_from_a_number_we_never_texted_still_opts_it_out(self, twilio_bridge):
+        bridge, client, sink, _ = twilio_bridge
+        fields = {**incoming("STOP", "SMin5"), "From": "+33698765432"}
+        answer = await twilio_post(client, f"/inbound/tw/{SECRET}", fields)
+        assert answer.json() == {"result": "stop (no SMS of ours to answer)"}
+        assert [o["number"] for o in await bridge.store.optouts()] == ["+33698765432"]
+        assert await bridge.store.replies() == []
+
+    async def test_a_forged_signature_is_403_and_changes_nothing(self, twilio_bridge):
+        bridge, client, sink, _ = twilio_bridge
+        with capture_logs() as logs:
+            forged = await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("STOP", "SMin6"),
+                                       token="not-the-token-at-all")
+            unsigned = await client.post(f"/inbound/tw/{SECRET}", data=incoming("STOP", "SMin7"))
+            wrong_path = await twilio_post(client, "/inbound/tw/wrong-secret-000000", incoming("STOP", "SMin8"))
+        assert forged.status_code == unsigned.status_code == wrong_path.status_code == 403
+        assert await bridge.store.optouts() == [] and await bridge.store.replies() == []
+        assert [e["event"] for e in logs if e["event"].startswith("callback_")] == ["callback_forbidden"] * 3
+        assert TWILIO_TOKEN not in str(logs)
+
+    async def test_status_callbacks_move_the_job(self, twilio_bridge):
+        """https://www.twilio.com/docs/messaging/guides/track-outbound-message-status: sent, then delivered."""
+        bridge, client, sink, _ = twilio_bridge
+        base = {"MessageSid": "SM1", "SmsSid": "SM1", "AccountSid": TWILIO_SID, "From": "+15005550006",
+                "To": "+33612121515", "ApiVersion": "2010-04-01"}
+        sent = await twilio_post(client, f"/dlr/tw/{SECRET}", {**base, "MessageStatus": "sent", "SmsStatus": "sent"})
+        assert sent.json() == {"result": "ignored"}
+        done = await twilio_post(client, f"/dlr/tw/{SECRET}",
+                                 {**base, "MessageStatus": "delivered", "SmsStatus": "delivered"})
+        assert done.json() == {"result": "delivered"} and await _state(bridge) is S.DELIVERED
+        late = await twilio_post(client, f"/dlr/tw/{SECRET}",
+                                 {**base, "MessageStatus": "undelivered", "ErrorCode": "30003"})
+        assert late.json() == {"result": "job already delivered"} and await _state(bridge) is S.DELIVERED
+
+    async def test_metrics_count_what_came_back(self, twilio_bridge):
+        bridge, client, sink, _ = twilio_bridge
+        await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("ACK", "SMa"))
+        await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("ACK", "SMa"))
+        await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("STOP", "SMb"))
+        await twilio_post(client, f"/inbound/tw/{SECRET}", {**incoming("hi", "SMc"), "From": "+33698765432"})
+        found = samples((await client.get("/metrics")).text)
+        for kind, count in (("reply", 1), ("duplicate", 1), ("stop", 1), ("unmatched", 1), ("start", 0)):
+            assert value(found, "mail2sms_inbound_sms_total", provider="tw", kind=kind) == count, kind
