@@ -117,6 +117,15 @@ class OvhSettings(HttpSettings):
         shown="{transactional: true, marketing: false}")
 
 
+def dlr_state(dlr: int | None, ptt: int | None) -> str | None:
+    """``delivered``/``undelivered``/None from OVH's DLR state, else from its ptt code."""
+    if dlr is not None:
+        return _DLR_STATES.get(dlr)
+    if ptt == 4:
+        return "delivered"
+    return "undelivered" if ptt in _PTT_FAILED else None
+
+
 class OvhProvider(ProviderBase):
     """Sends through the OVHcloud SMS API (https://www.ovhcloud.com/fr/sms/)."""
 
@@ -196,10 +205,8 @@ class OvhProvider(ProviderBase):
         ptt = as_int(first(fields, "ptt"))
         if dlr is None and ptt is None:
             raise ValueError("neither a delivery report (ptt, description) nor a reply (message, senderid)")
-        state = _DLR_STATES.get(dlr) if dlr is not None else (
-            "delivered" if ptt == 4 else "undelivered" if ptt in _PTT_FAILED else None)
-        status = " ".join(p for p in (f"dlr {dlr}" if dlr is not None else None,
-                                      f"ptt {ptt}" if ptt is not None else None) if p)
+        state = dlr_state(dlr, ptt)
+        status = " ".join(f"{name} {code}" for name, code in (("dlr", dlr), ("ptt", ptt)) if code is not None)
         reason = f"ptt {ptt}" if ptt is not None else first(fields, "descriptionDlr") or f"dlr {dlr}"
         return [Callback(kind="delivery", message_id=require(fields, "id"),
                          number=e164(first(fields, "receiver", "number")), reference=first(fields, "tag"),
