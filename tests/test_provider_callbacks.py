@@ -27,6 +27,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bridge.providers.allmysms import AllmysmsProvider
 from bridge.providers.base import Callback, CallbackForbidden, CallbackParser, CallbackRequest, CallbackUrls, Sms
@@ -35,6 +37,7 @@ from bridge.providers.ovh import OvhProvider
 from bridge.providers.smspartner import SmsPartnerProvider
 from bridge.providers.twilio import TwilioProvider, signature
 from bridge.providers.vonage import VonageProvider
+from bridge.providers.webhooks import e164
 from provider_fakes import requests_of
 
 PUBLIC = "https://sms.example.org/callbacks/s3cret"
@@ -273,6 +276,52 @@ class TestParse:
         """A delivery report naming no message cannot be matched to a job: ValueError."""
         with pytest.raises(ValueError):
             provider(kind, client).parse_callback(request_)
+
+
+#: field names the six parsers read, so that random requests reach past the first check
+FIELD_NAMES = ["status", "statut", "msgId", "messageId", "message_id", "phoneNumber", "phone_number", "msisdn",
+               "text", "message", "type", "smsId", "number", "channel", "MessageSid", "MessageStatus", "Body",
+               "From", "To", "err-code", "id", "ptt", "description", "senderid", "to", "tag"]
+
+
+class TestAnyRequest:
+    @pytest.mark.parametrize("kind", sorted(SETTINGS))
+    async def test_only_events_or_value_error(self, client: httpx.AsyncClient, kind: str) -> None:
+        """Whatever fields arrive, a parser returns events or raises ValueError, nothing else."""
+        parser = provider(kind, client)
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=8), st.text(max_size=12), max_size=6))
+        def check(fields: dict[str, str]) -> None:
+            request = twilio_signed(fields) if kind == "twilio" else form(fields)
+            try:
+                events = parser.parse_callback(request)
+            except ValueError:
+                return
+            assert all(isinstance(e, Callback) for e in events)
+
+        check()
+
+
+class TestE164:
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("33612345678", "+33612345678"),          # international without "+" (Vonage, Allmysms)
+            ("+33612345678", "+33612345678"),
+            ("0033612345678", "+33612345678"),
+            ("0612345678", "+33612345678"),           # national: the bridge's default region
+            ("447700900001", "+447700900001"),
+            ("+1 (500) 555-0006", "+15005550006"),
+            ("36111", "36111"),                       # a short code stays as written
+            ("ACME", "ACME"),                         # a sender name too
+            ("", None),
+            (None, None),
+        ],
+    )
+    def test_numbers(self, raw: str | None, expected: str | None) -> None:
+        """Numbers providers send become E.164; short codes and names are kept as written."""
+        assert e164(raw) == expected
 
 
 class TestTwilioSignature:
