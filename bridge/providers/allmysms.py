@@ -19,6 +19,19 @@ Assumed (not documented where we could read it):
     either, so ``unicode = False`` keeps UCS-2 texts on providers that document it;
   - no status lookup by ``cliMsgId`` is documented: ``unknown`` jobs cannot be reconciled;
   - a 503 is not documented as "not processed": ambiguous. No code means "opted out".
+
+Webhooks (``parse_callback``). Verified only that they exist: Allmysms's API page
+(https://www.allmysms.com/api/api-http-envoi-sms-pro/) offers a real-time webhook for
+delivery reports and replies; their fields were not found in any documentation we could
+read. Taken from an independent integration (EsupPortail/esup-smsu-api, its Allmysms
+"BackChannelAck"): a delivery report carries ``smsId`` (the send answer's ``smsId``),
+``phoneNumber``, ``status``, ``statusText`` and ``receptionDate``, status ``1`` meaning
+delivered and any other value a failure (``reason`` = ``status N`` and the statusText).
+Assumed, not verified: ``cliMsgId`` is echoed when present (``reference``); a reply
+carries ``phoneNumber`` and ``message`` (or ``text``), with the ``smsId`` of our SMS it
+answers when there is one. The send API documents no callback URL per message. Console:
+set the delivery-report and reply webhook URLs of the Allmysms account (customer area, API
+settings) to the bridge's DLR and inbound URLs.
 """
 
 from __future__ import annotations
@@ -27,8 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.base import Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase, Receipt, Sms
 from bridge.providers.calls import as_cost, as_int, json_body, post
+from bridge.providers.webhooks import e164, first, require
 from bridge.settings import BOOL, REQUIRED, SECRET, TEXT, URL, setting
 
 DEFAULT_URL = "https://api.allmysms.com"
@@ -109,6 +123,24 @@ class AllmysmsProvider(ProviderBase):
                 raw=body,
             )
         raise self._refusal(code, body.get("description"))
+
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """A reply (``message``/``text``) or a delivery report (``status``); shapes assumed."""
+        fields = request.fields
+        text = first(fields, "message", "text")
+        if text is not None and first(fields, "status") is None:
+            return [Callback(kind="inbound", number=e164(require(fields, "phoneNumber", "from")),
+                             text=str(fields.get("message", fields.get("text")) or ""),
+                             in_reply_to=first(fields, "smsId"), status="received")]
+        status = first(fields, "status")
+        if status is None:
+            raise ValueError("neither a delivery report (status) nor a reply (message)")
+        delivered = status == "1"
+        reason = " - ".join(p for p in (f"status {status}", first(fields, "statusText")) if p)
+        return [Callback(kind="delivery", message_id=require(fields, "smsId"),
+                         number=e164(first(fields, "phoneNumber")), reference=first(fields, "cliMsgId"),
+                         state="delivered" if delivered else "undelivered", status=status,
+                         reason=None if delivered else reason)]
 
     def _refusal(self, code: int, description: Any) -> PermanentError:
         text = f"code {code}: {_REFUSALS.get(code, 'refused')}"

@@ -20,6 +20,24 @@ the success status (any 2xx with ``sms_ticket``); ``default_rate`` (not document
 ``purpose`` follows the job's category (marketing -> ``wholesale``, else ``alert``) unless
 set. No client reference field and no lookup by ticket are documented here, so ``unknown``
 jobs cannot be reconciled; a 503 is not documented as "not processed": ambiguous.
+
+Webhooks (``parse_callback``), verified against Octopush's "Callbacks" pages
+(https://dev.octopush.com/en/sms-gateway-api-documentation/callbacks/, its
+"acknowledge-receipt" page and https://dev.octopush.com/en/sms-gateway-api-documentation/inbounds/):
+  - POSTs, read as JSON or form alike; a delivery report carries ``message_id`` (the
+    ``sms_ticket`` of our send, shared by every number of a campaign), ``number``,
+    ``status`` and ``delivery_date`` (and ``channel``: anything but ``sms`` is ignored);
+    DELIVERED is final success; NOT_DELIVERED, NOT_ALLOWED, BAD_DESTINATION and
+    BLACKLISTED_NUMBER final failures (``reason`` = that word); ACK, UNKNOWN_DELIVERY and
+    UNDEFINED intermediate (no state);
+  - an incoming SMS carries ``number`` (who wrote), ``text``, ``sim_card_number`` (the number
+    it was sent to), ``reception_date`` and ``message_id``: the ticket of *our* SMS it
+    answers, when Octopush found one (``in_reply_to``). It has no id of its own, so a
+    webhook delivered twice cannot be told from two identical replies.
+The send API takes no callback URL. Console: in the Octopush interface, menu "Callbacks",
+set the acknowledgement-of-receipt URL to the bridge's DLR URL and the incoming-SMS URL to
+its inbound URL (leave the opt-out one elsewhere: it is not read here); replies to a
+campaign need ``with_replies: true``.
 """
 
 from __future__ import annotations
@@ -30,8 +48,9 @@ from typing import Any
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.base import Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase, Receipt, Sms
 from bridge.providers.calls import answer_object, as_cost, as_int, post, request
+from bridge.providers.webhooks import e164, first, require
 from bridge.settings import BOOL, REQUIRED, SECRET, TEXT, URL, choice, setting
 
 DEFAULT_URL = "https://api.octopush.com/v1/public"
@@ -50,6 +69,13 @@ _REFUSALS = {
     119: "text too long for this type of SMS",
     121: "premium SMS must contain 'STOP au XXXXX'",
     122: "standard SMS must contain 'no PUB=STOP'",
+}
+
+#: acknowledgement ``status`` -> ``Callback.state`` (ACK, UNKNOWN_DELIVERY, UNDEFINED: none)
+_CALLBACK_STATES = {
+    "DELIVERED": "delivered",
+    "NOT_DELIVERED": "undelivered", "NOT_ALLOWED": "undelivered",
+    "BAD_DESTINATION": "undelivered", "BLACKLISTED_NUMBER": "undelivered",
 }
 
 
@@ -116,6 +142,23 @@ class OctopushProvider(ProviderBase):
         if amount is None:
             return "credentials accepted"
         return f"credentials accepted; balance {amount:g} {unit if isinstance(unit, str) else ''}".rstrip()
+
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """An acknowledgement of receipt (``status``) or an incoming SMS (``text``)."""
+        fields = request.fields
+        if (first(fields, "channel") or "sms").lower() != "sms":
+            return []  # voice SMS, e-mail...: nothing the bridge sent
+        if "text" in fields:
+            return [Callback(kind="inbound", number=e164(require(fields, "number")),
+                             text=str(fields.get("text") or ""), to=e164(first(fields, "sim_card_number")),
+                             in_reply_to=first(fields, "message_id"), status="received")]
+        status = first(fields, "status")
+        if status is None:
+            raise ValueError("neither an acknowledgement of receipt (status) nor an incoming SMS (text)")
+        state = _CALLBACK_STATES.get(status.upper())
+        return [Callback(kind="delivery", message_id=require(fields, "message_id"),
+                         number=e164(first(fields, "number")), state=state, status=status,
+                         reason=status if state == "undelivered" else None)]
 
     def purpose(self, sms: Sms) -> str:
         """``alert`` for transactional SMS, ``wholesale`` for marketing, unless configured."""

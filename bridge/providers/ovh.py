@@ -30,6 +30,25 @@ Assumed (not documented where we could read it):
   - an SMS not yet in ``outgoing`` may still wait in ``jobs`` (held for the night), so an
     empty ``outgoing`` answer is "cannot tell", never "not found";
   - a 503 is not documented as "not processed": ambiguous.
+
+Webhooks (``parse_callback``). OVHcloud's current guides do not describe them; what is used
+comes from OVH's former "CallBack" documentation as quoted in ovh/docs issue #1496
+(https://github.com/ovh/docs/issues/1496) and the OVH community forum thread it cites, so
+it is reported-but-unofficial: a delivery report is a GET whose query carries ``id`` (the
+SMS id, as in the job answer's ``ids``), ``ptt`` (a detailed state code), ``date``,
+``description`` (the DLR state: 0 pending, 1 success, 2 failed, 4 waiting, 8 buffered,
+16 error) and ``descriptionDlr`` (its wording); a reply is a POST of ``id``, ``keyword``,
+``message``, ``senderid`` (who wrote), ``shortcode`` (the number written to) and ``tag``
+(the tag of our job, i.e. our reference). Read here: DLR 1 is delivered, 2 and 16
+undelivered, others intermediate; without a DLR state, ptt 4 is delivered, ptt 5, 8, 20,
+21, 23-29, 33, 39, 73, 74, 76, 202 are failures, the others (1-3 retrying/accepted, 6
+unknown) intermediate; ``reason`` is ``ptt N``. Assumed: the number, when OVH adds one, is
+in ``receiver`` or ``number``; which of ``description``/``descriptionDlr`` holds the digit
+(either is read). The job API takes no callback URL. Console (or API): set the SMS
+account's delivery callback ("Options générales" in the manager, ``callBack`` of
+``PUT /sms/{service}``) to the bridge's DLR URL, and ``smsResponse`` to
+``{responseType: cgi, cgiUrl: <the bridge's inbound URL>}``; replies only come back to SMS
+sent from OVH's short number (``senderForResponse``, i.e. without a sender).
 """
 
 from __future__ import annotations
@@ -45,11 +64,17 @@ from urllib.parse import urlencode
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError, TransientError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
-from bridge.providers.calls import digits, json_body, request
+from bridge.providers.base import (Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase,
+                                   Receipt, Reconciled, Sms, or_none)
+from bridge.providers.calls import as_int, digits, json_body, request
+from bridge.providers.webhooks import e164, first, require
 from bridge.settings import REQUIRED, SECRET, TEXT, URL, Kind, setting
 
 DEFAULT_URL = "https://eu.api.ovh.com/1.0"
+#: DLR state of a delivery report -> ``Callback.state`` (0, 4, 8: none yet)
+_DLR_STATES = {1: "delivered", 2: "undelivered", 16: "undelivered"}
+#: ptt codes of a final failure (4 is delivered; 1-3 and 6 are not final)
+_PTT_FAILED = frozenset({5, 8, 20, 21, 23, 24, 25, 26, 27, 28, 29, 33, 39, 73, 74, 76, 202})
 
 
 def signature(secret: str, consumer: str, method: str, url: str, body: str, timestamp: int) -> str:
@@ -90,6 +115,15 @@ class OvhSettings(HttpSettings):
         StopClause(), "noStopClause per category (false: OVH adds STOP 36111 and holds SMS at night)",
         Kind("bool or {transactional, marketing}", _no_stop_clause),
         shown="{transactional: true, marketing: false}")
+
+
+def dlr_state(dlr: int | None, ptt: int | None) -> str | None:
+    """``delivered``/``undelivered``/None from OVH's DLR state, else from its ptt code."""
+    if dlr is not None:
+        return _DLR_STATES.get(dlr)
+    if ptt == 4:
+        return "delivered"
+    return "undelivered" if ptt in _PTT_FAILED else None
 
 
 class OvhProvider(ProviderBase):
@@ -158,6 +192,25 @@ class OvhProvider(ProviderBase):
         if isinstance(ids, list) and ids:
             return "sent", str(ids[0])
         return None  # maybe still waiting in /jobs (held for the night): cannot tell
+
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """A delivery report (``ptt``/``description``) or a reply (``message``, ``senderid``)."""
+        fields = request.fields
+        if "message" in fields and first(fields, "senderid"):
+            return [Callback(kind="inbound", message_id=first(fields, "id"), number=e164(fields["senderid"]),
+                             to=e164(first(fields, "shortcode")), text=str(fields.get("message") or ""),
+                             reference=first(fields, "tag"), status="received")]
+        dlr = next((as_int(v) for v in (first(fields, "dlr"), first(fields, "description"),
+                                        first(fields, "descriptionDlr")) if as_int(v) is not None), None)
+        ptt = as_int(first(fields, "ptt"))
+        if dlr is None and ptt is None:
+            raise ValueError("neither a delivery report (ptt, description) nor a reply (message, senderid)")
+        state = dlr_state(dlr, ptt)
+        status = " ".join(f"{name} {code}" for name, code in (("dlr", dlr), ("ptt", ptt)) if code is not None)
+        reason = f"ptt {ptt}" if ptt is not None else first(fields, "descriptionDlr") or f"dlr {dlr}"
+        return [Callback(kind="delivery", message_id=require(fields, "id"),
+                         number=e164(first(fields, "receiver", "number")), reference=first(fields, "tag"),
+                         state=state, status=status, reason=reason if state == "undelivered" else None)]
 
     async def check(self) -> str:
         """``GET /sms/{service_name}``: the credits left on the SMS account."""

@@ -16,6 +16,26 @@ which HTTP status carries an error body (any status is read for its ``code``); 4
 mean a refused key; a 503 is not documented as "not processed", so it stays ambiguous.
 No refusal code for an opted-out recipient is documented (SMSPartner keeps its own STOP
 list and drops those numbers silently).
+
+Webhooks (``parse_callback``). Verified: SMSPartner's "Webhooks" page
+(https://www.docpartner.dev/api/sms-partner/gestion-des-webhooks): a reply to a short-code
+campaign is a JSON POST ``{"type": "response" | "stop", "phone_number", "text",
+"message_id"}``; a reply to a rented long number is ``{"msisdn", "to", "messageId", "text",
+"type": "text", "keyword", "message-timestamp"}``, one webhook per part for a long SMS
+(``concat-ref``/``concat-part``/``concat-total``, each read as its own event); the send
+fields ``urlResponse`` and ``urlDlr`` (single send page). Assumed, not verified (no page
+describing what is posted to ``urlDlr`` was found): a delivery report carries the message
+id (``msgId``, or ``messageId``/``message_id``), the number (``phoneNumber``, or
+``phone_number``/``msisdn``), the status word of "Single Status" (``status`` or ``statut``:
+Delivered, Not delivered, Waiting) and the ``tag`` we sent; Delivered is final success,
+Not delivered final failure (``reason`` = the status word, or a ``reason``/``error`` field
+when one is there), anything else intermediate. Also assumed: the short-code reply's
+``message_id`` is the id of *our* SMS it answers (``in_reply_to``), not an id of the reply.
+With ``callbacks`` set, each send carries ``urlDlr``/``urlResponse`` = the bridge's URLs,
+unless ``dlr_url``/``response_url`` are configured (an explicit setting wins). Console:
+nothing is needed per message; replies to sends made without ``urlResponse`` go to the
+"URL de réception des réponses" of the account's API SMS settings, which may be set to the
+bridge's inbound URL as well.
 """
 
 from __future__ import annotations
@@ -28,8 +48,10 @@ from typing import Any
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
+from bridge.providers.base import (Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase,
+                                   Receipt, Reconciled, Sms, or_none)
 from bridge.providers.calls import as_cost, as_int, digits, json_body, post, request
+from bridge.providers.webhooks import e164, first, require
 from bridge.settings import BOOL, LINK, REQUIRED, SECRET, URL, setting
 
 DEFAULT_URL = "https://api.smspartner.fr/v1"
@@ -49,6 +71,11 @@ _REFUSALS = {
 #: SMSPartner's delivery ``statut`` -> the bridge's normalised state
 _STATES = {"delivered": "delivered", "not delivered": "failed", "waiting": "sent"}
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: delivery report status word -> ``Callback.state`` (assumed words, see the docstring)
+_CALLBACK_STATES = {"delivered": "delivered", "not delivered": "undelivered",
+                    "undelivered": "undelivered", "failed": "undelivered"}
+#: ``type`` of a reply to a short-code campaign
+_SHORT_CODE_REPLIES = ("response", "stop")
 
 
 def encode_message(text: str) -> str:
@@ -128,6 +155,27 @@ class SmsPartnerProvider(ProviderBase):
             verdict += f", balance {credits['balance']} {credits.get('currency') or ''}".rstrip()
         return verdict
 
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """A reply (short code or long number) or a delivery report (see the docstring)."""
+        fields = request.fields
+        kind = (first(fields, "type") or "").lower()
+        if kind in _SHORT_CODE_REPLIES:
+            return [Callback(kind="inbound", number=e164(require(fields, "phone_number")),
+                             text=str(fields.get("text") or ""), status=kind,
+                             in_reply_to=first(fields, "message_id"))]
+        if "text" in fields and first(fields, "msisdn"):
+            return [Callback(kind="inbound", message_id=first(fields, "messageId"),
+                             number=e164(fields["msisdn"]), to=e164(first(fields, "to")),
+                             text=str(fields.get("text") or ""), status="received")]
+        status = first(fields, "status", "statut")
+        if status is None:
+            raise ValueError("neither a reply (type, text) nor a delivery report (status)")
+        state = _CALLBACK_STATES.get(status.lower())
+        return [Callback(kind="delivery", message_id=require(fields, "msgId", "messageId", "message_id"),
+                         number=e164(first(fields, "phoneNumber", "phone_number", "msisdn")),
+                         reference=first(fields, "tag"), state=state, status=status,
+                         reason=(first(fields, "reason", "error") or status) if state == "undelivered" else None)]
+
     async def status(self, message_id: str, number: str) -> str | None:
         """Delivery state of ``message_id`` at ``number``: delivered, sent, failed or None.
 
@@ -186,8 +234,8 @@ class SmsPartnerProvider(ProviderBase):
             "isUnicode": 1 if sms.unicode else None,
             "sandbox": 1 if s.sandbox else None,
             "isStopSms": 1 if s.stop_sms else None,
-            "urlDlr": s.dlr_url,
-            "urlResponse": s.response_url,
+            "urlDlr": s.dlr_url or (self.callbacks.dlr if self.callbacks else None),
+            "urlResponse": s.response_url or (self.callbacks.inbound if self.callbacks else None),
         }
         payload.update({key: value for key, value in optional.items() if value is not None})
         return payload

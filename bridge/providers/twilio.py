@@ -20,20 +20,44 @@ Assumed: 30001 (queue overflow) is documented as a failure *after* creation, see
 ``status()``; should it come back synchronously it is read as "not accepted, retry later".
 Every other code on a 4xx answer is a definite refusal; Twilio picks the encoding itself;
 a 503 is not documented as "not processed": ambiguous.
+
+Webhooks (``parse_callback``), verified against Twilio's "Track the message status of
+outbound messages" guide (https://www.twilio.com/docs/messaging/guides/track-outbound-message-status),
+"Twilio's request to your incoming message webhook URL"
+(https://www.twilio.com/docs/messaging/guides/webhook-request) and "Secure webhooks"
+(https://www.twilio.com/docs/usage/webhooks/webhooks-security):
+  - both are form posts; a status callback carries ``MessageSid`` (our send's ``sid``),
+    ``MessageStatus`` (queued, sending, sent, delivered, undelivered, failed, read...),
+    ``ErrorCode`` when it failed, ``To``; an incoming message carries ``MessageSid`` (its
+    own), ``From``, ``To``, ``Body`` and ``SmsStatus=received``;
+  - every request is signed: ``X-Twilio-Signature`` = base64(HMAC-SHA1(auth token, the
+    full URL + each POST parameter's name and value, sorted by name)). A missing or wrong
+    signature raises ``CallbackForbidden``; the URL with and without the scheme's default
+    port is tried, as Twilio's own validators do.
+With ``callbacks`` set, every send asks for ``StatusCallback`` = the bridge's DLR URL.
+Console: the incoming-message webhook of the number (or of the Messaging Service) must be
+set to the bridge's inbound URL, method POST; Twilio does not take it per message.
+Twilio never links an incoming message to ours, so ``in_reply_to`` stays empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Reconciled, Sms, or_none
+from bridge.providers.base import (Callback, CallbackForbidden, CallbackRequest, Capabilities, HttpSettings,
+                                   ProviderBase, Receipt, Reconciled, Sms, or_none)
 from bridge.providers.calls import as_int, json_body, request
+from bridge.providers.webhooks import e164, first, is_form, require
 from bridge.settings import REQUIRED, SECRET, TEXT, URL, pattern, setting
 
 DEFAULT_URL = "https://api.twilio.com"
@@ -62,6 +86,13 @@ _STATES = {
     "delivered": "delivered", "read": "delivered",
     "undelivered": "failed", "failed": "failed", "canceled": "failed",
 }
+#: ``MessageStatus`` of a status callback -> ``Callback.state`` (the others are intermediate)
+_CALLBACK_STATES = {
+    "delivered": "delivered", "read": "delivered",
+    "undelivered": "undelivered", "failed": "undelivered", "canceled": "undelivered",
+}
+#: ``MessageStatus``/``SmsStatus`` values of an incoming message
+_INBOUND = {"received", "receiving"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +132,8 @@ class TwilioProvider(ProviderBase):
             form["From"] = sender
         if self.settings.messaging_service_sid:
             form["MessagingServiceSid"] = self.settings.messaging_service_sid
+        if self.callbacks is not None:
+            form["StatusCallback"] = self.callbacks.dlr
         response = await self._call("POST", "/Messages.json", data=form)
         body = json_body(response, self.name)
         sid = body.get("sid") if isinstance(body, dict) else None
@@ -150,6 +183,39 @@ class TwilioProvider(ProviderBase):
                     return state, message.get("sid")
         return ("not_found", None) if len(messages) < PAGE_SIZE else None
 
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """A status callback or an incoming message, once its Twilio signature checks out."""
+        self.verify_signature(request)
+        fields = request.fields
+        status = (first(fields, "MessageStatus", "SmsStatus") or "").lower()
+        if status and status not in _INBOUND:
+            code = first(fields, "ErrorCode")
+            message = first(fields, "ErrorMessage")
+            state = _CALLBACK_STATES.get(status)
+            reason = " - ".join(p for p in (code, message) if p) or None
+            return [Callback(kind="delivery", message_id=require(fields, "MessageSid", "SmsSid"),
+                             number=e164(first(fields, "To")), state=state, status=status,
+                             reason=reason if state == "undelivered" else None)]
+        if "Body" in fields or status in _INBOUND:
+            return [Callback(kind="inbound", message_id=require(fields, "MessageSid", "SmsMessageSid", "SmsSid"),
+                             number=e164(require(fields, "From")), to=e164(first(fields, "To")),
+                             text=str(fields.get("Body") or ""), status=status or "received")]
+        raise ValueError("neither a status callback (MessageStatus) nor an incoming message (Body)")
+
+    def verify_signature(self, request: CallbackRequest) -> None:
+        """Raise ``CallbackForbidden`` unless ``X-Twilio-Signature`` matches the auth token."""
+        given = _header(request.headers, "X-Twilio-Signature")
+        if not given:
+            raise CallbackForbidden("no X-Twilio-Signature")
+        params: list[tuple[str, str]] = []
+        if request.method.upper() == "POST" and is_form(request):
+            params = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+        for url in _url_forms(request.url):
+            expected = signature(self.settings.auth_token, url, params)
+            if hmac.compare_digest(expected.encode(), given.encode()):
+                return
+        raise CallbackForbidden("X-Twilio-Signature does not match")
+
     async def check(self) -> str:
         """``GET .../Accounts/{sid}.json``: the credentials work and the account is active."""
         body = json_body(await self._call("GET", ".json"), self.name)
@@ -183,6 +249,49 @@ class TwilioProvider(ProviderBase):
             raise TransientError(text, provider=self.name, code=code)
         raise PermanentError(text, provider=self.name,
                              code=code if code is not None else response.status_code)
+
+
+def signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> str:
+    """Twilio's webhook signature: base64 HMAC-SHA1 of the URL and the sorted POST parameters.
+
+    Parameters are sorted by name, each name followed by its value(s) (sorted, once each),
+    all concatenated after the URL; the key is the account's auth token.
+    """
+    values: dict[str, set[str]] = {}
+    for name, value in params:
+        values.setdefault(name, set()).add(value)
+    data = url + "".join(name + value for name in sorted(values) for value in sorted(values[name]))
+    digest = hmac.new(auth_token.encode("utf-8"), data.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _url_forms(url: str) -> list[str]:
+    """``url`` as given, then without (or with) the scheme's default port.
+
+    Twilio signs the URL as it called it; a proxy may add or drop ``:443``, so its own
+    validators try both forms.
+    """
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = userinfo + "@" if userinfo else ""
+    if parts.port is not None and parts.port == default:
+        other = prefix + host
+    elif parts.port is None and default is not None:
+        other = f"{prefix}{host}:{default}"
+    else:
+        return [url]
+    return [url, urlunsplit(parts._replace(netloc=other))]
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by name, whatever the case of the mapping's keys."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+    return value
 
 
 def _when(value: Any) -> float | None:

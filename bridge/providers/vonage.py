@@ -23,6 +23,27 @@ Status 7 (number barred: on Vonage's list of numbers that may not receive messag
 ``RecipientRefused``: no other provider may be tried. ``client-ref`` carries our reference,
 but finding a message by it needs Vonage's separate Reports API, so ``unknown`` jobs are
 not reconciled here; a 503 is not documented as "not processed": ambiguous.
+
+Webhooks (``parse_callback``), verified against the same ``sms.yml`` (``DeliveryReceipt``,
+``InboundMessage``, the send field ``callback``) and Vonage's "Delivery receipts" guide
+(https://developer.vonage.com/messaging/sms/guides/delivery-receipts):
+  - a delivery receipt carries ``messageId`` (the send answer's ``message-id``),
+    ``msisdn`` (the recipient), ``to`` (our sender), ``status`` (delivered, expired,
+    failed, rejected, accepted, buffered, unknown), ``err-code`` and ``client-ref``
+    (our reference); delivered is final success, expired/failed/rejected final failure
+    (``reason`` = ``err-code N``), accepted/buffered intermediate; ``unknown`` is read as
+    "cannot tell" (no state), not as a failure;
+  - an inbound SMS carries ``msisdn`` (who wrote), ``to`` (our virtual number),
+    ``messageId`` (its own id), ``text``, ``type``; a long SMS arrives as one webhook per
+    part (``concat-ref``/``concat-part``/``concat-total``), each read as its own inbound
+    event (the interface has no part fields to join them);
+  - Vonage sends either as GET query, form POST or JSON POST, as set in the dashboard: all
+    three arrive as ``fields``.
+With ``callbacks`` set, each send asks for ``callback`` = the bridge's DLR URL (overriding
+the dashboard's). Dashboard: the inbound URL is set per number (or as the account's default
+"Inbound SMS webhook"); the account must use the SMS API for SMS, not the Messages API.
+Signed webhooks (``sig``, with a separate signature secret) are not checked here: no setting
+holds that secret, so a forged receipt cannot be told apart.
 """
 
 from __future__ import annotations
@@ -33,8 +54,9 @@ from typing import Any
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
-from bridge.providers.base import Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.base import Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase, Receipt, Sms
 from bridge.providers.calls import as_int, json_body, request
+from bridge.providers.webhooks import e164, first, require
 from bridge.settings import REQUIRED, SECRET, TEXT, URL, setting
 
 DEFAULT_URL = "https://rest.nexmo.com"
@@ -50,6 +72,11 @@ _REFUSALS = {
     12: "message too long", 14: "invalid signature", 15: "invalid sender address",
     22: "invalid network code", 23: "invalid callback URL", 29: "non-whitelisted destination",
     32: "signature and API secret disallowed", 33: "number de-activated",
+}
+#: delivery receipt ``status`` -> ``Callback.state`` (accepted, buffered, unknown: none)
+_CALLBACK_STATES = {
+    "delivered": "delivered",
+    "expired": "undelivered", "failed": "undelivered", "rejected": "undelivered",
 }
 
 
@@ -87,6 +114,8 @@ class VonageProvider(ProviderBase):
             form["type"] = "unicode"
         if sms.reference:
             form["client-ref"] = sms.reference[:100]
+        if self.callbacks is not None:
+            form["callback"] = self.callbacks.dlr
         response = await self._get_or_post("POST", "/sms/json", data=form)
         body = json_body(response, self.name)
         parts = body.get("messages") if isinstance(body, dict) else None
@@ -116,6 +145,23 @@ class VonageProvider(ProviderBase):
         if status in _AMBIGUOUS or status is None:
             raise AmbiguousError(text, provider=self.name, code=status)
         raise PermanentError(text, provider=self.name, code=status)
+
+    def parse_callback(self, request: CallbackRequest) -> list[Callback]:
+        """A delivery receipt (``status`` + ``messageId``) or an inbound SMS (``text``)."""
+        fields = request.fields
+        status = (first(fields, "status") or "").lower()
+        if status:
+            state = _CALLBACK_STATES.get(status)
+            code = first(fields, "err-code")
+            return [Callback(kind="delivery", message_id=require(fields, "messageId", "message-id"),
+                             number=e164(first(fields, "msisdn")), reference=first(fields, "client-ref"),
+                             state=state, status=status,
+                             reason=f"err-code {code}" if state == "undelivered" and code else None)]
+        if "text" in fields or first(fields, "type") in ("text", "unicode", "binary"):
+            return [Callback(kind="inbound", message_id=require(fields, "messageId", "message-id"),
+                             number=e164(require(fields, "msisdn")), to=e164(first(fields, "to")),
+                             text=str(fields.get("text") or ""), status="received")]
+        raise ValueError("neither a delivery receipt (status) nor an inbound SMS (text)")
 
     async def check(self) -> str:
         """``GET /account/get-balance``: the account balance in euros."""
