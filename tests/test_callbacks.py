@@ -368,7 +368,7 @@ class TestSmsReplies:
         assert mail["To"] == "zabbix@example.org" and mail["X-Mail2SMS-Status"] == "132"
         assert mail["In-Reply-To"] == mail["References"] == "<alert-9@zabbix.example.org>"
         assert mail["Subject"] == "Re: arthur45|0612121515"
-        body = mail.get_content()
+        body = mail.get_content().replace("\r\n", "\n")
         assert body.startswith("SMS from +33612121515 (") and "\n  ACK, on it\n" in body
         assert "Status: 132" in body and "db1 down, please ACK" in body
         assert [r["code"] for r in await bridge.store.replies()] == [132]
