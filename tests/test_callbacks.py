@@ -440,3 +440,90 @@ class TestSmsReplies:
         found = samples((await client.get("/metrics")).text)
         for kind, count in (("reply", 1), ("duplicate", 1), ("stop", 1), ("unmatched", 1), ("start", 0)):
             assert value(found, "mail2sms_inbound_sms_total", provider="tw", kind=kind) == count, kind
+
+
+def _ovh_clock(request) -> Reply | None:
+    import time as _time
+    return Reply(body=str(int(_time.time()))) if request.path.endswith("/auth/time") else None
+
+
+#: One row per provider type: settings against the fake at ``base``, the fake's send answer,
+#: then a delivered report and an SMS reply as the provider posts them (the shapes, and their
+#: sources, are the ones of tests/test_provider_callbacks.py).
+PROVIDERS = {
+    "smspartner": (lambda base: {"api_key": "sp-key-0123456789", "url": f"{base}/v1"}, None,
+                   Reply(json={"success": True, "code": 200, "message_id": 307}),
+                   ("json", {"msgId": 307, "phoneNumber": "+33612121515", "status": "Delivered"}),
+                   ("json", {"type": "response", "phone_number": "+33612121515", "text": "Oui",
+                             "message_id": 307})),
+    "allmysms": (lambda base: {"login": "shop", "api_key": "am-key-0123456789", "url": base}, None,
+                 Reply(status=201, json={"code": 100, "description": "sent", "smsId": "de4d766d-4faf",
+                                         "invalidNumbers": "", "nbContacts": 1, "nbSms": 1, "cost": 0.19}),
+                 ("form", {"smsId": "de4d766d-4faf", "phoneNumber": "33612121515", "status": "1",
+                           "statusText": "Delivered"}),
+                 ("form", {"phoneNumber": "33612121515", "message": "Oui", "smsId": "de4d766d-4faf"})),
+    "octopush": (lambda base: {"login": "me@example.com", "api_key": "oc-key-0123456789", "url": base}, None,
+                 Reply(status=201, json={"sms_ticket": "sms_5fec89fe97109", "number_of_contacts": 1,
+                                         "total_cost": 0.0333, "number_of_sms_needed": 1}),
+                 ("json", {"message_id": "sms_5fec89fe97109", "number": "+33612121515", "status": "DELIVERED",
+                           "delivery_date": "2026-12-01 11:11:45"}),
+                 ("json", {"message_id": "sms_5fec89fe97109", "number": "+33612121515", "text": "Oui",
+                           "sim_card_number": "12345", "reception_date": "2026-12-01 11:12:00"})),
+    "vonage": (lambda base: {"api_key": "vgkey", "api_secret": "vg-secret-0123456789", "from": "SHOP", "url": base},
+               None,
+               Reply(json={"message-count": "1", "messages": [{"to": "33612121515", "message-id": "0A00000012345678",
+                                                               "status": "0", "message-price": "0.03"}]}),
+               ("get", {"msisdn": "33612121515", "to": "SHOP", "messageId": "0A00000012345678",
+                        "status": "delivered", "err-code": "0", "message-timestamp": "2026-12-01 12:00:00"}),
+               ("get", {"msisdn": "33612121515", "to": "447700900000", "messageId": "0B00000000000001",
+                        "text": "Oui", "type": "text", "message-timestamp": "2026-12-01 12:00:00"})),
+    "ovh": (lambda base: {"application_key": "ak-0123", "application_secret": "as-secret-0123456789",
+                          "consumer_key": "ck-secret-0123456789", "service_name": "sms-ab1-1", "url": f"{base}/1.0"},
+            _ovh_clock,
+            Reply(json={"ids": [264119545], "invalidReceivers": [], "validReceivers": ["+33612121515"],
+                        "totalCreditsRemoved": 1, "tag": ""}),
+            ("get", {"id": "264119545", "ptt": "4", "description": "1", "descriptionDlr": "Success"}),
+            ("form", {"id": "9000", "message": "Oui", "senderid": "+33612121515", "shortcode": "36111"})),
+}
+
+
+async def _post_as(client, path: str, how: str, fields: dict):
+    if how == "json":
+        return await client.post(path, json=fields)
+    if how == "form":
+        return await client.post(path, data=fields)
+    return await client.get(path, params=fields)
+
+
+class TestEveryProviderOverHttp:
+    """Each provider's own report and reply shapes, posted to the running daemon."""
+
+    @pytest.mark.parametrize("kind", sorted(PROVIDERS))
+    async def test_report_then_reply(self, kind, tmp_path, start_bridge, sink):
+        handler, relay = sink
+        settings_of, side, answer, report, reply = PROVIDERS[kind]
+        with FakeHttpServer(answer, router=side) as fake:
+            settings = base_settings(
+                tmp_path, relay,
+                http={"listen": "127.0.0.1:0", "callbacks": {"p": {"secret": SECRET}}},
+                providers={"p": {"type": kind, **settings_of(fake.url)}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["p"], "language": "en",
+                                       "dlr_mail": "all"}},
+            )
+            bridge = await start_bridge(make_config(tmp_path, settings))
+            mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "Hello", message_id="<m-1@example.org>")
+            assert (await smtp_send(bridge.smtp_port, mail))[0] == 250
+            await wait_until(lambda: _state_is(bridge, 1, S.SENT), what=f"job 1 sent through {kind}")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+                forged = await _post_as(client, "/dlr/p/not-the-secret-0000", *report)
+                assert forged.status_code == 403 and await _state(bridge) is S.SENT
+                delivered = await _post_as(client, f"/dlr/p/{SECRET}", *report)
+                assert (delivered.status_code, delivered.json()) == (200, {"result": "delivered"})
+                again = await _post_as(client, f"/dlr/p/{SECRET}", *report)
+                assert again.json() == {"result": "job already delivered"}
+                answered = await _post_as(client, f"/inbound/p/{SECRET}", *reply)
+                assert (answered.status_code, answered.json()) == (200, {"result": "reply"})
+            mails = await handler.wait_for(2)
+            assert sorted(m["X-Mail2SMS-Status"] for m in mails) == ["129", "132"]
+            assert all(m["In-Reply-To"] == "<m-1@example.org>" for m in mails)
+            assert await _state(bridge) is S.DELIVERED
