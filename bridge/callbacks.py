@@ -228,8 +228,13 @@ def _e164(number: str | None) -> str | None:
 
 async def _request(request: web.Request, public_url: str | None) -> CallbackRequest:
     """The webhook as its parser reads it: query, then the body's fields over them."""
-    body = await request.read() if request.can_read_body else b""
     fields: dict[str, Any] = dict(request.query)
+    body = b""
+    if request.content_type.startswith("multipart/"):
+        # read as a form (the raw body is not kept: no provider signs a multipart post)
+        fields.update(await _form(request))
+    elif request.can_read_body:
+        body = await request.read()
     if body and request.content_type == "application/json":
         try:
             parsed = json.loads(body)
@@ -239,7 +244,16 @@ async def _request(request: web.Request, public_url: str | None) -> CallbackRequ
             raise ValueError("the JSON body is not an object")
         fields.update(parsed)
     elif body:
-        fields.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        fields.update(await _form(request))
     url = f"{public_url.rstrip('/')}{request.path_qs}" if public_url else str(request.url)
     return CallbackRequest(method=request.method, url=url, headers=request.headers, query=dict(request.query),
                            body=body, content_type=request.content_type, fields=fields)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The form fields of the body (none for a type that is not a form); ``ValueError`` if unreadable."""
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+        raise ValueError(f"the form cannot be read ({type(exc).__name__})") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}

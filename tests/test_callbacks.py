@@ -133,6 +133,19 @@ class TestReports:
         assert no_id.status_code == bad_json.status_code == 400
         assert await _state(bridge) is S.SENT
 
+    async def test_a_multipart_form_is_read(self, gateway):
+        bridge, client = gateway
+        answer = await client.post(f"/dlr/gw/{SECRET}", data={"id": "gw-1", "status": "DELIVRD"},
+                                   files={"unused": ("a.txt", b"x")})
+        assert answer.json() == {"result": "delivered"}
+
+    async def test_a_form_in_a_broken_charset_is_400(self, gateway):
+        bridge, client = gateway
+        answer = await client.post(f"/dlr/gw/{SECRET}", content=b"id=gw-1&status=\xff\xfe",
+                                   headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+        assert answer.status_code == 400 and "cannot be read" in answer.json()["error"]
+        assert await _state(bridge) is S.SENT
+
     async def test_oversized_report_is_413(self, gateway):
         """A report body above http.max_body is refused before it is read."""
         bridge, client = gateway
