@@ -4,7 +4,8 @@
 store and prints. Times are UTC, as in ``queue list``. The store keeps one row per job,
 not one per provider call: what is shown of the calls is the number of attempts and the
 last one (provider, client reference, when it started, the provider's message id, the
-last error). Delivery reports and SMS replies are stored as events and shown in the
+last error). Every call that did not end in a plain ``sent`` (next provider, retry,
+unknown, refused), delivery reports and SMS replies are stored as events and shown in the
 timeline.
 """
 
@@ -99,7 +100,7 @@ def _events(job: Job, history: dict[str, Any]) -> list[tuple[float, str]]:
 
 
 #: How each kind of stored event reads in the timeline.
-_EVENT_LABELS = {"report": "delivery report: ", "inbound": ""}
+_EVENT_LABELS = {"report": "delivery report: ", "inbound": "", "call": ""}
 
 
 def _reply_state(reply: dict[str, Any]) -> str:

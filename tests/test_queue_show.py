@@ -109,3 +109,33 @@ class TestQueueShowCommand:
         config.write_text(yaml.safe_dump(base_settings(tmp_path)), encoding="utf-8")
         proc = mail2sms("--config", str(config), "queue", "show", "999")
         assert proc.returncode == 1 and "job 999 does not exist" in out(proc)
+
+
+class TestEveryCall:
+    async def test_a_failover_shows_each_call_and_its_answer(self, tmp_path, sink, start_bridge, capsys):
+        """A 429 from the first provider, then the second sends: both calls are in the timeline."""
+        from bridge.queue_show import show
+        handler, relay_port = sink
+        with FakeHttpServer(Reply(status=429, json={"success": False, "code": 429})) as busy, \
+                FakeHttpServer(Reply(json={"success": True, "code": 200, "message_id": 9})) as spare:
+            settings = base_settings(
+                tmp_path, relay_port,
+                providers={"busy": {"type": "smspartner", "api_key": "K", "url": busy.url},
+                           "spare": {"type": "smspartner", "api_key": "K", "url": spare.url}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["busy", "spare"]}},
+            )
+            bridge = await start_bridge(make_config(tmp_path, settings))
+            assert (await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515")))[0] == 250
+            await wait_until(lambda: _sent(bridge), what="job 1 sent by the second provider")
+        assert await show(bridge.store, 1) == 0
+        text = capsys.readouterr().out
+        timeline = text[text.index("Timeline"):]
+        assert "call m2s-1-1 to busy: not sent, next provider (busy: HTTP 429)" in timeline
+        assert "call #2 to spare started" in timeline
+        assert timeline.index("to busy: not sent") < timeline.index("call #2 to spare")
+        assert [e["kind"] for e in (await bridge.store.job_history(1))["events"]] == ["call"]
+
+
+async def _sent(bridge) -> bool:
+    job = await bridge.store.job(1)
+    return job is not None and job.state is S.SENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,15 @@ async def inbound(conn: asyncpg.Connection, key: str | None, job_id: int | None,
     if reply is not None:
         await queue_reply(conn, reply, now)
     return True
+
+
+async def record_calls(conn: asyncpg.Connection, ref: str, rows: Sequence[tuple[float, str, int]]) -> None:
+    """The ``sql_twoway.call_events`` rows of the call ``ref``, in the caller's transaction."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO events (job, at, kind, detail) SELECT id, $1, 'call', "
+            "'call ' || $2 || ' to ' || COALESCE(provider, '?') || ': ' || $3 FROM jobs WHERE id=$4",
+            [(at, ref, detail[:900], job) for at, detail, job in rows])
 
 
 async def add_event(conn: asyncpg.Connection, job_id: int | None, kind: str, detail: str, now: float,

@@ -25,7 +25,7 @@ import structlog
 
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, ReplyState, Settlement
-from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs, pg_twoway
+from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs, pg_twoway, sql_twoway
 from bridge.store.pg_schema import migrate
 from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
                                  POOL_SIZE, describe as _describe, move, queue_reply)
@@ -189,8 +189,13 @@ class PostgresStore:
 
     async def settle_call(self, ref: str, items: Sequence[Settlement], now: float, lease: float = 0.0) -> list[int]:
         """Write the outcomes of the call ``ref`` in one transaction; return the ids refused."""
-        return await self.write(lambda c: pg_jobs.settle_call(c, ref, list(items), now, now + lease),
-                                single=pg_jobs.one_statement(items))
+        async def settle(c: asyncpg.Connection) -> list[int]:
+            refused = await pg_jobs.settle_call(c, ref, list(items), now, now + lease)
+            await pg_twoway.record_calls(c, ref, sql_twoway.call_events(items, refused, now))
+            return refused
+        # a plain success is one statement (no history row to add): no BEGIN/COMMIT round trips
+        quiet = not sql_twoway.call_events(items, (), now)
+        return await self.write(settle, single=quiet and pg_jobs.one_statement(items))
 
     async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
         """Outcomes decided before any call (deferred, refused); return the ids refused."""

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState, NewReply
+from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState, NewReply, Settlement
 from bridge.store.sql import JOB_SELECT, job_of, marks, queue_reply, transition
 
 #: States of a job that went out (or may have): an SMS reply can answer it.
@@ -49,6 +49,38 @@ def inbound(conn: sqlite3.Connection, key: str | None, job_id: int | None, numbe
     if reply is not None:
         queue_reply(conn, reply, now)
     return True
+
+
+#: How a call's outcome reads in a job's history (``sent`` is on the job row itself).
+CALL_OUTCOMES = {
+    JobState.CLAIMED: "not sent, next provider",
+    JobState.QUEUED: "not sent, retry later",
+    JobState.UNKNOWN: "outcome unknown",
+    JobState.FAILED: "refused",
+    JobState.DELIVERED: "delivered",
+    JobState.UNDELIVERED: "undelivered",
+}
+
+
+def call_events(items: Sequence[Settlement], refused: Sequence[int], now: float) -> list[tuple[float, str, int]]:
+    """(at, outcome, job id) for each applied outcome of a call that is not a plain ``sent``.
+
+    Written with the settle, in its transaction: ``queue show`` then lists every call a job
+    went through (a successful one is the job's own provider, reference and time). Nothing
+    is written on the happy path.
+    """
+    skip = set(refused)
+    return [(now, CALL_OUTCOMES[i.state] + (f" ({i.error})" if i.error else ""), i.job_id)
+            for i in items if i.state in CALL_OUTCOMES and i.job_id not in skip]
+
+
+def record_calls(conn: sqlite3.Connection, ref: str, rows: Sequence[tuple[float, str, int]]) -> None:
+    """The ``call_events`` rows of the call ``ref``, in the caller's transaction."""
+    if rows:
+        conn.executemany(
+            "INSERT INTO events (job, at, kind, detail) SELECT id, ?, 'call', "
+            "'call ' || ? || ' to ' || COALESCE(provider, '?') || ': ' || ? FROM jobs WHERE id=?",
+            [(at, ref, detail[:900], job) for at, detail, job in rows])
 
 
 def add_event(conn: sqlite3.Connection, job_id: int | None, kind: str, detail: str, now: float,

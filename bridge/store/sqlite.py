@@ -164,7 +164,11 @@ class SqliteStore:
 
     async def settle_call(self, ref: str, items: Sequence[Settlement], now: float, lease: float = 0.0) -> list[int]:
         """Write the outcomes of the call ``ref`` in one transaction; return the ids refused."""
-        return await self.write(lambda c: sql_jobs.settle_call(c, ref, list(items), now, now + lease))
+        def settle(c: sqlite3.Connection) -> list[int]:
+            refused = sql_jobs.settle_call(c, ref, list(items), now, now + lease)
+            sql_twoway.record_calls(c, ref, sql_twoway.call_events(items, refused, now))
+            return refused
+        return await self.write(settle)
 
     async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
         """Outcomes decided before any call (deferred, refused); return the ids refused."""
