@@ -429,3 +429,43 @@ class TestSendCarriesCallbacks:
         [request] = await requests_of(make, SMS, SEND_ANSWERS["smspartner"])
         fields = sent_fields(request)
         assert (fields["urlDlr"], fields["urlResponse"]) == ("https://crm.example/dlr", INBOUND_URL)
+
+
+class TestVonageSignedWebhooks:
+    """https://developer.vonage.com/getting-started/concepts/signing-messages: ``sig`` over the
+    sorted fields, ``&`` and ``=`` in values replaced by ``_``."""
+
+    FIELDS = {"msisdn": "447700900001", "to": "447700900000", "messageId": "0A0000000123ABCD1",
+              "text": "a=b&c", "type": "text", "timestamp": "1764590400", "nonce": "n-1"}
+    SECRET = "vonage-signature-secret"
+    STRING = ("&messageId=0A0000000123ABCD1&msisdn=447700900001&nonce=n-1&text=a_b_c&timestamp=1764590400"
+              "&to=447700900000&type=text")
+
+    def _signed(self, sig: str | None) -> CallbackRequest:
+        fields = dict(self.FIELDS) if sig is None else {**self.FIELDS, "sig": sig}
+        return get(fields, INBOUND_URL)
+
+    @pytest.mark.parametrize("method", ["md5hash", "md5", "sha1", "sha256", "sha512"])
+    async def test_a_good_sig_is_read(self, client, method):
+        import hashlib
+        import hmac as hmac_
+        expected = (hashlib.md5((self.STRING + self.SECRET).encode()).hexdigest() if method == "md5hash" else
+                    hmac_.new(self.SECRET.encode(), self.STRING.encode(), method).hexdigest())
+        parser = provider("vonage", client, signature_secret=self.SECRET, signature_method=method)
+        [event] = parser.parse_callback(self._signed(expected.upper()))
+        assert (event.kind, event.text) == ("inbound", "a=b&c")
+
+    async def test_a_missing_or_wrong_sig_is_forbidden(self, client):
+        parser = provider("vonage", client, signature_secret=self.SECRET)
+        with pytest.raises(CallbackForbidden):
+            parser.parse_callback(self._signed(None))
+        with pytest.raises(CallbackForbidden):
+            parser.parse_callback(self._signed("0" * 32))
+        good = __import__("hashlib").md5((self.STRING + self.SECRET).encode()).hexdigest()
+        tampered = get({**self.FIELDS, "text": "STOP", "sig": good}, INBOUND_URL)
+        with pytest.raises(CallbackForbidden):
+            parser.parse_callback(tampered)
+
+    async def test_without_a_secret_sig_is_not_needed(self, client):
+        [event] = provider("vonage", client).parse_callback(self._signed(None))
+        assert event.kind == "inbound"

@@ -42,22 +42,30 @@ Webhooks (``parse_callback``), verified against the same ``sms.yml`` (``Delivery
 With ``callbacks`` set, each send asks for ``callback`` = the bridge's DLR URL (overriding
 the dashboard's). Dashboard: the inbound URL is set per number (or as the account's default
 "Inbound SMS webhook"); the account must use the SMS API for SMS, not the Messages API.
-Signed webhooks (``sig``, with a separate signature secret) are not checked here: no setting
-holds that secret, so a forged receipt cannot be told apart.
+Signed webhooks (https://developer.vonage.com/getting-started/concepts/signing-messages):
+with ``signature_secret`` set (the account's signature secret, and signed webhooks enabled
+by Vonage), every webhook must carry ``sig``: the fields other than ``sig`` sorted by name,
+each written ``&name=value`` with ``&`` and ``=`` in values replaced by ``_``, then hashed
+with the dashboard's algorithm (``md5hash``: MD5 of that string followed by the secret;
+``md5``, ``sha1``, ``sha256``, ``sha512``: HMAC keyed by the secret), hex, any case. A
+missing or wrong ``sig`` is ``CallbackForbidden`` (403). Without it only the secret in the
+URL path authenticates a webhook.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from bridge.errors import AmbiguousError, PermanentError, RecipientRefused, TransientError
-from bridge.providers.base import Callback, CallbackRequest, Capabilities, HttpSettings, ProviderBase, Receipt, Sms
+from bridge.providers.base import Callback, CallbackForbidden, CallbackRequest, Capabilities, HttpSettings, ProviderBase, Receipt, Sms
 from bridge.providers.calls import as_int, json_body, request
 from bridge.providers.webhooks import e164, first, require
-from bridge.settings import REQUIRED, SECRET, TEXT, URL, setting
+from bridge.settings import REQUIRED, SECRET, TEXT, URL, choice, setting
 
 DEFAULT_URL = "https://rest.nexmo.com"
 
@@ -95,6 +103,18 @@ class VonageSettings(HttpSettings):
     api_secret: str = setting(REQUIRED, "Vonage API secret", SECRET)
     sender: str = setting(REQUIRED, "from: a number or an alphanumeric sender", TEXT, key="from")
     url: str = setting(DEFAULT_URL, "base URL of the API", URL)
+    signature_secret: str | None = setting(None, "signature secret: webhooks must carry a valid sig", SECRET)
+    signature_method: str = setting("md5hash", "the dashboard's signature algorithm",
+                                    choice("md5hash", "md5", "sha1", "sha256", "sha512"))
+
+
+def signature(fields: dict[str, Any], secret: str, method: str = "md5hash") -> str:
+    """Vonage's ``sig`` over ``fields`` (``sig`` itself left out), lowercase hex."""
+    data = "".join(f"&{name}={str(fields[name]).replace('&', '_').replace('=', '_')}"
+                   for name in sorted(fields) if name != "sig")
+    if method == "md5hash":
+        return hashlib.md5((data + secret).encode("utf-8")).hexdigest()
+    return hmac.new(secret.encode("utf-8"), data.encode("utf-8"), method).hexdigest()
 
 
 class VonageProvider(ProviderBase):
@@ -149,6 +169,12 @@ class VonageProvider(ProviderBase):
     def parse_callback(self, request: CallbackRequest) -> list[Callback]:
         """A delivery receipt (``status`` + ``messageId``) or an inbound SMS (``text``)."""
         fields = request.fields
+        secret = self.settings.signature_secret
+        if secret:
+            given = first(fields, "sig")
+            expected = signature(dict(fields), secret, self.settings.signature_method)
+            if not given or not hmac.compare_digest(given.lower().encode(), expected.encode()):
+                raise CallbackForbidden("sig missing or wrong" if given else "no sig")
         status = (first(fields, "status") or "").lower()
         if status:
             state = _CALLBACK_STATES.get(status)
