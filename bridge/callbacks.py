@@ -24,7 +24,8 @@ What is answered, and why:
   and forwarded to the sender of that SMS's mail, in its thread (132). ``STOP``/``STOP
   SMS`` adds the number to the opt-out list (source ``sms``), ``START``/``REABO`` removes
   it (130, 131), even when no SMS can be matched. The provider's id of the inbound SMS
-  is remembered, so a webhook delivered twice is applied once.
+  is remembered, so a webhook delivered twice is applied once. A long SMS posted one part
+  at a time is kept part by part (answered ``part N of M``) and handled once whole.
 """
 
 from __future__ import annotations
@@ -188,17 +189,26 @@ class Webhooks:
         number = _e164(sms.number)
         if number is None:
             raise web.HTTPBadRequest(reason="an inbound SMS without a readable sender number")
-        action = rules.keyword(sms.text)
         now = self.clock()
-        bound = bound.bind(number=number, message_id=sms.message_id, keyword=action)
+        text, message_id = sms.text or "", sms.message_id
+        if sms.part is not None:
+            ref, index, total = sms.part
+            prefix = f"part:{provider}:{number}:{ref}"
+            parts = await store.inbound_part(prefix, index, total, text, now)
+            if parts is None:
+                bound.info("inbound_part", number=number, part=index, total=total)
+                self.metrics.inbound_sms(provider, "part")
+                return f"part {index} of {total}"
+            text, message_id = "".join(parts), f"{number}:concat:{ref}"
+        action = rules.keyword(text)
+        bound = bound.bind(number=number, message_id=message_id, keyword=action)
         job = await store.find_origin(provider, number, sms.in_reply_to, now - self.config.http.inbound_window)
-        text = sms.text or ""
         when = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         word = " ".join(text.split()).upper()[:20]
         mail = status_mail.for_inbound(job, number, text, action, word, when, self.config) if job else None
         detail = (f"{action.upper()} by SMS from {number}" if action else f"SMS reply from {number}: "
                   + " ".join(text.split())[:300])
-        key = f"inbound:{provider}:{sms.message_id}" if sms.message_id else None
+        key = f"inbound:{provider}:{message_id}" if message_id else None
         optout = {"stop": "add", "start": "remove"}.get(action or "")
         if not await store.record_inbound(key, job.id if job else None, number, detail, optout, mail, now):
             bound.info("inbound_duplicate")

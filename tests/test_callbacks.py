@@ -540,3 +540,35 @@ class TestEveryProviderOverHttp:
             assert sorted(m["X-Mail2SMS-Status"] for m in mails) == ["129", "132"]
             assert all(m["In-Reply-To"] == "<m-1@example.org>" for m in mails)
             assert await _state(bridge) is S.DELIVERED
+
+
+class TestLongReplies:
+    async def test_parts_posted_out_of_order_are_mailed_once_whole(self, tmp_path, start_bridge, sink):
+        """Vonage posts a long SMS one part per webhook (concat-ref/part/total): one mail, whole text."""
+        handler, relay = sink
+        settings_of, side, answer, _, _ = PROVIDERS["vonage"]
+        with FakeHttpServer(answer) as fake:
+            settings = base_settings(
+                tmp_path, relay, http={"listen": "127.0.0.1:0", "callbacks": {"p": {"secret": SECRET}}},
+                providers={"p": {"type": "vonage", **settings_of(fake.url)}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["p"], "language": "en"}})
+            bridge = await start_bridge(make_config(tmp_path, settings))
+            mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "Hello", message_id="<m-2@example.org>")
+            assert (await smtp_send(bridge.smtp_port, mail))[0] == 250
+            await wait_until(lambda: _state_is(bridge, 1, S.SENT), what="job 1 sent")
+            base = {"msisdn": "33612121515", "to": "447700900000", "type": "text", "concat": "true",
+                    "concat-ref": "08", "concat-total": "2", "message-timestamp": "2026-12-01 12:00:00"}
+            first_half, second_half = "A" * 153, "the end"
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+                path = f"/inbound/p/{SECRET}"
+                two = await client.get(path, params={**base, "messageId": "m2", "concat-part": "2", "text": second_half})
+                again = await client.get(path, params={**base, "messageId": "m2", "concat-part": "2",
+                                                       "text": second_half})
+                one = await client.get(path, params={**base, "messageId": "m1", "concat-part": "1", "text": first_half})
+                late = await client.get(path, params={**base, "messageId": "m1", "concat-part": "1", "text": first_half})
+            assert [r.json()["result"] for r in (two, again, one, late)] == [
+                "part 2 of 2", "part 2 of 2", "reply", "duplicate"]
+            [forwarded] = await handler.wait_for(1)
+            assert forwarded["X-Mail2SMS-Status"] == "132"
+            assert "  " + first_half + second_half in forwarded.get_content()
+            assert [r["code"] for r in await bridge.store.replies()] == [132]

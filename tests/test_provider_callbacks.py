@@ -469,3 +469,21 @@ class TestVonageSignedWebhooks:
     async def test_without_a_secret_sig_is_not_needed(self, client):
         [event] = provider("vonage", client).parse_callback(self._signed(None))
         assert event.kind == "inbound"
+
+
+class TestVonageLongInbound:
+    PART = {"msisdn": "447700900001", "to": "447700900000", "messageId": "0A01", "text": "first half",
+            "type": "text", "concat": "true", "concat-ref": "08", "concat-part": "1", "concat-total": "2"}
+
+    async def test_a_part_says_which_it_is(self, client):
+        [event] = provider("vonage", client).parse_callback(get(self.PART, INBOUND_URL))
+        assert event.part == ("08", 1, 2) and event.text == "first half"
+
+    async def test_a_single_part_is_no_part(self, client):
+        [event] = provider("vonage", client).parse_callback(get({**self.PART, "concat-total": "1"}, INBOUND_URL))
+        assert event.part is None
+
+    @pytest.mark.parametrize("bad", [{"concat-part": "3"}, {"concat-part": "0"}, {"concat-total": "999"}])
+    async def test_an_impossible_part_is_unreadable(self, client, bad):
+        with pytest.raises(ValueError):
+            provider("vonage", client).parse_callback(get({**self.PART, **bad}, INBOUND_URL))

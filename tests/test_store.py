@@ -555,3 +555,13 @@ class TestWebhooks:
         assert await store.find_origin("p", first.number, None, 10) is None
         assert await store.find_origin("p", "+33699999999", None, 0) is None
         assert (await store.find_origin("p", first.number, None, 0)).subject == "a@***|..."
+
+
+class TestInboundParts:
+    async def test_parts_are_joined_once_all_are_there(self, store):
+        assert await store.inbound_part("part:p:+33612121515:08", 2, 3, "b", 1) is None
+        assert await store.inbound_part("part:p:+33612121515:08", 2, 3, "b", 2) is None     # posted twice
+        assert await store.inbound_part("part:p:+33612121515:09", 1, 2, "other", 2) is None  # another SMS
+        assert await store.inbound_part("part:p:+33612121515:08", 3, 3, "c", 3) is None
+        assert await store.inbound_part("part:p:+33612121515:08", 1, 3, "a", 4) == ["a", "b", "c"]
+        assert await store.inbound_part("part:p:+33612121515:08", 1, 3, "a", 5) == ["a", "b", "c"]

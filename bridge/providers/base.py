@@ -161,7 +161,10 @@ class Callback:
     Inbound SMS: ``number`` is the phone that wrote (E.164 when it can be made so),
     ``text`` what it wrote, ``to`` the number or short code it wrote to, ``message_id`` the
     provider's id of the inbound SMS (used to drop a webhook delivered twice), and
-    ``in_reply_to`` the provider's id of our SMS it answers, when the provider says.
+    ``in_reply_to`` the provider's id of our SMS it answers, when the provider says. A long
+    SMS some providers post one part at a time carries ``part``: (the provider's reference
+    shared by the parts, this part's number from 1, how many there are); the bridge joins
+    the parts before it forwards the text.
     """
 
     kind: Literal["delivery", "inbound"]
@@ -174,6 +177,7 @@ class Callback:
     text: str | None = None
     to: str | None = None
     in_reply_to: str | None = None
+    part: tuple[str, int, int] | None = None
 
 
 @dataclass(frozen=True)

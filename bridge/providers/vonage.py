@@ -35,8 +35,8 @@ Webhooks (``parse_callback``), verified against the same ``sms.yml`` (``Delivery
     "cannot tell" (no state), not as a failure;
   - an inbound SMS carries ``msisdn`` (who wrote), ``to`` (our virtual number),
     ``messageId`` (its own id), ``text``, ``type``; a long SMS arrives as one webhook per
-    part (``concat-ref``/``concat-part``/``concat-total``), each read as its own inbound
-    event (the interface has no part fields to join them);
+    part (``concat-ref``/``concat-part``/``concat-total``), read as ``Callback.part`` (the
+    bridge joins the parts before it forwards the text);
   - Vonage sends either as GET query, form POST or JSON POST, as set in the dashboard: all
     three arrive as ``fields``.
 With ``callbacks`` set, each send asks for ``callback`` = the bridge's DLR URL (overriding
@@ -106,6 +106,17 @@ class VonageSettings(HttpSettings):
     signature_secret: str | None = setting(None, "signature secret: webhooks must carry a valid sig", SECRET)
     signature_method: str = setting("md5hash", "the dashboard's signature algorithm",
                                     choice("md5hash", "md5", "sha1", "sha256", "sha512"))
+
+
+def _part(fields: Any) -> tuple[str, int, int] | None:
+    """(``concat-ref``, ``concat-part``, ``concat-total``) of one part of a long inbound SMS."""
+    ref, number, total = (first(fields, f"concat-{n}") for n in ("ref", "part", "total"))
+    if not (ref and number and total and number.isdigit() and total.isdigit()):
+        return None
+    index, count = int(number), int(total)
+    if not 1 <= index <= count <= 255:
+        raise ValueError(f"concat-part {index} of {count} is not a part of a long SMS")
+    return (ref, index, count) if count > 1 else None
 
 
 def signature(fields: dict[str, Any], secret: str, method: str = "md5hash") -> str:
@@ -186,7 +197,7 @@ class VonageProvider(ProviderBase):
         if "text" in fields or first(fields, "type") in ("text", "unicode", "binary"):
             return [Callback(kind="inbound", message_id=require(fields, "messageId", "message-id"),
                              number=e164(require(fields, "msisdn")), to=e164(first(fields, "to")),
-                             text=str(fields.get("text") or ""), status="received")]
+                             text=str(fields.get("text") or ""), status="received", part=_part(fields))]
         raise ValueError("neither a delivery receipt (status) nor an inbound SMS (text)")
 
     async def check(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState, NewReply
-from bridge.store.pg_sql import JOB_SELECT, Params, queue_reply, transition
+from bridge.store.pg_sql import JOB_SELECT, Params, queue_reply, transition, xact_lock
 from bridge.store.sql import job_of
 from bridge.store.sql_twoway import ANSWERABLE, OptoutChange
 
@@ -48,6 +48,21 @@ async def record_calls(conn: asyncpg.Connection, ref: str, rows: Sequence[tuple[
             "INSERT INTO events (job, at, kind, detail) SELECT id, $1, 'call', "
             "'call ' || $2 || ' to ' || COALESCE(provider, '?') || ': ' || $3 FROM jobs WHERE id=$4",
             [(at, ref, detail[:900], job) for at, detail, job in rows])
+
+
+async def inbound_part(conn: asyncpg.Connection, prefix: str, index: int, total: int, text: str,
+                       now: float) -> list[str] | None:
+    """Keep one part of a long inbound SMS (see ``sql_twoway.inbound_part``).
+
+    Parts posted at once to two bridges take turns on an advisory lock, so the last one
+    always sees the others committed (under READ COMMITTED each would miss the other).
+    """
+    await xact_lock(conn, "mail2sms:part", prefix)
+    await add_event(conn, None, "part", text, now, f"{prefix}:{index}")
+    keys = [f"{prefix}:{i}" for i in range(1, total + 1)]
+    found = {r["key"]: r["detail"] for r in await conn.fetch("SELECT key, detail FROM events WHERE key = ANY($1::text[])",
+                                                                keys)}
+    return [found[k] for k in keys] if len(found) == total else None
 
 
 async def add_event(conn: asyncpg.Connection, job_id: int | None, kind: str, detail: str, now: float,

@@ -274,6 +274,10 @@ class PostgresStore:
         """An inbound SMS, its opt-out change and its mail in one transaction (see ``Store``)."""
         return await self.write(lambda c: pg_twoway.inbound(c, key, job_id, number, detail, optout, reply, now))
 
+    async def inbound_part(self, prefix: str, index: int, total: int, text: str, now: float) -> list[str] | None:
+        """One part of a long inbound SMS; all their texts once complete (see ``Store``)."""
+        return await self.write(lambda c: pg_twoway.inbound_part(c, prefix, index, total, text, now))
+
     async def find_origin(self, provider: str, number: str, in_reply_to: str | None, since: float) -> Job | None:
         """The SMS an inbound one answers (see ``sql_twoway.origin``)."""
         return await self.read(lambda c: pg_twoway.origin(c, provider, number, in_reply_to, since))

@@ -134,6 +134,10 @@ class Store(Protocol):
         """Note an inbound SMS, apply STOP (``add``, source ``sms``) or START (``remove``), queue
         ``reply``: one transaction. False (nothing written) when ``key`` was recorded before."""
 
+    async def inbound_part(self, prefix: str, index: int, total: int, text: str, now: float) -> list[str] | None:
+        """Keep part ``index`` of ``total`` of a long inbound SMS; every part's text, in order,
+        once all are kept (else None). A part posted twice is kept once."""
+
     async def find_origin(self, provider: str, number: str, in_reply_to: str | None, since: float) -> Job | None:
         """Read-only: the SMS an inbound one answers (by the provider's id, else the newest
         one to ``number`` through ``provider`` created since ``since``)."""

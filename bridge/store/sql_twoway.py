@@ -83,6 +83,16 @@ def record_calls(conn: sqlite3.Connection, ref: str, rows: Sequence[tuple[float,
             [(at, ref, detail[:900], job) for at, detail, job in rows])
 
 
+def inbound_part(conn: sqlite3.Connection, prefix: str, index: int, total: int, text: str,
+                 now: float) -> list[str] | None:
+    """Keep part ``index`` of ``total`` (key ``<prefix>:<index>``); all the texts in order once
+    every part is there, else None. Idempotent: a part posted twice is kept once."""
+    add_event(conn, None, "part", text, now, f"{prefix}:{index}")
+    keys = [f"{prefix}:{i}" for i in range(1, total + 1)]
+    found = dict(conn.execute(f"SELECT key, detail FROM events WHERE key IN ({marks(keys)})", keys).fetchall())
+    return [found[k] for k in keys] if len(found) == total else None
+
+
 def add_event(conn: sqlite3.Connection, job_id: int | None, kind: str, detail: str, now: float,
               key: str | None = None) -> bool:
     """One line of a job's history; False when ``key`` is already there."""
