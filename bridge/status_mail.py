@@ -176,31 +176,23 @@ def for_acceptance(recipe: StatusRecipe | None, acceptance: Acceptance) -> NewRe
 
 def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:
     """The status mail for a job given up on, or None when its mail may not be answered."""
+    return _about_job(job, code, config, note=note)
+
+
+def _about_job(job: Job, code: int, config: Config, *, note: str = "", details: dict[str, object] | None = None,
+               preface: Sequence[str] = (), thread: bool = False) -> NewReply | None:
+    """A mail about ``job`` to its mail's sender (None when that mail may not be answered).
+
+    ``thread``: what became of the SMS after the send, so the subject is ``Re: <subject
+    without the key>`` and the SMS text is recalled under what was received.
+    """
     if not job.reply_to:
         return None
     account = config.accounts.get(job.login)
     language = account.language if account else "fr"
-    return compose_status(
-        code=code,
-        to=job.reply_to,
-        sender=config.replies.sender,
-        language=language,
-        note=note,
-        in_reply_to=job.message_id,
-        received=[("Number" if language == "en" else "Numéro", job.number)],
-        max_per_hour=config.replies.rate_per_hour,
-        max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
-        max_total_per_hour=config.replies.rate_total_per_hour,
-    )
-
-
-def _in_thread(job: Job, code: int, config: Config, details: dict[str, object],
-               preface: Sequence[str] = (), note: str = "") -> NewReply | None:
-    """A mail about ``job`` in its mail's thread: ``Re: <subject without the key>``."""
-    if not job.reply_to:
-        return None
-    account = config.accounts.get(job.login)
-    language = account.language if account else "fr"
+    received = [("Number" if language == "en" else "Numéro", job.number)]
+    if thread:
+        received.append(("SMS", _one_line(job.text)[:160]))
     return compose_status(
         code=code,
         to=job.reply_to,
@@ -209,12 +201,11 @@ def _in_thread(job: Job, code: int, config: Config, details: dict[str, object],
         note=note,
         details=details,
         in_reply_to=job.message_id,
-        received=[("Number" if language == "en" else "Numéro", job.number),
-                  ("SMS", _one_line(job.text)[:160])],
+        received=received,
         max_per_hour=config.replies.rate_per_hour,
         max_per_domain_per_hour=config.replies.rate_per_domain_per_hour,
         max_total_per_hour=config.replies.rate_total_per_hour,
-        subject=f"Re: {subject_without_key(job.subject)}",
+        subject=f"Re: {subject_without_key(job.subject)}" if thread else None,
         preface=preface,
     )
 
@@ -230,8 +221,9 @@ def for_report(job: Job, state: JobState, reason: str | None, config: Config) ->
     if mode == "none" or (state is JobState.DELIVERED and mode != "all"):
         return None
     if state is JobState.DELIVERED:
-        return _in_thread(job, 129, config, {"number": job.number})
-    return _in_thread(job, 128, config, {"number": job.number, "reason": _one_line(reason or "?")[:200]})
+        return _about_job(job, 129, config, details={"number": job.number}, thread=True)
+    return _about_job(job, 128, config, details={"number": job.number, "reason": _one_line(reason or "?")[:200]},
+                      thread=True)
 
 
 def for_inbound(job: Job, number: str, text: str, action: str | None, word: str, when: str,
@@ -245,7 +237,7 @@ def for_inbound(job: Job, number: str, text: str, action: str | None, word: str,
     heading = f"SMS from {number} ({when}):" if language == "en" else f"SMS du {number} ({when}) :"
     preface = [heading, "", *_wrapped(text), "", "--"]
     code = {"stop": 130, "start": 131}.get(action or "", 132)
-    return _in_thread(job, code, config, {"number": number, "word": word}, preface)
+    return _about_job(job, code, config, details={"number": number, "word": word}, preface=preface, thread=True)
 
 
 def _wrapped(text: str) -> list[str]:
