@@ -572,3 +572,28 @@ class TestLongReplies:
             assert forwarded["X-Mail2SMS-Status"] == "132"
             assert "  " + first_half + second_half in forwarded.get_content()
             assert [r["code"] for r in await bridge.store.replies()] == [132]
+
+
+class TestMetricsAfterARoundTrip:
+    async def test_counters_equal_what_was_sent_refused_and_delivered(self, twilio_bridge):
+        """Mail in, SMS out, delivered, STOP by SMS, a second mail refused: /metrics says each once."""
+        bridge, client, sink, _ = twilio_bridge
+        base = {"MessageSid": "SM1", "AccountSid": TWILIO_SID, "From": "+15005550006", "To": "+33612121515"}
+        await twilio_post(client, f"/dlr/tw/{SECRET}", {**base, "MessageStatus": "delivered"})
+        await twilio_post(client, f"/inbound/tw/{SECRET}", incoming("STOP", "SMstop"))
+        mail = compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "again", sender="zabbix@example.org")
+        await smtp_send(bridge.smtp_port, mail)
+        await sink.wait_for(2)
+        found = samples((await client.get("/metrics")).text)
+        expected = [
+            ("mail2sms_mails_total", {"ingress": "smtp", "outcome": "accepted"}, 1),
+            ("mail2sms_mails_total", {"ingress": "smtp", "outcome": "refused"}, 1),
+            ("mail2sms_sms_total", {"provider": "tw", "outcome": "sent"}, 1),
+            ("mail2sms_credits_spent_total", {"account": "arthur45"}, 1),
+            ("mail2sms_delivery_reports_total", {"provider": "tw", "result": "delivered"}, 1),
+            ("mail2sms_inbound_sms_total", {"provider": "tw", "kind": "stop"}, 1),
+            ("mail2sms_mail_statuses_total", {"status": "125"}, 1),
+            ("mail2sms_jobs", {"state": "delivered"}, 1),
+        ]
+        for name, labels, count in expected:
+            assert value(found, name, **labels) == count, (name, labels)
