@@ -597,3 +597,28 @@ class TestMetricsAfterARoundTrip:
         ]
         for name, labels, count in expected:
             assert value(found, name, **labels) == count, (name, labels)
+
+
+class TestPublicUrl:
+    async def test_sends_ask_the_provider_to_call_back_the_public_url(self, tmp_path, start_bridge):
+        """With http.public_url, each Twilio send carries StatusCallback = <public_url>/dlr/<name>/<secret>."""
+        from urllib.parse import parse_qs
+        with FakeHttpServer(Reply(status=201, json={"sid": "SM1", "status": "queued"})) as fake:
+            settings = base_settings(
+                tmp_path,
+                http={"listen": "127.0.0.1:0", "public_url": "https://sms-bridge.example.org/",
+                      "callbacks": {"tw": {"secret": SECRET}}},
+                providers={"tw": {"type": "twilio", "url": fake.url, "account_sid": TWILIO_SID,
+                                  "auth_token": TWILIO_TOKEN, "from": "+15005550006"},
+                           "quiet": {"type": "twilio", "url": fake.url, "account_sid": TWILIO_SID,
+                                     "auth_token": TWILIO_TOKEN, "from": "+15005550006"}},
+                accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["tw"]},
+                          "bob": {"api_key": ACCOUNT_KEY, "credits": 10, "route": ["quiet"]}},
+            )
+            bridge = await start_bridge(make_config(tmp_path, settings))
+            assert (await smtp_send(bridge.smtp_port, compose(f"arthur45@{ACCOUNT_KEY}|0612121515")))[0] == 250
+            assert (await smtp_send(bridge.smtp_port, compose(f"bob@{ACCOUNT_KEY}|0612121516")))[0] == 250
+            await wait_until(lambda: len(fake.requests) >= 2, what="both sends")
+        sent = {parse_qs(r.body.decode())["To"][0]: parse_qs(r.body.decode()) for r in fake.requests}
+        assert sent["+33612121515"]["StatusCallback"] == [f"https://sms-bridge.example.org/dlr/tw/{SECRET}"]
+        assert "StatusCallback" not in sent["+33612121516"]      # no callbacks configured for "quiet"
