@@ -41,7 +41,8 @@ import structlog
 from aiohttp import web
 
 from bridge import rules, status_mail
-from bridge.config import CallbackConfig, Config
+from bridge.config import Config
+from bridge.sections import CallbackConfig
 from bridge.metrics import Metrics
 from bridge.model import JobState
 from bridge.numbers import normalise

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bridge import rules, status_mail, text
-from bridge.config import AccountConfig, Config
+from bridge.config import Config
+from bridge.sections import AccountConfig
 from bridge.errors import StatusError
 from bridge.mail import ParsedMail
 from bridge.model import Limits, NewJob, Plan, Refusal, StatusRecipe

@@ -45,7 +45,7 @@ import structlog
 from aioimaplib import aioimaplib
 
 from bridge.backoff import exponential_backoff
-from bridge.config import Config, ImapConfig
+from bridge.sections import ImapConfig
 from bridge.errors import StoreError
 from bridge.intake import Envelope, Intake, Outcome
 from bridge.store import Store

@@ -152,7 +152,7 @@ class Throttles:
     @classmethod
     def from_config(cls, config: Any, providers: Mapping[str, Any]) -> "Throttles":
         """From ``providers.<name>.rate``/``circuit`` and ``accounts.<login>.rate_per_*``."""
-        from bridge.config import ProviderPolicy
+        from bridge.sections import ProviderPolicy
 
         policies = {name: config.provider_policies.get(name, ProviderPolicy()) for name in providers}
         return cls(

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.config import Address, Config
+from bridge.config import Config
+from bridge.sections import Address
 
 #: The key the embedded default config ships with; never acceptable in production.
 DEMO_API_KEY = "demo-key"

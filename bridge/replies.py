@@ -16,7 +16,7 @@ import aiosmtplib
 import structlog
 
 from bridge.backoff import exponential_backoff
-from bridge.config import RepliesConfig
+from bridge.sections import RepliesConfig
 from bridge.metrics import Metrics
 from bridge.model import ReplyState
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bridge.config import AccountConfig
+from bridge.sections import AccountConfig
 from bridge.numbers import region_of
 from bridge.providers.base import Provider
 

@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope as SmtpEnvelope, LoginPassword, Session
 
-from bridge.config import Address, SmtpConfig
+from bridge.sections import Address, SmtpConfig
 from bridge.errors import BridgeError, StoreError
 from bridge.guard import ClientGuard
 from bridge.intake import Envelope, Intake, Outcome

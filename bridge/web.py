@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from bridge.config import HttpConfig
+from bridge.sections import HttpConfig
 from bridge.callbacks import Webhooks
 from bridge.health import ReadinessCheck
 from bridge.metrics import CONTENT_TYPE

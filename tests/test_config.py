@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from bridge.config import Address, Config, load_config
+from bridge.config import Config, load_config
+from bridge.sections import Address
 from bridge.errors import ConfigError, ConfigErrors
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.config import AccountConfig
+from bridge.sections import AccountConfig
 from bridge.limits import BreakerState, CircuitBreaker, RateLimiter, SlidingWindow
 from bridge.providers.base import Capabilities, Provider
 from bridge.routing import choose_route, configured_route, price_per_part

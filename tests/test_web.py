@@ -15,7 +15,7 @@ from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send
 
 from structlog.testing import capture_logs
 
-from bridge.config import HttpConfig
+from bridge.sections import HttpConfig
 from bridge.health import ReadinessCheck
 from bridge.web import HttpListener
 
