@@ -14,12 +14,27 @@ from collections.abc import Sequence
 
 from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
+from bridge.store.protocol import CallPlan
 from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
 
 
 
-def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
-    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``)."""
+def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int],
+          plan: CallPlan | None = None) -> list[Job]:
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``), then record
+    the calls ``plan`` names for them (``claimed -> calling``) in the same transaction."""
+    jobs = _claim(conn, owner, now, limit, lease_until, only)
+    if not (plan and jobs):
+        return jobs
+    called: dict[int, tuple[str, str]] = {}
+    for ids, name, ref in plan(jobs):
+        called.update((i, (name, ref)) for i in start_call(conn, owner, ids, name, ref, now, lease_until))
+    # attempts as claimed, as for any claimed job (start_call counted this one in the row)
+    return [dataclasses.replace(j, state=S.CALLING, provider=called[j.id][0], client_ref=called[j.id][1])
+            if j.id in called else j for j in jobs]
+
+
+def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
     among = f" AND j.id IN ({marks(only)})" if only else ""
     rows = conn.execute(
         f"{JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
