@@ -31,6 +31,12 @@ _SEPARATORS = re.compile(r"[\s.\-()/]")
 # nobody wrote.
 _DIALLABLE = re.compile(r"\+?[0-9]+")
 
+# E.164 -> region of the numbers ``normalise`` parsed lately: intake asks the region of
+# every number it just normalised (country rules, routing, pricing), and parsing each a
+# second time cost as much as the first parse. Cleared when full.
+_REGIONS: dict[str, str | None] = {}
+_REGIONS_MAX = 65536
+
 #: Regions whose numbers count as "France" for the STOP rule (metropolitan and overseas).
 FRENCH_REGIONS = frozenset(
     {"FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "NC", "PF", "WF"}
@@ -67,7 +73,11 @@ def normalise(raw: str, region: str = "FR") -> str:
     number = _parse(compact, region)
     if phonenumbers.number_type(number) not in _SMS_TYPES:
         raise ValueError("not a mobile number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(_REGIONS) >= _REGIONS_MAX:
+        _REGIONS.clear()
+    _REGIONS[e164] = phonenumbers.region_code_for_number(number)
+    return e164
 
 
 def _parse(compact: str, region: str) -> phonenumbers.PhoneNumber:
@@ -75,7 +85,9 @@ def _parse(compact: str, region: str) -> phonenumbers.PhoneNumber:
         number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException:
         raise ValueError("not a phone number") from None
-    if phonenumbers.is_valid_number(number):
+    # A number of an SMS type is valid (the type is only matched for valid numbers): one
+    # match of the plan instead of two for the usual mobile number.
+    if phonenumbers.number_type(number) in _SMS_TYPES or phonenumbers.is_valid_number(number):
         return number
     if region == "FR" and compact.startswith("0"):
         # French overseas departments share the 0 + 9 digits national form (0692... is
@@ -106,9 +118,14 @@ def parse_numbers(
     return Numbers(tuple(valid), tuple(invalid))
 
 
-@lru_cache(maxsize=8192)
 def region_of(e164: str) -> str | None:
     """The region code (``FR``, ``RE``, ...) of an E.164 number, or None."""
+    known = _REGIONS.get(e164)
+    return known if known is not None else _region_of(e164)
+
+
+@lru_cache(maxsize=8192)
+def _region_of(e164: str) -> str | None:
     try:
         return phonenumbers.region_code_for_number(phonenumbers.parse(e164))
     except phonenumbers.NumberParseException:
