@@ -70,8 +70,8 @@ def normalise(raw: str, region: str = "FR") -> str:
     if compact.isdigit() and not compact.startswith("0") and len(compact) > 10:
         # "33612121515": Allmysms' international form without "+".
         compact = "+" + compact
-    number = _parse(compact, region)
-    if phonenumbers.number_type(number) not in _SMS_TYPES:
+    number, kind = _parse(compact, region)
+    if kind not in _SMS_TYPES:
         raise ValueError("not a mobile number")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if len(_REGIONS) >= _REGIONS_MAX:
@@ -80,22 +80,24 @@ def normalise(raw: str, region: str = "FR") -> str:
     return e164
 
 
-def _parse(compact: str, region: str) -> phonenumbers.PhoneNumber:
+def _parse(compact: str, region: str) -> tuple[phonenumbers.PhoneNumber, PhoneNumberType]:
+    """The valid number and its type."""
     try:
         number = phonenumbers.parse(compact, region)
     except phonenumbers.NumberParseException:
         raise ValueError("not a phone number") from None
     # A number of an SMS type is valid (the type is only matched for valid numbers): one
     # match of the plan instead of two for the usual mobile number.
-    if phonenumbers.number_type(number) in _SMS_TYPES or phonenumbers.is_valid_number(number):
-        return number
+    kind = phonenumbers.number_type(number)
+    if kind in _SMS_TYPES or phonenumbers.is_valid_number(number):
+        return number, kind
     if region == "FR" and compact.startswith("0"):
         # French overseas departments share the 0 + 9 digits national form (0692... is
         # Réunion) but have their own country codes.
         for overseas in ("RE", "GP", "MQ", "GF", "YT"):
             candidate = phonenumbers.parse(compact, overseas)
             if phonenumbers.is_valid_number(candidate):
-                return candidate
+                return candidate, phonenumbers.number_type(candidate)
     raise ValueError("not a valid number")
 
 
