@@ -30,6 +30,7 @@ _SEPARATORS = re.compile(r"[\s.\-()/]")
 # vanity number ("06 12 CALL ME") and "x..." as an extension, sending to a number
 # nobody wrote.
 _DIALLABLE = re.compile(r"\+?[0-9]+")
+_FRENCH = re.compile(r"(?:\+33|0033|0)([1-9][0-9]{8})")
 
 # E.164 -> region of the numbers ``normalise`` parsed lately: intake asks the region of
 # every number it just normalised (country rules, routing, pricing), and parsing each a
@@ -70,7 +71,7 @@ def normalise(raw: str, region: str = "FR") -> str:
     if compact.isdigit() and not compact.startswith("0") and len(compact) > 10:
         # "33612121515": Allmysms' international form without "+".
         compact = "+" + compact
-    number, kind = _parse(compact, region)
+    number, kind = _french_mobile(compact, region) or _parse(compact, region)
     if kind not in _SMS_TYPES:
         raise ValueError("not a mobile number")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -78,6 +79,19 @@ def normalise(raw: str, region: str = "FR") -> str:
         _REGIONS.clear()
     _REGIONS[e164] = phonenumbers.region_code_for_number(number)
     return e164
+
+
+def _french_mobile(compact: str, region: str) -> tuple[phonenumbers.PhoneNumber, PhoneNumberType] | None:
+    """A French SMS-type number in one of its usual forms, without ``phonenumbers.parse``
+    (two thirds of the cost of a number): the number ``parse`` would return for these forms
+    (+33, national prefix 0 and international prefix 00 in France), typed by the same
+    metadata. None for anything else, which then takes the full parse."""
+    found = _FRENCH.fullmatch(compact)
+    if found is None or not (region == "FR" or compact.startswith("+")):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=33, national_number=int(found[1]))
+    kind = phonenumbers.number_type(number)
+    return (number, kind) if kind in _SMS_TYPES else None
 
 
 def _parse(compact: str, region: str) -> tuple[phonenumbers.PhoneNumber, PhoneNumberType]:
