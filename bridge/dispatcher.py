@@ -20,6 +20,7 @@ first may take a call, and no queued row is touched whatever the backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import random
 import sys
@@ -157,9 +158,10 @@ class Dispatcher:
         try:
             jobs = await asyncio.shield(claim)
         except asyncio.CancelledError:  # the write goes on: put back what it took, unsent
-            jobs = await claim
-            self._recorded.update((j.id, j.client_ref) for j in jobs if j.state is JobState.CALLING)
-            await asyncio.shield(self._interrupted(jobs))
+            with contextlib.suppress(Exception):  # a failed claim took nothing
+                jobs = await claim
+                self._recorded.update((j.id, j.client_ref) for j in jobs if j.state is JobState.CALLING)
+                await asyncio.shield(self._interrupted(jobs))
             raise
         self._recorded.update((j.id, j.client_ref) for j in jobs if j.state is JobState.CALLING)
         return jobs

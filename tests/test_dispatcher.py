@@ -672,3 +672,29 @@ class TestCallRecordedByTheClaim:
         assert await states(store) == ["claimed"]
         await dispatcher.process(jobs)
         assert recorder.calls == [] and await states(store) == ["failed"]
+
+    async def test_shutdown_during_the_claim_puts_recorded_calls_back(self, tmp_path, world):
+        """Cancelled while its claim (which records the call) is being written: the claim
+        completes, and its jobs go back to the queue unsent rather than wait to be 'unknown'."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"poll_interval": 0.05})
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, "0612121515")
+        gate, claiming = asyncio.Event(), asyncio.Event()
+        claim = store.claim
+
+        async def slow_claim(*args, **kwargs):
+            claiming.set()
+            await gate.wait()
+            return await claim(*args, **kwargs)
+
+        store.claim = slow_claim
+        runner = asyncio.create_task(dispatcher.run(asyncio.Event()))
+        await asyncio.wait_for(claiming.wait(), 5)
+        runner.cancel()
+        gate.set()
+        await asyncio.gather(runner, return_exceptions=True)
+        job = await store.job(1)
+        assert job.state.value == "queued" and recorder.calls == []
