@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,8 +262,8 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
     for key, label in (("smtp_source", f"smtp-source, {SMTP_SOURCE_SESSIONS} sessions"),
                        ("persistent", "persistent client")):
         if base[key] is None:
-            out.append((f"intake mails/s, {label}", "skipped: smtp-source is not installed "
-                        "(Debian package postfix)", *["-"] * len(bridges), "-", ""))
+            out.append((f"intake mails/s, {label}", "skipped: smtp-source not installed "
+                        "(Debian package postfix), or --no-smtp-source", *["-"] * len(bridges), "-", ""))
             continue
         b, mine = base[key], last[key]
         out.append((f"intake mails/s, {label} (bridge: file provider)", f"{b['mails_per_s']:.0f}",
@@ -298,6 +299,18 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
     return out
 
 
+def median_of(results: list):
+    """The median of each figure over repeated runs (same shape; flags: all must hold)."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {key: median_of([r[key] for r in results]) for key in first}
+    if isinstance(first, bool):
+        return all(results)
+    if isinstance(first, (int, float)) and all(isinstance(r, (int, float)) for r in results):
+        return statistics.median(results)
+    return first
+
+
 def markdown(table: list[tuple[str, ...]], names: list[str]) -> str:
     head = ("measure", "bare aiosmtpd", *names, "ratio", "goal")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -317,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the smtp-source rows even when it is installed")
     parser.add_argument("--before", type=Path, action="append", default=[], metavar="CHECKOUT",
                         help="also measure the bridge of this checkout (repeatable), same baseline")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds (baseline, then each bridge); every figure is the median (1)")
     parser.add_argument("--quick", action="store_true", help="500 mails, 30 bulk mails, 10,000-job backlog")
     args = parser.parse_args(argv)
     if args.quick:
@@ -330,17 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     targets["bridge"] = ROOT
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    bases: list[dict] = []
+    runs: dict[str, list[dict]] = {name: [] for name in targets}
     try:
-        (workdir / "base").mkdir()
-        print("baseline (bare aiosmtpd)...", flush=True)
-        base = measure_baseline(workdir / "base", args.mails, args.concurrency, args.smtp_source)
-        bridges = {}
-        for i, (name, root) in enumerate(targets.items()):
-            print(f"{name} ({root})...", flush=True)
-            (workdir / str(i)).mkdir()
-            bridges[name] = measure_bridge(workdir / str(i), root, args)
+        for r in range(args.repeat):  # interleaved, so a busy spell of the machine hits all alike
+            print(f"round {r + 1}/{args.repeat} (load average {os.getloadavg()[0]:.2f}): "
+                  "baseline (bare aiosmtpd)...", flush=True)
+            (workdir / f"base{r}").mkdir()
+            bases.append(measure_baseline(workdir / f"base{r}", args.mails, args.concurrency, args.smtp_source))
+            for i, (name, root) in enumerate(targets.items()):
+                print(f"round {r + 1}/{args.repeat}: {name} ({root})...", flush=True)
+                (workdir / f"{r}-{i}").mkdir()
+                runs[name].append(measure_bridge(workdir / f"{r}-{i}", root, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    base = median_of(bases)
+    bridges = {name: median_of(results) for name, results in runs.items()}
     backlog = None
     if args.backlog_jobs:
         print(f"intake with {args.backlog_jobs} jobs queued, provider down (intake_backlog.py)...", flush=True)
@@ -354,12 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: nproc {machine['nproc']}, {machine['cpu']}, Python {machine['python']}, "
           f"load average before {machine['load_before'][0]:.2f}; "
           f"{args.mails} one-recipient mails per row, {args.concurrency} connections, "
-          f"{args.bulk_mails} mails of 100 numbers")
+          f"{args.bulk_mails} mails of 100 numbers; median of {args.repeat} round(s)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
         "settings": vars(args) | {"before": [str(p) for p in args.before]},
         "baseline": base, "bridges": bridges, "backlog": backlog, "table": table,
+        "rounds": {"baseline": bases, **runs},
     }, indent=2, default=str))
     print(f"results written to {RESULTS}")
     errors = sum(r["persistent"]["errors"] + r["bulk"]["errors"] for r in bridges.values())
