@@ -4,8 +4,10 @@ One pass: claim due jobs under a lease (``queued -> claimed``), group those that
 same text from the same account (one bulk call where the provider takes several numbers),
 check them once more (quiet hours, opt-outs since intake, the account's rate), then walk
 the route. Before each call one write records the provider and a client reference
-(``claimed -> calling``); the call's outcomes are written in one more write. What each
-outcome means is ``outcomes.after_call`` / ``after_route`` (pure).
+(``claimed -> calling``): the claim's own write when the call can be named then
+(``_plan``: first provider, nothing to hold the jobs back), else one more; the call's
+outcomes are written in one more write. What each outcome means is
+``outcomes.after_call`` / ``after_route`` (pure).
 
 A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
 during a call marks it ``unknown`` at once, and ``recovery.Recovery`` asks the provider
