@@ -181,12 +181,17 @@ class LoadResult:
         }
 
 
-async def run_load(port: int, indices: range, concurrency: int, tag: str) -> LoadResult:
-    """Send one mail per index over ``concurrency`` persistent connections."""
+async def run_load(port: int, indices: range, concurrency: int, tag: str,
+                   rate: float | None = None) -> LoadResult:
+    """Send one mail per index over ``concurrency`` persistent connections.
+
+    With ``rate`` (mails/s) the k-th mail taken is not sent before start + k / rate (an
+    open-loop pace, as long as the connections keep up), else as fast as answers come.
+    """
     import aiosmtplib
 
     messages = {i: build_message(i, tag) for i in indices}  # built before timing
-    todo = iter(indices)
+    todo = enumerate(indices)
     result = LoadResult()
 
     async def connect() -> aiosmtplib.SMTP:
@@ -197,7 +202,9 @@ async def run_load(port: int, indices: range, concurrency: int, tag: str) -> Loa
     async def worker() -> None:
         client = await connect()
         try:
-            for i in todo:  # shared iterator: each worker takes the next mail when free
+            for k, i in todo:  # shared iterator: each worker takes the next mail when free
+                if rate:
+                    await asyncio.sleep(start + k / rate - time.time())
                 for attempt in range(5):
                     try:
                         if not client.is_connected:
@@ -230,8 +237,8 @@ async def run_load(port: int, indices: range, concurrency: int, tag: str) -> Loa
     return result
 
 
-def load(port: int, indices: range, concurrency: int, tag: str) -> LoadResult:
-    return asyncio.run(run_load(port, indices, concurrency, tag))
+def load(port: int, indices: range, concurrency: int, tag: str, rate: float | None = None) -> LoadResult:
+    return asyncio.run(run_load(port, indices, concurrency, tag, rate))
 
 
 def process_cpu(pid: int) -> float | None:

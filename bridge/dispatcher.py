@@ -4,8 +4,10 @@ One pass: claim due jobs under a lease (``queued -> claimed``), group those that
 same text from the same account (one bulk call where the provider takes several numbers),
 check them once more (quiet hours, opt-outs since intake, the account's rate), then walk
 the route. Before each call one write records the provider and a client reference
-(``claimed -> calling``); the call's outcomes are written in one more write. What each
-outcome means is ``outcomes.after_call`` / ``after_route`` (pure).
+(``claimed -> calling``): the claim's own write when the call can be named then
+(``_plan``: first provider, nothing to hold the jobs back), else one more; the call's
+outcomes are written in one more write. What each outcome means is
+``outcomes.after_call`` / ``after_route`` (pure).
 
 A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
 during a call marks it ``unknown`` at once, and ``recovery.Recovery`` asks the provider
@@ -20,7 +22,10 @@ first may take a call, and no queued row is touched whatever the backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import groupby
@@ -31,16 +36,30 @@ from bridge import rules, status_mail
 from bridge.config import Config
 from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
-from bridge.limits import Throttles
+from bridge.limits import BreakerState, Throttles
 from bridge.metrics import Metrics
 from bridge.model import Job, JobState, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
-from bridge.routing import Route, choose_route, configured_route
+from bridge.routing import Route, choose_route
 from bridge.store import Store
+from bridge.store.protocol import CallPlan
 
 log = structlog.get_logger("bridge.dispatcher")
+
+
+def _remember_missing_sniffio() -> None:
+    """httpcore runs ``import sniffio`` for every request (its lock setup) and falls back to
+    asyncio when that fails; a failed import is not cached, so without sniffio installed each
+    provider call paid a search of ``sys.path`` (~12 % of the daemon's CPU at 250 calls/s).
+    Recording the miss in ``sys.modules`` makes the next import fail at once, as it would."""
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]  # import raises ImportError
+
+
+_remember_missing_sniffio()
 _MAX_WAIT = 1.0  # seconds a job may wait in memory for a rate limit before being re-queued
+_PLAN_AHEAD = 0.05  # seconds of a provider's rate one claim may commit to before the calls
 
 
 class Dispatcher:
@@ -73,6 +92,7 @@ class Dispatcher:
         self._slot = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
         self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
+        self._recorded: dict[int, str] = {}   # job id -> reference recorded by the claim, not yet on the wire
         self._open_logged: dict[tuple[str, ...], float] = {}
         self.passes = 0                       # loop passes (a busy loop would show here)
         self._max_batch = max((p.capabilities.max_numbers for p in providers.values()), default=1)
@@ -103,9 +123,14 @@ class Dispatcher:
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
             wanted = free * self._per_group
-            jobs = await self.store.claim(self.owner, self.clock(), wanted, self.settings.lease)
-            groups = sorted(self._groups(jobs), key=lambda group: group[0].id)
-            if len(groups) > free:  # more calls than free slots: the rest go back at once
+            jobs = await self._claim(wanted, free)
+            called: dict[str | None, list[Job]] = {}  # recorded by the claim: one call each
+            for job in jobs:
+                if job.state is JobState.CALLING:
+                    called.setdefault(job.client_ref, []).append(job)
+            groups = list(called.values()) + sorted(
+                self._groups([j for j in jobs if j.state is not JobState.CALLING]), key=lambda group: group[0].id)
+            if len(groups) > free:  # more calls than free slots: the rest go back at once (never a recorded one)
                 await self.store.settle_claimed(self.owner, [
                     Settlement(j.id, JobState.QUEUED, None, retry_at=self.clock())
                     for group in groups[free:] for j in group], self.clock())
@@ -126,6 +151,65 @@ class Dispatcher:
                                       self.settings.lease, only)
         await asyncio.gather(*(self.process(group) for group in self._groups(jobs)))
         return len(jobs)
+
+    async def _claim(self, wanted: int, free: int) -> list[Job]:
+        """Claim due jobs, recording at once the calls ``_plan`` allows (one write, not two)."""
+        now = self.clock()
+        claim = asyncio.ensure_future(
+            self.store.claim(self.owner, now, wanted, self.settings.lease, plan=self._plan(now, free)))
+        try:
+            jobs = await asyncio.shield(claim)
+        except asyncio.CancelledError:  # the write goes on: put back what it took, unsent
+            with contextlib.suppress(Exception):  # a failed claim took nothing
+                jobs = await claim
+                self._recorded.update((j.id, j.client_ref) for j in jobs if j.state is JobState.CALLING)
+                await asyncio.shield(self._interrupted(jobs))
+            raise
+        self._recorded.update((j.id, j.client_ref) for j in jobs if j.state is JobState.CALLING)
+        return jobs
+
+    def _plan(self, now: float, calls: int) -> CallPlan:
+        """The calls a claim may record in its own write, so a job goes ``queued -> calling`` in
+        one commit instead of two (claim, then start_call), still before the call is made.
+
+        Only what the rest of the pass would surely call at once: up to ``calls`` calls, each
+        one chunk of like jobs (``_groups``) with one route, to that route's first provider
+        while its circuit is closed and its rate leaves room now (``_PLAN_AHEAD`` seconds of
+        it); never a job that ``_screen`` could hold back (quiet hours, an opt-out since intake,
+        an account with its own rate windows). Other claimed jobs take the usual way. The plan
+        runs inside the claim's transaction (SQLite: on the writer thread), so it reads only
+        the config, the providers' capabilities and this snapshot.
+        """
+        room = {name: max(1, int(self.limiters[name].rate * _PLAN_AHEAD)) for name in self.providers
+                if self.breakers[name].state(now) is BreakerState.CLOSED and self.limiters[name].next_free(now) <= now}
+        windowed = frozenset(login for login, windows in self.throttles.windows.items() if windows)
+
+        def plan(jobs: list[Job]) -> list[tuple[list[int], str, str]]:
+            out: list[tuple[list[int], str, str]] = []
+            for group in self._groups(jobs):
+                routes: dict[tuple[str, ...], list[Job]] = {}
+                for job in group:
+                    if self._plain(job, now, windowed):
+                        names = self._route(job).names
+                        if names and names[0] in room:
+                            routes.setdefault(names, []).append(job)
+                for names, same in routes.items():
+                    for chunk in _chunks(same, self.providers[names[0]].capabilities.max_numbers):
+                        if len(out) >= calls or room[names[0]] < len(chunk):
+                            return out
+                        room[names[0]] -= len(chunk)
+                        out.append(([j.id for j in chunk], names[0], _reference(chunk[0])))
+            return out
+
+        return plan
+
+    def _plain(self, job: Job, now: float, windowed: frozenset[str]) -> bool:
+        """True when ``_screen`` would let ``job`` through at ``now`` without a window to count."""
+        account = self.config.accounts.get(job.login)
+        if account is None or job.suppressed or job.login in windowed:
+            return False
+        quiet = account.quiet_hours or self.config.quiet_hours
+        return rules.quiet_release(quiet, job.category, now) is None
 
     def _done(self, task: asyncio.Task) -> None:
         self._inflight.discard(task)
@@ -164,6 +248,9 @@ class Dispatcher:
         """Deliver a group of like claimed jobs; record exactly one outcome for each."""
         jobs = [jobs] if isinstance(jobs, Job) else list(jobs)
         try:
+            if jobs and jobs[0].state is JobState.CALLING:  # recorded by the claim: call at once
+                await self._deliver(jobs, self._route(jobs[0]).names, recorded=jobs[0].client_ref)
+                return
             jobs = await self._screen(jobs)
             routes: dict[tuple[str, ...], list[Job]] = {}
             for job in jobs:
@@ -190,6 +277,13 @@ class Dispatcher:
             await self.store.settle_call(ref, [
                 Settlement(i, JobState.UNKNOWN, "the bridge stopped during the call: it may have been sent; "
                            "to be reconciled") for i in ids], now)
+        recorded: dict[str, list[int]] = {}
+        for job in jobs:
+            if job.id in self._recorded:
+                recorded.setdefault(self._recorded.pop(job.id), []).append(job.id)
+        for ref, ids in recorded.items():  # recorded by the claim, never sent: back to claimed
+            await self.store.settle_call(ref, [Settlement(i, JobState.CLAIMED, "interrupted before sending")
+                                               for i in ids], now, self.settings.lease)
         called = {i for ids in on_wire.values() for i in ids}
         back = [Settlement(j.id, JobState.QUEUED, "interrupted before sending", retry_at=now)
                 for j in jobs if j.id not in called]
@@ -233,17 +327,21 @@ class Dispatcher:
             unicode=job.unicode, sender=job.sender, parts=job.parts,
         )
 
-    async def _deliver(self, jobs: list[Job], route: tuple[str, ...]) -> None:
-        """Walk the route with the jobs not yet delivered; settle every job."""
+    async def _deliver(self, jobs: list[Job], route: tuple[str, ...], recorded: str | None = None) -> None:
+        """Walk the route with the jobs not yet delivered; settle every job. ``recorded``: the
+        reference of the first call, already recorded by the claim (one chunk, ``route[0]``)."""
         now = self.clock()
-        if all(self.breakers[name].blocked(now) for name in route):
+        if recorded is None and all(self.breakers[name].blocked(now) for name in route):
             await self._route_open(jobs, route, now)
             return
         pending, transient, errors = jobs, [], {job.id: [] for job in jobs}
         for index, name in enumerate(route):
             if not pending:
                 return
+            ref, recorded = recorded, None
             if not self.breakers[name].allow(self.clock()):
+                if ref is not None:  # it opened since the claim: that call is not made
+                    await self._uncall(ref, pending, f"{name}: circuit open")
                 transient.append(TransientError("circuit open", provider=name))
                 for job in pending:
                     errors[job.id].append(f"{name}: circuit open")
@@ -257,7 +355,7 @@ class Dispatcher:
                     for job in chunk:
                         errors[job.id].append(f"{name}: circuit open")
                     continue
-                left += await self._call(name, chunk, has_next, transient, errors)
+                left += await self._call(name, chunk, has_next, transient, errors, ref)
             pending = left
         if pending:  # still claimed: every provider said no for sure, or was open
             await self._after_route(pending, transient, errors)
@@ -278,11 +376,15 @@ class Dispatcher:
             self._open_logged[route] = now
             log.warning("route_open", route=list(route), deferred=len(jobs) + deferred, until=round(until, 1))
 
-    async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors) -> list[Job]:
-        """One provider call for ``chunk``; return the jobs to try at the next provider."""
+    async def _call(self, name: str, chunk: list[Job], has_next: bool, transient, errors,
+                    ref: str | None = None) -> list[Job]:
+        """One provider call for ``chunk`` (``ref``: already recorded by the claim); return the
+        jobs to try at the next provider."""
         limiter = self.limiters[name]
         slot = limiter.next_free(self.clock())
         if slot - self.clock() > _MAX_WAIT:
+            if ref is not None:
+                await self._uncall(ref, chunk, f"{name}: rate limit")
             await self.store.settle_claimed(self.owner, [
                 Settlement(j.id, JobState.QUEUED, f"{name}: rate limit", retry_at=slot) for j in chunk], self.clock())
             return []
@@ -291,12 +393,15 @@ class Dispatcher:
             limiter.take(self.clock())  # a bulk call counts every number
         if slot > self.clock():
             await self.sleep(slot - self.clock())
-        ref = f"m2s-{chunk[0].id}-{chunk[0].attempts + 1}"
-        ids = await self.store.start_call(self.owner, [j.id for j in chunk], name, ref, self.clock(),
-                                          self.settings.lease)
-        chunk = [j for j in chunk if j.id in set(ids)]  # a lost lease: not ours to send
-        if not chunk:
-            return []
+        if ref is None:
+            ref = _reference(chunk[0])
+            ids = set(await self.store.start_call(self.owner, [j.id for j in chunk], name, ref, self.clock(),
+                                                  self.settings.lease))
+            chunk = [j for j in chunk if j.id in ids]  # a lost lease: not ours to send
+            if not chunk:
+                return []
+        for job in chunk:
+            self._recorded.pop(job.id, None)  # from here on the call is on the wire (below)
         first = chunk[0]
         sms = Sms(to=tuple(j.number for j in chunk), text=first.text, sender=first.sender,
                   low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref,
@@ -347,6 +452,14 @@ class Dispatcher:
             self._calls.pop(job.id, None)
         self._log_call(name, ref, chunk, kind, error, refused)
         return [job for job in left if job.id not in refused]
+
+    async def _uncall(self, ref: str, jobs: list[Job], reason: str) -> None:
+        """A call the claim recorded is not made after all: ``calling -> claimed`` (a definite
+        non-delivery), so the jobs go on the usual way (next provider, or back to the queue)."""
+        for job in jobs:
+            self._recorded.pop(job.id, None)
+        await self.store.settle_call(ref, [Settlement(j.id, JobState.CLAIMED, reason) for j in jobs],
+                                     self.clock(), self.settings.lease)
 
     def _unknown_note(self, name: str, error: BaseException | None) -> str:
         """Why a job is unknown and what happens next (``queue list --state unknown``)."""
@@ -416,6 +529,11 @@ def _describe(error: BaseException | None) -> str:
     if isinstance(error, ProviderError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+def _reference(job: Job) -> str:
+    """The client reference of the next call for ``job`` (and its chunk), as claimed."""
+    return f"m2s-{job.id}-{job.attempts + 1}"
 
 
 def _chunks(jobs: list[Job], size: int) -> list[list[Job]]:

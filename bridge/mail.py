@@ -47,6 +47,7 @@ import email.message
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from email.parser import BytesHeaderParser
 from email.policy import Compat32, default as _DEFAULT_POLICY
 from email.utils import getaddresses
@@ -109,23 +110,38 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
         message = _headers_only(raw)  # keep the top-level headers, give up on the body
         body, source = "", "none"
-    auto = (_header(message, "Auto-Submitted") or "").split(";")[0].strip().lower()
-    precedence = (_header(message, "Precedence") or "").strip().lower()
+    headers = _FirstHeaders(message)
+    auto = (_header(headers, "Auto-Submitted") or "").split(";")[0].strip().lower()
+    precedence = (_header(headers, "Precedence") or "").strip().lower()
     list_headers = ("List-Id", "List-Unsubscribe", "List-Post")
-    bounce = bounce_reason(message)
+    bounce = bounce_reason(message, headers)
     return ParsedMail(
-        subject=_one_line(_decode_words(_header(message, "Subject") or "")),
+        subject=_one_line(_decode_words(_header(headers, "Subject") or "")),
         body=body,
-        message_id=_message_id(_header(message, "Message-ID")),
-        sender=_address(_header(message, "Reply-To")) or _address(_header(message, "From")),
+        message_id=_message_id(_header(headers, "Message-ID")),
+        sender=_address(_header(headers, "Reply-To")) or _address(_header(headers, "From")),
         envelope_from=envelope_from,
-        auto_submitted=(_header(message, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
+        auto_submitted=(_header(headers, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
         list_mail=precedence in ("bulk", "list", "junk")
-        or any(_header(message, h) is not None for h in list_headers),
-        references=tuple(_ANGLE_ID.findall(_header(message, "References") or "")),
+        or any(_header(headers, h) is not None for h in list_headers),
+        references=tuple(_ANGLE_ID.findall(_header(headers, "References") or "")),
         body_source=source,
         bounce=bounce,
     )
+
+
+class _FirstHeaders:
+    """The first value of each top-level header, looked up by name in any case: what
+    ``Message.get`` answers, without its scan of every header for every lookup (parse_mail
+    asks a dozen)."""
+
+    def __init__(self, message: email.message.Message) -> None:
+        self._first: dict[str, str] = {}
+        for name, value in _safely(message.items, []):
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._first.get(name.lower(), default)
 
 
 def _headers_only(raw: bytes) -> email.message.Message:
@@ -136,7 +152,7 @@ def _headers_only(raw: bytes) -> email.message.Message:
         return email.message.Message(policy=_POLICY)
 
 
-def bounce_reason(message: email.message.Message) -> str | None:
+def bounce_reason(message: email.message.Message, headers: _FirstHeaders | None = None) -> str | None:
     """Why ``message`` looks like a bounce or a delivery report (never answer one), or None.
 
     RFC 3464 delivery reports are ``multipart/report``; bounces carry ``Return-Path: <>``
@@ -145,11 +161,12 @@ def bounce_reason(message: email.message.Message) -> str | None:
     """
     if _safely(message.get_content_type, "") == "multipart/report":
         return "multipart/report"
-    if (_header(message, "Return-Path") or "x").strip() in ("<>", ""):
+    headers = headers or _FirstHeaders(message)
+    if (_header(headers, "Return-Path") or "x").strip() in ("<>", ""):
         return "return_path_null"
-    if _header(message, "X-Failed-Recipients") is not None:
+    if _header(headers, "X-Failed-Recipients") is not None:
         return "x_failed_recipients"
-    sender = _address(_header(message, "From")) or ""
+    sender = _address(_header(headers, "From")) or ""
     if sender.rpartition("@")[0].lower() in _BOUNCE_SENDERS:
         return "mailer_daemon"
     return None
@@ -322,7 +339,7 @@ def _safely(call: Callable[[], _T], default: _T) -> _T:
 # --- headers -------------------------------------------------------------------------------
 
 
-def _header(message: email.message.Message, name: str) -> str | None:
+def _header(message: email.message.Message | _FirstHeaders, name: str) -> str | None:
     """The first ``name`` header, unfolded, 8-bit bytes decoded (utf-8, else windows-1252)."""
     value = _safely(lambda: message.get(name), None)
     if value is None:
@@ -378,6 +395,7 @@ def _message_id(value: str | None) -> str | None:
     return (ids[0].strip("<>") or None) if ids else None
 
 
+@lru_cache(maxsize=4096)  # pure; the same few senders write again and again
 def _address(value: str | None) -> str | None:
     """The first usable addr-spec in an address header, domain lowercased.
 

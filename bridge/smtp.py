@@ -32,6 +32,7 @@ At the edge (``BridgeSMTP``, ``bridge.guard``):
 from __future__ import annotations
 
 import asyncio
+import socket
 import contextvars
 import hmac
 import re
@@ -325,6 +326,8 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
     gate = Gate(Handler(config, GuardedIntake(intake)))  # type: ignore[arg-type]
     context = tls_context(config)
     authenticator = Authenticator(config) if config.auth_users else None
+    # aiosmtpd would call socket.getfqdn() (a reverse lookup) for every connection
+    hostname = config.hostname or socket.getfqdn()
 
     def factory(implicit_tls: bool = False) -> SMTP:
         return BridgeSMTP(
@@ -333,7 +336,7 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
             guard=guard,
             data_size_limit=config.max_size,
             enable_SMTPUTF8=True,
-            hostname=config.hostname,
+            hostname=hostname,
             ident="mail2sms bridge",
             tls_context=None if implicit_tls else context,
             authenticator=authenticator,

@@ -572,3 +572,129 @@ class TestUnknownSaysWhy:
             await dispatcher.run_once()
         job = await store.job(1)
         assert job.state.value == "unknown" and "vonage offers no lookup" in job.last_error
+
+
+class ChecksTheStore(Provider):
+    """Reads its jobs from the store during each call: what a crash at that moment would leave."""
+
+    capabilities = Capabilities(max_numbers=10)
+
+    def __init__(self, name: str, store: Store) -> None:
+        self.name = name
+        self.store = store
+        self.seen: list[tuple[str, str | None, str | None, str]] = []  # (state, provider, ref, sent ref)
+
+    async def send(self, sms: Sms) -> Receipt:
+        for job in await self.store.jobs(limit=100):
+            if job.number in sms.to:
+                self.seen.append((job.state.value, job.provider, job.client_ref, sms.reference))
+        return Receipt({n: f"id-{n}" for n in sms.to})
+
+
+class TestCallRecordedByTheClaim:
+    async def test_the_merged_claim_records_the_call_before_it_is_made(self, tmp_path, world):
+        """Claimed and recorded in one write, each job is 'calling' with its provider and the
+        reference the provider receives while the call is on the wire; then it is sent once."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"poll_interval": 0.01})
+        await open_accounts(settings)
+        checker = ChecksTheStore("outbox", store)
+        dispatcher, intake = make(settings, {"outbox": checker})
+        await submit(intake, "0612121515;0612121516", text="Same text")
+        await submit(intake, "0612121517", text="Other text")
+        stop = asyncio.Event()
+        runner = asyncio.create_task(dispatcher.run(stop))
+        await wait_until(lambda: len(checker.seen) >= 3, what="three numbers called")
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        await dispatcher.shutdown()
+        assert len(checker.seen) == 3
+        assert all(state == "calling" and provider == "outbox" and ref == sent and ref.startswith("m2s-")
+                   for state, provider, ref, sent in checker.seen)
+        assert await states(store) == ["sent"] * 3
+
+    async def test_a_circuit_opened_since_the_claim_spares_that_provider(self, tmp_path, world):
+        """A call recorded by the claim whose provider's circuit opened meanwhile is not made:
+        the job goes to the next provider, sent once, never left 'calling'."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, providers={
+            "primary": {"type": "file", "path": str(tmp_path / "p.jsonl"), "circuit": {"failures": 1}},
+            "secondary": {"type": "file", "path": str(tmp_path / "s.jsonl")}})
+        settings["accounts"]["arthur45"]["route"] = ["primary", "secondary"]
+        await open_accounts(settings)
+        primary, secondary = Recorder("primary", clock), Recorder("secondary", clock)
+        dispatcher, intake = make(settings, {"primary": primary, "secondary": secondary})
+        await submit(intake, "0612121515")
+        [job] = await dispatcher._claim(10, 4)
+        assert job.state.value == "calling" and job.provider == "primary"
+        dispatcher.breakers["primary"].failure(clock.time())
+        await dispatcher.process([job])
+        assert primary.calls == [] and len(secondary.calls) == 1
+        assert (await store.job(job.id)).state.value == "sent"
+        assert (await store.job(job.id)).provider == "secondary"
+
+    async def test_cancel_before_a_recorded_call_puts_the_job_back_unsent(self, tmp_path, world):
+        """Cancelled after the claim recorded its call but before it went out (waiting for
+        the rate limit): the job is queued again, not unknown, and nothing was sent."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        gate = asyncio.Event()
+
+        async def blocked_sleep(seconds: float) -> None:
+            await gate.wait()
+
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        dispatcher.sleep = blocked_sleep
+        await submit(intake, "0612121515")
+        jobs = await dispatcher._claim(10, 4)
+        assert [j.state.value for j in jobs] == ["calling"]
+        dispatcher.limiters["outbox"].take(clock.time())  # the recorded call now has to wait
+        task = asyncio.create_task(dispatcher.process(jobs))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert await states(store) == ["queued"] and recorder.calls == []
+
+    async def test_jobs_the_screen_would_hold_are_only_claimed(self, tmp_path, world):
+        """A number opted out since intake is claimed but not recorded as called: it fails
+        with status 125 and no provider ever sees it."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, "0612121515")
+        await store.optout_add("+33612121515", None, "test", clock.time())
+        jobs = await dispatcher._claim(10, 4)
+        assert await states(store) == ["claimed"]
+        await dispatcher.process(jobs)
+        assert recorder.calls == [] and await states(store) == ["failed"]
+
+    async def test_shutdown_during_the_claim_puts_recorded_calls_back(self, tmp_path, world):
+        """Cancelled while its claim (which records the call) is being written: the claim
+        completes, and its jobs go back to the queue unsent rather than wait to be 'unknown'."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"poll_interval": 0.05})
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, intake = make(settings, {"outbox": recorder})
+        await submit(intake, "0612121515")
+        gate, claiming = asyncio.Event(), asyncio.Event()
+        claim = store.claim
+
+        async def slow_claim(*args, **kwargs):
+            claiming.set()
+            await gate.wait()
+            return await claim(*args, **kwargs)
+
+        store.claim = slow_claim
+        runner = asyncio.create_task(dispatcher.run(asyncio.Event()))
+        await asyncio.wait_for(claiming.wait(), 5)
+        runner.cancel()
+        gate.set()
+        await asyncio.gather(runner, return_exceptions=True)
+        job = await store.job(1)
+        assert job.state.value == "queued" and recorder.calls == []

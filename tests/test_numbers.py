@@ -195,3 +195,28 @@ class TestIsFrench:
         """Metropolitan and overseas France are French; the rest, and garbage, are not."""
         assert is_french(e164) is french
         assert region_of(e164) == region
+
+
+class TestFrenchShortcut:
+    """The usual French forms skip ``phonenumbers.parse``; the answer must not change."""
+
+    @given(nsn=st.integers(100_000_000, 999_999_999), form=st.sampled_from(["0", "+33", "0033"]),
+           region=st.sampled_from(["FR", "BE", "RE"]))
+    def test_same_number_and_type_as_the_full_parse(self, nsn, form, region):
+        """Whenever the shortcut answers, the full parse gives the same E.164 and type."""
+        import phonenumbers
+
+        from bridge.numbers import _french_mobile, _parse
+
+        compact = f"{form}{nsn}"
+        fast = _french_mobile(compact, region)
+        if fast is not None:
+            number, kind = _parse(compact, region)
+            assert (phonenumbers.format_number(fast[0], phonenumbers.PhoneNumberFormat.E164), fast[1]) == (
+                phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), kind)
+
+    @pytest.mark.parametrize("raw, expected", [("0692123456", "+262692123456"), ("0612121515", "+33612121515"),
+                                               ("0033734567890", "+33734567890")])
+    def test_overseas_numbers_still_find_their_region(self, raw, expected):
+        """A Réunion mobile written the French way is not taken for a metropolitan one."""
+        assert normalise(raw) == expected

@@ -216,6 +216,28 @@ class TestClaimSeesOptOuts:
         assert jobs["+33612121516"].suppressed == "opted out (STOP)"
 
 
+class TestClaimRecordsCalls:
+    async def test_the_plan_calls_are_recorded_in_the_claim(self, store):
+        """The calls a plan names come back 'calling' with provider and reference, counted as
+        an attempt, in the same write; the jobs it leaves out are only claimed."""
+        await store.commit(plan("k", numbers=("+33612121515", "+33612121516", "+33612121517")), 1)
+        seen: list[int] = []
+
+        def plan_calls(jobs):
+            seen.extend(j.id for j in jobs)
+            return [([jobs[0].id, jobs[1].id], "p", "m2s-ref-1")]
+
+        jobs = await store.claim("me", 2, 10, 60, plan=plan_calls)
+        assert sorted(seen) == sorted(j.id for j in jobs) and len(jobs) == 3
+        called = [j for j in jobs if j.state is S.CALLING]
+        assert [(j.provider, j.client_ref) for j in called] == [("p", "m2s-ref-1")] * 2
+        stored = {j.id: j for j in await store.jobs()}
+        assert sorted(j.state.value for j in stored.values()) == ["calling", "calling", "claimed"]
+        assert all(stored[j.id].attempts == 1 and stored[j.id].client_ref == "m2s-ref-1" for j in called)
+        refused = await store.settle_call("m2s-ref-1", [Settlement(j.id, S.SENT, None, "id") for j in called], 3)
+        assert refused == [] and sorted(j.state.value for j in await store.jobs()) == ["claimed", "sent", "sent"]
+
+
 class TestJobs:
     async def test_duplicate_key_is_dropped(self, store):
         """The same idempotency key commits only once, even within one group commit."""

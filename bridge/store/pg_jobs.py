@@ -19,6 +19,7 @@ from bridge import rules
 
 from bridge.model import CALL_OUTCOME_SOURCES, IllegalTransition, Job, JobState as S, Settlement, check_transition
 from bridge.store.pg_sql import Params, log, move, queue_reply, transition
+from bridge.store.protocol import CallPlan
 from bridge.store.sql import job_of
 
 
@@ -36,7 +37,23 @@ _SETS = {
 
 
 async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,
-                only: Sequence[int]) -> list[Job]:
+                only: Sequence[int], plan: CallPlan | None = None) -> list[Job]:
+    """``_claim``, then the calls ``plan`` names recorded in the same transaction
+    (``claimed -> calling``); those jobs come back ``calling``."""
+    jobs = await _claim(conn, owner, now, limit, lease_until, only)
+    if not (plan and jobs):
+        return jobs
+    called: dict[int, tuple[str, str]] = {}
+    for ids, name, ref in plan(jobs):
+        started = await start_call(conn, owner, ids, name, ref, now, lease_until)
+        called.update((i, (name, ref)) for i in started)
+    # attempts as claimed, as for any claimed job (start_call counted this one in the row)
+    return [dataclasses.replace(j, state=S.CALLING, provider=called[j.id][0], client_ref=called[j.id][1])
+            if j.id in called else j for j in jobs]
+
+
+async def _claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,
+                 only: Sequence[int]) -> list[Job]:
     """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``): one statement,
     which also reads the opt-outs recorded since intake (``Job.suppressed``).
 

@@ -29,7 +29,7 @@ from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs, pg_twoway
 from bridge.store.pg_schema import migrate
 from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
                                  POOL_SIZE, describe as _describe, move, queue_reply)
-from bridge.store.protocol import MailboxLock
+from bridge.store.protocol import CallPlan, MailboxLock
 from bridge.store.sql import job_of
 
 log = structlog.get_logger("bridge.store")
@@ -177,9 +177,12 @@ class PostgresStore:
 
     # --- the job life cycle (see bridge.model) ---------------------------------------------
 
-    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
-        """Take up to ``limit`` due queued jobs (of ``only``, if given) under a lease."""
-        return await self.write(lambda c: pg_jobs.claim(c, owner, now, limit, now + lease, list(only)), True)
+    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = (),
+                    plan: CallPlan | None = None) -> list[Job]:
+        """Take up to ``limit`` due queued jobs (of ``only``, if given) under a lease; record
+        the calls of ``plan`` in the same transaction."""
+        return await self.write(lambda c: pg_jobs.claim(c, owner, now, limit, now + lease, list(only), plan),
+                                plan is None)
 
     async def start_call(self, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                          lease: float) -> list[int]:

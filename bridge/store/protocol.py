@@ -15,6 +15,11 @@ from typing import Any, Literal, Protocol
 
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settlement
 
+#: Given the jobs a claim took (opt-outs read), the calls to record at once:
+#: (job ids, provider, client reference). Runs inside the claim's transaction (on
+#: SQLite's writer thread), so it must be pure: it may not touch the event loop.
+CallPlan = Callable[[list[Job]], list[tuple[list[int], str, str]]]
+
 
 class MailboxLock:
     """Whether this instance may poll a mailbox: truthy while granted and not lost.
@@ -58,8 +63,11 @@ class Store(Protocol):
         """Apply intake's plan in one transaction."""
 
     # the job life cycle
-    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
-        """queued -> claimed, under a lease."""
+    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = (),
+                    plan: CallPlan | None = None) -> list[Job]:
+        """queued -> claimed, under a lease; with ``plan``, the calls it names are recorded in
+        the same transaction (claimed -> calling, as ``start_call``): those jobs come back
+        ``calling`` with their provider and reference."""
 
     async def start_call(self, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                          lease: float) -> list[int]:

@@ -9,17 +9,31 @@ sweep already marked ``unknown``, and never one that was claimed again since.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Sequence
 
 from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
+from bridge.store.protocol import CallPlan
 from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
 
 
 
-def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
-    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``)."""
+def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int],
+          plan: CallPlan | None = None) -> list[Job]:
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``), then record
+    the calls ``plan`` names for them (``claimed -> calling``) in the same transaction."""
+    jobs = _claim(conn, owner, now, limit, lease_until, only)
+    if not (plan and jobs):
+        return jobs
+    called: dict[int, tuple[str, str]] = {}
+    for ids, name, ref in plan(jobs):
+        called.update((i, (name, ref)) for i in start_call(conn, owner, ids, name, ref, now, lease_until))
+    # attempts as claimed, as for any claimed job (start_call counted this one in the row)
+    return [dataclasses.replace(j, state=S.CALLING, provider=called[j.id][0], client_ref=called[j.id][1])
+            if j.id in called else j for j in jobs]
+
+
+def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
     among = f" AND j.id IN ({marks(only)})" if only else ""
     rows = conn.execute(
         f"{JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
@@ -37,8 +51,13 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     numbers = sorted({r["number"] for r in rows if r["id"] in taken})
     optouts = frozenset((n, s) for n, s in conn.execute(
         f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)})", numbers))
-    return [dataclasses.replace(job_of(r), suppressed=rules.optout_reason(optouts, r["number"], r["sender"]))
-            for r in rows if r["id"] in taken]
+    jobs = []
+    for row in rows:
+        if row["id"] in taken:
+            reason = rules.optout_reason(optouts, row["number"], row["sender"]) if optouts else None
+            job = job_of(row)
+            jobs.append(dataclasses.replace(job, suppressed=reason) if reason else job)
+    return jobs
 
 
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
@@ -81,30 +100,33 @@ def settle_claimed(conn, owner: str, items: Sequence[Settlement], now: float) ->
 
 
 def _apply(conn, items: Sequence[Settlement], rows, now: float, lease_until: float | None) -> None:
-    """The columns that go with each new state; refund and status mail for ``failed``."""
-    for item in items:
-        if item.state is S.SENT or item.state in (S.DELIVERED, S.UNDELIVERED):
-            conn.execute(
-                "UPDATE jobs SET provider_message_id=COALESCE(?, provider_message_id), last_error=?, "
-                "lease_owner=NULL, lease_until=NULL WHERE id=?",
-                (item.provider_message_id, item.error, item.job_id),
-            )
-        elif item.state is S.CLAIMED:
-            conn.execute("UPDATE jobs SET last_error=?, lease_until=? WHERE id=?",
-                         (item.error, lease_until, item.job_id))
-        elif item.state is S.QUEUED:
-            conn.execute(
-                "UPDATE jobs SET last_error=?, next_attempt_at=?, lease_owner=NULL, lease_until=NULL "
-                "WHERE id=?",
-                (item.error, item.retry_at if item.retry_at is not None else now, item.job_id),
-            )
-        elif item.state is S.UNKNOWN:
-            conn.execute(
-                "UPDATE jobs SET last_error=?, provider_message_id=COALESCE(?, provider_message_id), "
-                "lease_owner=NULL, lease_until=NULL WHERE id=?",
-                (item.error, item.provider_message_id, item.job_id),
-            )
-        elif item.state is S.FAILED:
+    """The columns that go with each new state; refund and status mail for ``failed``.
+
+    ``items`` share one state (callers group them); one ``executemany`` for all but
+    ``failed`` (a bulk call settles hundreds of jobs in one statement's loop).
+    """
+    if not items:
+        return
+    state = items[0].state
+    if state is S.SENT or state in (S.DELIVERED, S.UNDELIVERED):
+        conn.executemany(
+            "UPDATE jobs SET provider_message_id=COALESCE(?, provider_message_id), last_error=?, "
+            "lease_owner=NULL, lease_until=NULL WHERE id=?",
+            [(i.provider_message_id, i.error, i.job_id) for i in items])
+    elif state is S.CLAIMED:
+        conn.executemany("UPDATE jobs SET last_error=?, lease_until=? WHERE id=?",
+                         [(i.error, lease_until, i.job_id) for i in items])
+    elif state is S.QUEUED:
+        conn.executemany(
+            "UPDATE jobs SET last_error=?, next_attempt_at=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
+            [(i.error, i.retry_at if i.retry_at is not None else now, i.job_id) for i in items])
+    elif state is S.UNKNOWN:
+        conn.executemany(
+            "UPDATE jobs SET last_error=?, provider_message_id=COALESCE(?, provider_message_id), "
+            "lease_owner=NULL, lease_until=NULL WHERE id=?",
+            [(i.error, i.provider_message_id, i.job_id) for i in items])
+    elif state is S.FAILED:
+        for item in items:
             row = rows[item.job_id]
             conn.execute("UPDATE jobs SET last_error=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
                          (item.error, item.job_id))

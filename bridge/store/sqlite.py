@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, ReplyState, Settlement
 from bridge.store import sql_history, sql_intake, sql_jobs, sql_twoway
-from bridge.store.protocol import MailboxLock
+from bridge.store.protocol import CallPlan, MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
 from bridge.store.writer import Writer
@@ -153,9 +153,11 @@ class SqliteStore:
 
     # --- the job life cycle (see bridge.model) ----------------------------------------
 
-    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = ()) -> list[Job]:
-        """Take up to ``limit`` due queued jobs (of ``only``, if given) under a lease."""
-        return await self.write(lambda c: sql_jobs.claim(c, owner, now, limit, now + lease, list(only)))
+    async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = (),
+                    plan: CallPlan | None = None) -> list[Job]:
+        """Take up to ``limit`` due queued jobs (of ``only``, if given) under a lease; record
+        the calls of ``plan`` in the same write."""
+        return await self.write(lambda c: sql_jobs.claim(c, owner, now, limit, now + lease, list(only), plan))
 
     async def start_call(self, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                          lease: float) -> list[int]:
