@@ -161,6 +161,12 @@ def _check_ledger(v: Verdict, store: Snapshot) -> None:
 
 #: How the bridge words an ambiguous call it gave up waiting on (see providers/base.py).
 _TIMED_OUT = ("no answer in time", "connection lost")
+#: What the sweep writes on a job it found 'calling' under a dead owner's lease (leases here
+#: outlast the run, so only a kill makes an owner dead): the store itself says the call was on
+#: the wire at a kill. The kill-time snapshot and the gateway's clock can miss such a call on a
+#: loaded machine (the gateway may read the request after the kill, and calls are matched to
+#: jobs by number and text).
+_SWEPT = "the bridge stopped during the call to "
 
 
 def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list[Kill],
@@ -182,10 +188,12 @@ def _check_unknown_bound(v: Verdict, unknown, gateway: FlakyGateway, kills: list
         reason, legit = _why_unknown(job_id, last.get((number, text)), kills)
         if not legit and errors.get(job_id, "").startswith(_TIMED_OUT):
             reason, legit = "the bridge timed out reading the answer (ambiguous)", True
+        if not legit and errors.get(job_id, "").startswith(_SWEPT):
+            reason, legit = "recorded as calling when its bridge was killed (the restart's sweep found it)", True
         why[reason] += 1
         if not legit:
             wrong += 1
-            v.problem(f"job {job_id} ({number}) unknown: {reason}")
+            v.problem(f"job {job_id} ({number}) unknown: {reason} (last error: {errors.get(job_id) or '-'})")
     v.counts.update(unknown_bound=bound, unknown_why=dict(why))
     if wrong:
         v.problems.insert(0, f"{wrong} of {len(unknown)} unknown jobs were not cut by a kill or a timeout")
