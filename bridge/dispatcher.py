@@ -44,6 +44,7 @@ from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
 from bridge.routing import Route, choose_route
 from bridge.store import Store
 from bridge.store.protocol import CallPlan
+from bridge.supervise import first_of
 
 log = structlog.get_logger("bridge.dispatcher")
 
@@ -114,11 +115,11 @@ class Dispatcher:
             self.passes += 1
             if len(self._inflight) >= self.settings.concurrency:
                 self._slot.clear()
-                await _first(stop.wait(), self._slot.wait())
+                await first_of(stop.wait(), self._slot.wait())
                 continue
             paused = self.throttles.paused_until(self.clock())
             if paused is not None:  # every provider is down: nothing could go out before then
-                await _first(stop.wait(), timeout=max(0.0, paused - self.clock()))
+                await first_of(stop.wait(), timeout=max(0.0, paused - self.clock()))
                 continue
             self._wake.clear()
             free = self.settings.concurrency - len(self._inflight)
@@ -143,7 +144,7 @@ class Dispatcher:
                 task.add_done_callback(self._done)
             if len(jobs) < wanted:  # everything due is taken: sleep until woken or due
                 timeout = await self._next_wait()
-                await _first(stop.wait(), self._wake.wait(), timeout=timeout)
+                await first_of(stop.wait(), self._wake.wait(), timeout=timeout)
 
     async def run_once(self, only: Sequence[int] = ()) -> int:
         """Claim what is due now (of ``only``), process it and wait for it (tests, the CLI)."""
@@ -512,16 +513,6 @@ class Dispatcher:
 
     def _status(self, job: Job, code: int, note: str):
         return status_mail.for_job(job, code, note, self.config)
-
-async def _first(*waits: Awaitable, timeout: float | None = None) -> None:
-    """Wait until the first of ``waits`` finishes (or ``timeout``); cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-
 
 def _describe(error: BaseException | None) -> str:
     if error is None:

@@ -13,7 +13,8 @@ whitespace folded to single spaces, so a crafted subject cannot inject headers.
 - ``for_request``: a status about a mail, from the ``StatusRecipe`` intake prepared (for
   errors known before the commit, and inside the commit for credit, opt-outs and caps).
 - ``for_acceptance``: the one status an evaluated request gets once the commit knows the
-  outcome (104, 113, 125-127, or 100/101 when the account wants receipts), or None.
+  outcome (104, 113, 125-127, or 100/101 when the account wants receipts), or None;
+  ``after_commit`` lists it after the plan's own mails, for both stores' commits.
 - ``for_job``: a job the dispatcher gave up on (122, 125).
 - ``for_report``: a delivery report the account wants mailed (``dlr_mail``: 128, 129).
 - ``for_inbound``: an SMS reply (132) or a STOP/START by SMS (130, 131), forwarded to the
@@ -31,7 +32,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from bridge.config import Config
-from bridge.model import Acceptance, Job, JobState, NewReply, StatusRecipe
+from bridge.model import Acceptance, Job, JobState, NewReply, Plan, StatusRecipe
 from bridge.statuses import label, localise, status_text
 from bridge.text import subject_without_key
 
@@ -172,6 +173,12 @@ def for_acceptance(recipe: StatusRecipe | None, acceptance: Acceptance) -> NewRe
     if acceptance.refused or (recipe.receipts and acceptance.job_ids):
         return for_request(recipe, acceptance.status, acceptance.note)
     return None
+
+
+def after_commit(plan: Plan, acceptance: Acceptance, evaluated: bool) -> list[NewReply]:
+    """Every mail a commit queues: the plan's own, then the evaluated request's status."""
+    answer = for_acceptance(plan.status, acceptance) if evaluated else None
+    return [*plan.replies, answer] if answer is not None else list(plan.replies)
 
 
 def for_job(job: Job, code: int, note: str, config: Config) -> NewReply | None:

@@ -108,3 +108,13 @@ class Supervisor:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+
+async def first_of(*waits: Awaitable, timeout: float | None = None) -> None:
+    """Wait until the first of ``waits`` finishes (or ``timeout`` passes); cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

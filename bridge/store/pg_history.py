@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 from typing import Any
 
 import asyncpg
 
 from bridge.model import Job
-from bridge.store.pg_sql import JOB_SELECT
+from bridge.store.pg_sql import JOB_SELECT, THREAD_SELECT
 from bridge.store.sql import job_of
-from bridge.store.sql_history import _REPLY_SCAN, _bare
+from bridge.store.sql_history import _REPLY_SCAN, answering
 
 
 async def job_history(conn: asyncpg.Connection, job_id: int) -> dict[str, Any] | None:
@@ -43,13 +41,7 @@ async def _replies_of(conn: asyncpg.Connection, mail: dict[str, Any]) -> list[di
         "SELECT id, to_addr, code, state, attempts, last_error, created_at, message FROM replies "
         "WHERE to_addr=$1 AND created_at>=$2 ORDER BY id LIMIT $3",
         mail["reply_to"].lower(), mail["received_at"], _REPLY_SCAN)
-    wanted = _bare(mail["message_id"])
-    found = []
-    for r in rows:
-        parsed = email.message_from_bytes(bytes(r["message"]), policy=email.policy.default)
-        if _bare(str(parsed.get("In-Reply-To", ""))) == wanted:
-            found.append({k: r[k] for k in r.keys() if k != "message"})
-    return found
+    return answering(rows, mail["message_id"])
 
 
 async def find_job(conn: asyncpg.Connection, provider: str, message_id: str | None,
@@ -59,7 +51,7 @@ async def find_job(conn: asyncpg.Connection, provider: str, message_id: str | No
         if not value:
             continue
         row = await conn.fetchrow(
-            f"{JOB_SELECT} WHERE j.{column}=$1 AND j.provider=$2 ORDER BY j.id DESC LIMIT 1", value, provider)
+            f"{THREAD_SELECT} WHERE j.{column}=$1 AND j.provider=$2 ORDER BY j.id DESC LIMIT 1", value, provider)
         if row is not None:
             return job_of(row)
     return None

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import structlog
@@ -22,6 +21,7 @@ import structlog
 from bridge.errors import StoreError
 from bridge.store.pg_sql import COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, describe
 from bridge.store.protocol import MailboxLock
+from bridge.supervise import first_of
 
 log = structlog.get_logger("bridge.store")
 PING_EVERY = 10.0   # seconds: how soon a silently dead listening connection is noticed
@@ -54,7 +54,7 @@ async def _listen_once(url: str, channel: str, on_wake: Callable[[], None], stop
         await conn.add_listener(channel, lambda *_: on_wake())
         on_wake()  # whatever was committed while nobody listened
         while not stop.is_set():
-            await _first(stop.wait(), lost.wait(), timeout=PING_EVERY)
+            await first_of(stop.wait(), lost.wait(), timeout=PING_EVERY)
             # A session the server ended shows at once (lost); a silently dead link here.
             await conn.fetchval("SELECT 1")
     finally:
@@ -90,13 +90,3 @@ async def _close(conn: asyncpg.Connection) -> None:
     with contextlib.suppress(*DRIVER_ERRORS):
         await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)
     conn.terminate()
-
-
-async def _first(*waits: Awaitable[Any], timeout: float) -> None:
-    """Wait until any of ``waits`` finishes or ``timeout`` passes."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -64,11 +64,7 @@ async def commit(conn: asyncpg.Connection, plan: Plan, now: float, channel: str)
     status, note = rules.status_of(refused, kept) if evaluated else (0, "")
     ids = await _write(conn, message, plan, outcome, kept, used, now, channel)
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
-    replies = list(plan.replies)
-    answer = status_mail.for_acceptance(plan.status, acceptance) if evaluated else None
-    if answer is not None:
-        replies.append(answer)
-    for reply in replies:
+    for reply in status_mail.after_commit(plan, acceptance, evaluated):
         await queue_reply(conn, reply, now)
     return acceptance
 

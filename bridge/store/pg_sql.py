@@ -17,12 +17,11 @@ import asyncpg
 import structlog
 
 from bridge.model import IllegalTransition, JobState, NewReply, check_transition
-from bridge.status_mail import reply_cap_keys
-from bridge.store.sql import JOB_SELECT
+from bridge.store.sql import JOB_SELECT, THREAD_SELECT, cap_checks
 
 log = structlog.get_logger("bridge.store")
 
-__all__ = ["JOB_SELECT", "DRIVER_ERRORS", "Params", "describe", "transition", "move", "queue_reply", "xact_lock"]
+__all__ = ["JOB_SELECT", "THREAD_SELECT", "DRIVER_ERRORS", "Params", "describe", "transition", "move", "queue_reply", "xact_lock"]
 
 #: Everything the driver (or the network under it) raises.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
@@ -113,25 +112,21 @@ async def xact_lock(conn: asyncpg.Connection, *name: str) -> None:
 async def queue_reply(conn: asyncpg.Connection, reply: NewReply, now: float) -> int | None:
     """Queue ``reply`` unless its mailbox, its domain, or all of them had their hourly share.
 
-    The mailbox folds ``+tags`` (``status_mail.reply_cap_keys``). Each count and the insert
+    The caps are ``sql.cap_checks``'s. Each count and the insert
     run under an advisory lock on the key, so mails to two accounts (or on two instances)
     cannot overshoot a cap together.
     """
-    keys = reply_cap_keys(reply.to)
-    mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
-    for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
-                             ("cap_domain", domain, reply.max_per_domain_per_hour),
-                             ("cap_total", "", reply.max_total_per_hour)):
-        if cap and key is not None:
-            await xact_lock(conn, "mail2sms:reply", key or "*")
-            if key:
-                recent = await conn.fetchval(
-                    f"SELECT COUNT(*) FROM replies WHERE {column}=$1 AND created_at>=$2", key, now - 3600)
-            else:
-                recent = await conn.fetchval("SELECT COUNT(*) FROM replies WHERE created_at>=$1", now - 3600)
-            if recent >= cap:
-                log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
-                return None
+    mailbox, domain, checks = cap_checks(reply)
+    for column, key, cap in checks:
+        await xact_lock(conn, "mail2sms:reply", key or "*")
+        if key:
+            recent = await conn.fetchval(
+                f"SELECT COUNT(*) FROM replies WHERE {column}=$1 AND created_at>=$2", key, now - 3600)
+        else:
+            recent = await conn.fetchval("SELECT COUNT(*) FROM replies WHERE created_at>=$1", now - 3600)
+        if recent >= cap:
+            log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
+            return None
     return await conn.fetchval(
         "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at, cap_mailbox, cap_domain) "
         "VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6) RETURNING id",

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState, NewReply
-from bridge.store.pg_sql import JOB_SELECT, Params, queue_reply, transition, xact_lock
+from bridge.store.pg_sql import THREAD_SELECT, Params, queue_reply, transition, xact_lock
 from bridge.store.sql import job_of
 from bridge.store.sql_twoway import ANSWERABLE, OptoutChange
 
@@ -78,12 +78,12 @@ async def origin(conn: asyncpg.Connection, provider: str, number: str, in_reply_
                  since: float) -> Job | None:
     """The SMS an inbound one answers (see ``sql_twoway.origin``)."""
     if in_reply_to:
-        row = await conn.fetchrow(f"{JOB_SELECT} WHERE j.provider_message_id=$1 AND j.provider=$2 "
+        row = await conn.fetchrow(f"{THREAD_SELECT} WHERE j.provider_message_id=$1 AND j.provider=$2 "
                                   "ORDER BY j.id DESC LIMIT 1", in_reply_to, provider)
         if row is not None:
             return job_of(row)
     row = await conn.fetchrow(
-        f"{JOB_SELECT} WHERE j.number=$1 AND j.created_at>=$2 AND j.provider=$3 AND j.state = ANY($4::text[]) "
+        f"{THREAD_SELECT} WHERE j.number=$1 AND j.created_at>=$2 AND j.provider=$3 AND j.state = ANY($4::text[]) "
         "ORDER BY j.id DESC LIMIT 1", number, since, provider, list(ANSWERABLE))
     return job_of(row) if row is not None else None
 

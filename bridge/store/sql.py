@@ -14,9 +14,12 @@ from bridge.status_mail import reply_cap_keys
 log = structlog.get_logger("bridge.store")
 
 JOB_SELECT = (
-    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to, m.summary AS mail_summary "
+    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
     "FROM jobs j JOIN messages m ON m.id = j.message"
 )
+#: ``JOB_SELECT`` with the mail's (redacted) subject, for mails in the thread (webhooks);
+#: claims do not read it.
+THREAD_SELECT = JOB_SELECT.replace(" FROM jobs", ", m.summary AS mail_summary FROM jobs", 1)
 
 
 def job_of(row: sqlite3.Row) -> Job:
@@ -116,25 +119,36 @@ def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: in
     )
 
 
+def cap_checks(reply: NewReply) -> tuple[str, str | None, list[tuple[str, str, int]]]:
+    """(mailbox key, domain key, the caps to count: (column, key, cap)) of ``reply``.
+
+    The mailbox folds ``+tags`` (``reply_cap_keys``); the key ``""`` is the global cap
+    (every reply). Both backends count these before they queue a reply.
+    """
+    keys = reply_cap_keys(reply.to)
+    mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
+    checks = [(column, key, cap) for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
+                                                          ("cap_domain", domain, reply.max_per_domain_per_hour),
+                                                          ("cap_total", "", reply.max_total_per_hour))
+              if cap and key is not None]
+    return mailbox, domain, checks
+
+
 def queue_reply(conn: sqlite3.Connection, reply: NewReply, now: float) -> int | None:
     """Queue ``reply`` unless its mailbox, its domain, or all of them had their hourly share.
 
     The mailbox folds ``+tags`` (``reply_cap_keys``), so ``target+1@``, ``target+2@`` ...
     share one count. Counted inside the transaction, so concurrent mails cannot overshoot.
     """
-    keys = reply_cap_keys(reply.to)
-    mailbox, domain = keys[0], (keys[1] if len(keys) > 1 else None)
-    for column, key, cap in (("cap_mailbox", mailbox, reply.max_per_hour),
-                             ("cap_domain", domain, reply.max_per_domain_per_hour),
-                             ("cap_total", "", reply.max_total_per_hour)):
-        if cap and key is not None:
-            where, args = (f"{column}=? AND ", (key,)) if key else ("", ())
-            (recent,) = conn.execute(
-                f"SELECT COUNT(*) FROM replies WHERE {where}created_at>=?", (*args, now - 3600)
-            ).fetchone()
-            if recent >= cap:
-                log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
-                return None
+    mailbox, domain, checks = cap_checks(reply)
+    for column, key, cap in checks:
+        where, args = (f"{column}=? AND ", (key,)) if key else ("", ())
+        (recent,) = conn.execute(
+            f"SELECT COUNT(*) FROM replies WHERE {where}created_at>=?", (*args, now - 3600)
+        ).fetchone()
+        if recent >= cap:
+            log.info("reply_capped", cap=column.removeprefix("cap_"), to=reply.to[:100], code=reply.code)
+            return None
     return conn.execute(
         "INSERT INTO replies (to_addr, code, message, state, created_at, next_attempt_at, cap_mailbox, cap_domain) "
         "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",

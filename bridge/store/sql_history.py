@@ -17,7 +17,7 @@ import sqlite3
 from typing import Any
 
 from bridge.model import Job
-from bridge.store.sql import JOB_SELECT, job_of
+from bridge.store.sql import JOB_SELECT, THREAD_SELECT, job_of
 
 #: At most this many replies to the mail's address are looked at for its own.
 _REPLY_SCAN = 500
@@ -55,7 +55,12 @@ def _replies_of(conn: sqlite3.Connection, mail: dict[str, Any]) -> list[dict[str
         "WHERE to_addr=? AND created_at>=? ORDER BY id LIMIT ?",
         (mail["reply_to"].lower(), mail["received_at"], _REPLY_SCAN),
     ).fetchall()
-    wanted = _bare(mail["message_id"])
+    return answering(rows, mail["message_id"])
+
+
+def answering(rows: Any, message_id: str) -> list[dict[str, Any]]:
+    """The reply rows whose mail answers ``message_id`` (``In-Reply-To``), without the mail."""
+    wanted = _bare(message_id)
     found = []
     for r in rows:
         parsed = email.message_from_bytes(bytes(r["message"]), policy=email.policy.default)
@@ -80,7 +85,7 @@ def find_job(conn: sqlite3.Connection, provider: str, message_id: str | None,
         if not value:
             continue
         row = conn.execute(
-            f"{JOB_SELECT} WHERE j.{column}=? AND j.provider=? ORDER BY j.id DESC LIMIT 1", (value, provider)
+            f"{THREAD_SELECT} WHERE j.{column}=? AND j.provider=? ORDER BY j.id DESC LIMIT 1", (value, provider)
         ).fetchone()
         if row is not None:
             return job_of(row)

@@ -54,11 +54,7 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
             (plan.login, -used, -used),
         )
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
-    replies = list(plan.replies)
-    answer = status_mail.for_acceptance(plan.status, acceptance) if evaluated else None
-    if answer is not None:
-        replies.append(answer)
-    for reply in replies:
+    for reply in status_mail.after_commit(plan, acceptance, evaluated):
         queue_reply(conn, reply, now)
     return acceptance
 

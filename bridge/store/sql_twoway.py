@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState, NewReply, Settlement
-from bridge.store.sql import JOB_SELECT, job_of, marks, queue_reply, transition
+from bridge.store.sql import THREAD_SELECT, job_of, marks, queue_reply, transition
 
 #: States of a job that went out (or may have): an SMS reply can answer it.
 ANSWERABLE = ("calling", "sent", "delivered", "undelivered", "unknown")
@@ -107,12 +107,12 @@ def origin(conn: sqlite3.Connection, provider: str, number: str, in_reply_to: st
     """The SMS an inbound one answers: the one the provider names, else the newest to ``number``
     through ``provider`` since ``since``."""
     if in_reply_to:
-        row = conn.execute(f"{JOB_SELECT} WHERE j.provider_message_id=? AND j.provider=? ORDER BY j.id DESC "
+        row = conn.execute(f"{THREAD_SELECT} WHERE j.provider_message_id=? AND j.provider=? ORDER BY j.id DESC "
                            "LIMIT 1", (in_reply_to, provider)).fetchone()
         if row is not None:
             return job_of(row)
     row = conn.execute(
-        f"{JOB_SELECT} WHERE j.number=? AND j.created_at>=? AND j.provider=? AND j.state IN ({marks(ANSWERABLE)}) "
+        f"{THREAD_SELECT} WHERE j.number=? AND j.created_at>=? AND j.provider=? AND j.state IN ({marks(ANSWERABLE)}) "
         "ORDER BY j.id DESC LIMIT 1", (number, since, provider, *ANSWERABLE)).fetchone()
     return job_of(row) if row is not None else None
 
