@@ -95,8 +95,12 @@ class TestEndToEnd:
             for subject in (f"arthur45@{ACCOUNT_KEY}|0612121515", "bob@bob-key-0001|0612121515"):
                 assert (await smtp_send(bridge.smtp_port, compose(subject)))[0] == 250
             await wait_until(lambda: _count_state(bridge, "failed", 1), what="job failed")
-            found = await wait_until(lambda: _scraped_when(bridge, "mail2sms_circuit_state", 2, provider="dead"),
-                                     what="circuit open")
+            await wait_until(lambda: _scraped_when(bridge, "mail2sms_circuit_state", 2, provider="dead"),
+                             what="circuit open")
+            # the breaker opens on the answer; the SMS is counted once its outcome is committed
+            found = await wait_until(lambda: _scraped_when(bridge, "mail2sms_sms_total", 1, provider="dead",
+                                                           outcome="not_delivered"), what="outcome counted")
+        assert value(found, "mail2sms_circuit_state", provider="dead") == 2
         assert value(found, "mail2sms_sms_total", provider="dead", outcome="not_delivered") == 1
         assert value(found, "mail2sms_sms_total", provider="partner", outcome="failed") == 1
         assert value(found, "mail2sms_credits_spent_total", account="arthur45") == 1
