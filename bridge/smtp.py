@@ -131,7 +131,23 @@ def postmaster_addresses(recipients: tuple[str, ...]) -> frozenset[str]:
     return frozenset({"postmaster"} | {f"postmaster@{d}" for d in domains if d})
 
 
-class Gate:
+class _FewNames:
+    """``dir()`` lists only the methods aiosmtpd finds by prefix (``smtp_``, ``auth_``,
+    ``handle_``). aiosmtpd builds its command tables with ``inspect.getmembers`` and
+    ``dir`` on the protocol and the handler for every connection; over every attribute that
+    was a fifth of the daemon's CPU with a connection per mail."""
+
+    _names: dict[type, list[str]] = {}
+
+    def __dir__(self) -> list[str]:
+        names = _FewNames._names.get(type(self))
+        if names is None:
+            names = _FewNames._names[type(self)] = [
+                n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_", "handle_"))]
+        return names
+
+
+class Gate(_FewNames):
     """The hooks aiosmtpd calls: RCPT as ``Handler``; DATA for postmaster kept apart.
 
     Mail to postmaster is for a human: it is logged and never read as an SMS request.
@@ -210,7 +226,7 @@ class Authenticator:
         return AuthResult(success=False, handled=False)
 
 
-class BridgeSMTP(SMTP):
+class BridgeSMTP(_FewNames, SMTP):
     """aiosmtpd's protocol with the bridge's limits (see the module docstring)."""
 
     def __init__(
@@ -328,6 +344,7 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
     authenticator = Authenticator(config) if config.auth_users else None
     # aiosmtpd would call socket.getfqdn() (a reverse lookup) for every connection
     hostname = config.hostname or socket.getfqdn()
+    loop = asyncio.get_running_loop()  # else aiosmtpd looks it up for every connection
 
     def factory(implicit_tls: bool = False) -> SMTP:
         return BridgeSMTP(
@@ -342,6 +359,7 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
             authenticator=authenticator,
             auth_required=config.auth_required,
             implicit_tls=implicit_tls,
+            loop=loop,
         )
 
     servers = [await _listen("smtp.listen", config.listen, factory)]

@@ -71,12 +71,15 @@ def transition(
     now: float,
     where: str = "",
     where_args: Sequence[Any] = (),
+    sets: str = "",
+    set_args: Sequence[Any] = (),
 ) -> dict[int, sqlite3.Row]:
     """Compare-and-set: the rows of ``ids`` that are in ``sources`` (and match ``where``).
 
     Raises ``IllegalTransition`` when a source -> target is not in the table. Moves the
-    matching jobs to ``target`` (the caller then sets their other columns) and returns
-    their rows as they were; the others are left alone for the caller to report.
+    matching jobs to ``target`` in one ``UPDATE ... RETURNING``, with the assignments of
+    ``sets`` (``", column=?"``, values in ``set_args``), and returns their id, login, cost
+    and created_at; the others are left alone for the caller to report.
     """
     ids = list(ids)
     try:
@@ -88,17 +91,11 @@ def transition(
         return {}
     states = [s.value for s in sources]
     rows = conn.execute(
-        f"SELECT id, login, cost, state, created_at FROM jobs WHERE id IN ({marks(ids)}) "
-        f"AND state IN ({marks(states)}){where}",
-        (*ids, *states, *where_args),
+        f"UPDATE jobs SET state=?, updated_at=?{sets} WHERE id IN ({marks(ids)}) "
+        f"AND state IN ({marks(states)}){where} RETURNING id, login, cost, created_at",
+        (target.value, now, *set_args, *ids, *states, *where_args),
     ).fetchall()
-    matched = {row["id"]: row for row in rows}
-    if matched:
-        conn.execute(
-            f"UPDATE jobs SET state=?, updated_at=? WHERE id IN ({marks(list(matched))})",
-            (target.value, now, *matched),
-        )
-    return matched
+    return {row["id"]: row for row in rows}
 
 
 def balance(conn: sqlite3.Connection, login: str) -> int:

@@ -15,6 +15,13 @@ from bridge.model import Acceptance, Counts, Plan
 from bridge.store.sql import balance, marks, queue_reply
 
 
+_INSERT_JOB = (
+    "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
+    "state, created_at, next_attempt_at, updated_at, category) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+)
+
+
 def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
     """Apply intake's ``plan``; return what was done."""
     keys = [k for k in (plan.key, *plan.extra_keys) if k]
@@ -34,17 +41,17 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (plan.key, plan.message_id, plan.login, plan.reply_to, plan.summary, outcome, now),
     ).lastrowid
-    conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
+    if keys:
+        conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
     ids: tuple[int, ...] = ()
     if kept:
-        conn.executemany(
-            "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
-            "state, created_at, next_attempt_at, updated_at, category) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            [(message, plan.login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
-              now, j.send_at if j.send_at is not None else now, now, j.category) for j in kept],
-        )
-        ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
+        rows = [(message, plan.login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
+                 now, j.send_at if j.send_at is not None else now, now, j.category) for j in kept]
+        if len(rows) == 1:  # the usual mail: its id comes with the insert
+            ids = (conn.execute(_INSERT_JOB, rows[0]).lastrowid,)
+        else:
+            conn.executemany(_INSERT_JOB, rows)
+            ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
         conn.executemany(
             "INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, ?, 'debit', ?, ?)",
             [(plan.login, -job.cost, job_id, now) for job, job_id in zip(kept, ids)],

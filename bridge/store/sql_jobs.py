@@ -40,13 +40,10 @@ def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: S
         "ORDER BY j.next_attempt_at, j.id LIMIT ?",
         (now, *only, limit),
     ).fetchall()
-    taken = transition(conn, [r["id"] for r in rows], S.CLAIMED, S.QUEUED, now)
+    taken = transition(conn, [r["id"] for r in rows], S.CLAIMED, S.QUEUED, now,
+                       sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
     if not taken:
         return []
-    conn.execute(
-        f"UPDATE jobs SET lease_owner=?, lease_until=? WHERE id IN ({marks(list(taken))})",
-        (owner, lease_until, *taken),
-    )
     # Opt-outs since intake, read here rather than with one more round trip per call.
     numbers = sorted({r["number"] for r in rows if r["id"] in taken})
     optouts = frozenset((n, s) for n, s in conn.execute(
@@ -63,28 +60,20 @@ def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: S
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                lease_until: float) -> list[int]:
     """Record the call before it is made (``claimed -> calling``); the ids still ours."""
-    taken = transition(conn, ids, S.CALLING, S.CLAIMED, now, " AND lease_owner=?", (owner,))
-    if taken:
-        conn.execute(
-            f"UPDATE jobs SET provider=?, client_ref=?, called_at=?, attempts=attempts+1, "
-            f"lease_until=? WHERE id IN ({marks(list(taken))})",
-            (provider, ref, now, lease_until, *taken),
-        )
+    taken = transition(conn, ids, S.CALLING, S.CLAIMED, now, " AND lease_owner=?", (owner,),
+                       ", provider=?, client_ref=?, called_at=?, attempts=attempts+1, lease_until=?",
+                       (provider, ref, now, lease_until))
     return sorted(taken)
 
 
 def settle_call(conn, ref: str, items: Sequence[Settlement], now: float, lease_until: float) -> list[int]:
     """Write the outcome of the call ``ref`` for each of its jobs; return the ids refused."""
-    refused: list[int] = []
     by_state: dict[S, list[Settlement]] = {}
     for item in items:
         by_state.setdefault(item.state, []).append(item)
-    for state, group in by_state.items():
-        matched = transition(conn, [i.job_id for i in group], state, CALL_OUTCOME_SOURCES[state], now,
-                             " AND client_ref=?", (ref,))
-        refused += [i.job_id for i in group if i.job_id not in matched]
-        _apply(conn, [i for i in group if i.job_id in matched], matched, now, lease_until)
-    return refused
+    return [job_id for state, group in by_state.items()
+            for job_id in _settle(conn, group, CALL_OUTCOME_SOURCES[state], now, lease_until,
+                                  " AND client_ref=?", (ref,))]
 
 
 def settle_claimed(conn, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
@@ -92,47 +81,52 @@ def settle_claimed(conn, owner: str, items: Sequence[Settlement], now: float) ->
     refused: list[int] = []
     for state in dict.fromkeys(i.state for i in items):
         group = [i for i in items if i.state is state]
-        matched = transition(conn, [i.job_id for i in group], state, S.CLAIMED, now,
-                             " AND lease_owner=?", (owner,))
-        refused += [i.job_id for i in group if i.job_id not in matched]
-        _apply(conn, [i for i in group if i.job_id in matched], matched, now, None)
+        refused += _settle(conn, group, S.CLAIMED, now, None, " AND lease_owner=?", (owner,))
     return refused
 
 
-def _apply(conn, items: Sequence[Settlement], rows, now: float, lease_until: float | None) -> None:
-    """The columns that go with each new state; refund and status mail for ``failed``.
+def _settle(conn, group: Sequence[Settlement], sources, now: float, lease_until: float | None,
+            where: str, where_args: Sequence) -> list[int]:
+    """Move ``group`` (one target state) from ``sources`` with the columns that go with that
+    state; refund and status mail for ``failed``. Returns the ids refused.
 
-    ``items`` share one state (callers group them); one ``executemany`` for all but
-    ``failed`` (a bulk call settles hundreds of jobs in one statement's loop).
+    One job (the usual one-number call) is one ``UPDATE``; more are one ``UPDATE`` for the
+    states and one ``executemany`` for the columns (a bulk call settles hundreds of jobs).
     """
-    if not items:
-        return
-    state = items[0].state
-    if state is S.SENT or state in (S.DELIVERED, S.UNDELIVERED):
-        conn.executemany(
-            "UPDATE jobs SET provider_message_id=COALESCE(?, provider_message_id), last_error=?, "
-            "lease_owner=NULL, lease_until=NULL WHERE id=?",
-            [(i.provider_message_id, i.error, i.job_id) for i in items])
-    elif state is S.CLAIMED:
-        conn.executemany("UPDATE jobs SET last_error=?, lease_until=? WHERE id=?",
-                         [(i.error, lease_until, i.job_id) for i in items])
-    elif state is S.QUEUED:
-        conn.executemany(
-            "UPDATE jobs SET last_error=?, next_attempt_at=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
-            [(i.error, i.retry_at if i.retry_at is not None else now, i.job_id) for i in items])
-    elif state is S.UNKNOWN:
-        conn.executemany(
-            "UPDATE jobs SET last_error=?, provider_message_id=COALESCE(?, provider_message_id), "
-            "lease_owner=NULL, lease_until=NULL WHERE id=?",
-            [(i.error, i.provider_message_id, i.job_id) for i in items])
-    elif state is S.FAILED:
-        for item in items:
-            row = rows[item.job_id]
-            conn.execute("UPDATE jobs SET last_error=?, lease_owner=NULL, lease_until=NULL WHERE id=?",
-                         (item.error, item.job_id))
-            move(conn, row["login"], row["cost"], "refund", item.job_id, now)
-            if item.reply is not None:
-                queue_reply(conn, item.reply, now)
+    state = group[0].state
+    if len(group) == 1:
+        sets, args = _columns(group[0], now, lease_until)
+        matched = transition(conn, [group[0].job_id], state, sources, now, where, where_args, sets, args)
+    else:
+        matched = transition(conn, [i.job_id for i in group], state, sources, now, where, where_args)
+        done = [i for i in group if i.job_id in matched]
+        if done:
+            sets, _ = _columns(done[0], now, lease_until)
+            conn.executemany(f"UPDATE jobs SET {sets[2:]} WHERE id=?",
+                             [(*_columns(i, now, lease_until)[1], i.job_id) for i in done])
+    if state is S.FAILED:
+        for item in group:
+            row = matched.get(item.job_id)
+            if row is not None:
+                move(conn, row["login"], row["cost"], "refund", item.job_id, now)
+                if item.reply is not None:
+                    queue_reply(conn, item.reply, now)
+    return [i.job_id for i in group if i.job_id not in matched]
+
+
+def _columns(item: Settlement, now: float, lease_until: float | None) -> tuple[str, tuple]:
+    """The assignments (``", column=?"``) and values that go with ``item``'s new state."""
+    state = item.state
+    if state is S.CLAIMED:
+        return ", last_error=?, lease_until=?", (item.error, lease_until)
+    if state is S.QUEUED:
+        return (", last_error=?, next_attempt_at=?, lease_owner=NULL, lease_until=NULL",
+                (item.error, item.retry_at if item.retry_at is not None else now))
+    if state is S.FAILED:
+        return ", last_error=?, lease_owner=NULL, lease_until=NULL", (item.error,)
+    # sent, delivered, undelivered, unknown: the provider's id when it gave one
+    return (", provider_message_id=COALESCE(?, provider_message_id), last_error=?, lease_owner=NULL, "
+            "lease_until=NULL", (item.provider_message_id, item.error))
 
 
 def sweep(conn, now: float, dead_owners: Sequence[str]) -> tuple[list[int], list[int]]:

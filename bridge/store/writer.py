@@ -1,11 +1,13 @@
 """The one thread that writes to SQLite, committing whatever is queued as one group.
 
-The writes queued while the previous commit was being fsynced run together, each in its
-own savepoint, and are acknowledged by one ``COMMIT``: many SMTP sessions committing at
+The writes queued while the previous commit was being fsynced run together in one
+transaction and are acknowledged by one ``COMMIT``: many SMTP sessions committing at
 once cost one fsync per batch, not one per mail, and each caller still gets its answer
 only after its own data is on disk. Every caller's future is resolved whatever fails: a
-write that raises rolls back alone; a failed ``COMMIT`` (or ``ROLLBACK``) fails the whole
-batch, and the connection is reopened so the next batch starts clean.
+write that raises rolls back alone (the batch is then run again with a savepoint around
+each write, so a write must act on the database only); a failed ``COMMIT`` (or
+``ROLLBACK``) fails the whole batch, and the connection is reopened so the next batch
+starts clean.
 """
 
 from __future__ import annotations
@@ -69,18 +71,20 @@ class Writer(threading.Thread):
             _deliver(results)
 
     def _commit(self, batch: list[Item]) -> list[tuple[asyncio.Future, bool, Any]]:
-        results: list[tuple[asyncio.Future, bool, Any]] = []
+        """One transaction for the batch. The writes run one after the other as they are; only
+        when one raises is the batch rolled back and run again, each write in a savepoint, so
+        the others still commit (savepoints on every write cost two statements each)."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for i, (fn, future) in enumerate(batch):
-                conn.execute(f"SAVEPOINT w{i}")
-                try:
-                    results.append((future, True, fn(conn)))
-                except Exception as exc:  # one bad write must not sink the others
-                    conn.execute(f"ROLLBACK TO w{i}")
-                    results.append((future, False, exc))
-                conn.execute(f"RELEASE w{i}")
+            try:
+                results = [(future, True, fn(conn)) for fn, future in batch]
+            except Exception as exc:  # one bad write must not sink the others
+                conn.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return [(batch[0][1], False, exc)]
+                conn.execute("BEGIN IMMEDIATE")
+                results = self._isolated(batch)
             conn.execute("COMMIT")
             return results
         except Exception as exc:
@@ -88,6 +92,20 @@ class Writer(threading.Thread):
             self._abandon()
             error = StoreError(f"commit failed: {exc}")
             return [(future, False, error) for _, future in batch]
+
+    def _isolated(self, batch: list[Item]) -> list[tuple[asyncio.Future, bool, Any]]:
+        """The batch again, each write in its own savepoint: one that raises rolls back alone."""
+        results: list[tuple[asyncio.Future, bool, Any]] = []
+        conn = self.conn
+        for i, (fn, future) in enumerate(batch):
+            conn.execute(f"SAVEPOINT w{i}")
+            try:
+                results.append((future, True, fn(conn)))
+            except Exception as exc:
+                conn.execute(f"ROLLBACK TO w{i}")
+                results.append((future, False, exc))
+            conn.execute(f"RELEASE w{i}")
+        return results
 
     def _abandon(self) -> None:
         """Roll back; if even that fails, reopen the connection."""
