@@ -48,6 +48,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 from email.parser import BytesHeaderParser
 from email.policy import Compat32, default as _DEFAULT_POLICY
 from email.utils import getaddresses
@@ -91,9 +92,42 @@ class ParsedMail:
     bounce: str | None = None    # why it looks like a bounce or delivery report, else None
 
 
+class _IndexedMessage(email.message.Message):
+    """A ``Message`` whose header lookups read an index of the first value of each name,
+    built on first use, instead of scanning every header: the stdlib's ``get_content_type``,
+    ``get_param``, ``get_filename``... each scan them, and parse_mail asks a dozen more. A
+    new header list (or a longer one) rebuilds the index; ``replace_header`` drops it."""
+
+    _indexed: list | None = None
+    _index: dict[str, tuple[str, str]] = {}
+
+    def _first(self) -> dict[str, tuple[str, str]]:
+        headers = self._headers
+        if self._indexed is not headers or self._indexed_length != len(headers):
+            index: dict[str, tuple[str, str]] = {}
+            for name, value in headers:
+                index.setdefault(name.lower(), (name, value))
+            self._index, self._indexed, self._indexed_length = index, headers, len(headers)
+        return self._index
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        found = self._first().get(name.lower())
+        return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._first()
+
+    def replace_header(self, _name: str, _value: str) -> None:
+        self._indexed = None
+        super().replace_header(_name, _value)
+
+
 class _RawHeaders(Compat32):
     """compat32, but headers with 8-bit bytes come back as str too (not ``Header``):
-    we decode them ourselves, and compat32's ``Header`` objects break parameter parsing."""
+    we decode them ourselves, and compat32's ``Header`` objects break parameter parsing.
+    Parsed mails are ``_IndexedMessage``."""
+
+    message_factory = _IndexedMessage
 
     def header_fetch_parse(self, name: str, value: str) -> str:
         return value
@@ -110,38 +144,23 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
         message = _headers_only(raw)  # keep the top-level headers, give up on the body
         body, source = "", "none"
-    headers = _FirstHeaders(message)
-    auto = (_header(headers, "Auto-Submitted") or "").split(";")[0].strip().lower()
-    precedence = (_header(headers, "Precedence") or "").strip().lower()
+    auto = (_header(message, "Auto-Submitted") or "").split(";")[0].strip().lower()
+    precedence = (_header(message, "Precedence") or "").strip().lower()
     list_headers = ("List-Id", "List-Unsubscribe", "List-Post")
-    bounce = bounce_reason(message, headers)
+    bounce = bounce_reason(message)
     return ParsedMail(
-        subject=_one_line(_decode_words(_header(headers, "Subject") or "")),
+        subject=_one_line(_decode_words(_header(message, "Subject") or "")),
         body=body,
-        message_id=_message_id(_header(headers, "Message-ID")),
-        sender=_address(_header(headers, "Reply-To")) or _address(_header(headers, "From")),
+        message_id=_message_id(_header(message, "Message-ID")),
+        sender=_address(_header(message, "Reply-To")) or _address(_header(message, "From")),
         envelope_from=envelope_from,
-        auto_submitted=(_header(headers, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
+        auto_submitted=(_header(message, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
         list_mail=precedence in ("bulk", "list", "junk")
-        or any(_header(headers, h) is not None for h in list_headers),
-        references=tuple(_ANGLE_ID.findall(_header(headers, "References") or "")),
+        or any(_header(message, h) is not None for h in list_headers),
+        references=tuple(_ANGLE_ID.findall(_header(message, "References") or "")),
         body_source=source,
         bounce=bounce,
     )
-
-
-class _FirstHeaders:
-    """The first value of each top-level header, looked up by name in any case: what
-    ``Message.get`` answers, without its scan of every header for every lookup (parse_mail
-    asks a dozen)."""
-
-    def __init__(self, message: email.message.Message) -> None:
-        self._first: dict[str, str] = {}
-        for name, value in _safely(message.items, []):
-            self._first.setdefault(name.lower(), value)
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._first.get(name.lower(), default)
 
 
 def _headers_only(raw: bytes) -> email.message.Message:
@@ -149,10 +168,10 @@ def _headers_only(raw: bytes) -> email.message.Message:
     try:
         return BytesHeaderParser(policy=_POLICY).parsebytes(raw, headersonly=True)
     except Exception:
-        return email.message.Message(policy=_POLICY)
+        return _IndexedMessage(policy=_POLICY)
 
 
-def bounce_reason(message: email.message.Message, headers: _FirstHeaders | None = None) -> str | None:
+def bounce_reason(message: email.message.Message) -> str | None:
     """Why ``message`` looks like a bounce or a delivery report (never answer one), or None.
 
     RFC 3464 delivery reports are ``multipart/report``; bounces carry ``Return-Path: <>``
@@ -161,12 +180,11 @@ def bounce_reason(message: email.message.Message, headers: _FirstHeaders | None 
     """
     if _safely(message.get_content_type, "") == "multipart/report":
         return "multipart/report"
-    headers = headers or _FirstHeaders(message)
-    if (_header(headers, "Return-Path") or "x").strip() in ("<>", ""):
+    if (_header(message, "Return-Path") or "x").strip() in ("<>", ""):
         return "return_path_null"
-    if _header(headers, "X-Failed-Recipients") is not None:
+    if _header(message, "X-Failed-Recipients") is not None:
         return "x_failed_recipients"
-    sender = _address(_header(headers, "From")) or ""
+    sender = _address(_header(message, "From")) or ""
     if sender.rpartition("@")[0].lower() in _BOUNCE_SENDERS:
         return "mailer_daemon"
     return None
@@ -339,7 +357,7 @@ def _safely(call: Callable[[], _T], default: _T) -> _T:
 # --- headers -------------------------------------------------------------------------------
 
 
-def _header(message: email.message.Message | _FirstHeaders, name: str) -> str | None:
+def _header(message: email.message.Message, name: str) -> str | None:
     """The first ``name`` header, unfolded, 8-bit bytes decoded (utf-8, else windows-1252)."""
     value = _safely(lambda: message.get(name), None)
     if value is None:

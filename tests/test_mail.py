@@ -679,3 +679,37 @@ def test_bounces_are_recognised(headers: str, reason: str | None) -> None:
     mail = parse_mail(eml(f"{headers}Subject: login@key|0612121515\n\n--x--\n"))
     assert mail.bounce == reason
     assert mail.auto_submitted is (reason is not None)
+
+
+class TestHeaderIndex:
+    """parse_mail reads headers through an index; it must answer as the stdlib's scan does,
+    also after the message is changed."""
+
+    RAW = (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: one\r\nsubject: two\r\n"
+           b"Content-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nbody\r\n")
+
+    def test_lookups_match_the_stdlib_after_changes(self) -> None:
+        import email
+        import email.message
+        from bridge.mail import _POLICY
+
+        ours = email.message_from_bytes(self.RAW, policy=_POLICY)
+        plain = email.message_from_bytes(self.RAW, policy=_POLICY, _class=email.message.Message)
+        assert type(ours) is not email.message.Message
+
+        def same() -> None:
+            for name in ("subject", "SUBJECT", "from", "content-type", "x-missing", "new", "to"):
+                assert ours.get(name, "-") == email.message.Message.get(plain, name, "-")
+                assert (name in ours) == (name in plain)
+            assert ours.get_content_charset() == plain.get_content_charset()
+            assert ours.get_param("format") == plain.get_param("format")
+
+        same()
+        for message in (ours, plain):
+            message.replace_header("Subject", "three")
+            message["New"] = "added"
+            message.set_param("charset", "iso-8859-1")
+            del message["To"]
+            message.add_header("To", "c@example.com")
+        same()
+        assert ours.get("subject") == "three" and ours.get_content_charset() == "iso-8859-1"
