@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +141,30 @@ class TestSqliteDurability:
         )
         assert isinstance(results[1], StoreError)
         assert len(await store.jobs()) == 2
+
+    async def test_a_cancelled_caller_still_commits_and_the_others_get_their_answers(self, sqlite_store):
+        """Cancelling a caller while its write is queued or running cancels only its wait:
+        the mail is committed all the same, and the writes around it are answered."""
+        store = sqlite_store
+        started = threading.Event()
+
+        def slow(conn):
+            started.set()
+            time.sleep(0.2)  # holds the writer: the next writes queue up behind it
+            return "slow"
+
+        first = asyncio.ensure_future(store.write(slow))
+        await asyncio.to_thread(started.wait, 5)
+        cancelled = asyncio.ensure_future(store.commit(plan("k1"), 1))
+        after = asyncio.ensure_future(store.commit(plan("k2"), 1))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        assert await first == "slow"
+        assert (await after).outcome == "accepted"
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert len(await store.jobs()) == 2
+        assert (await store.commit(plan("k1"), 2)).outcome == "duplicate"
 
     async def test_broken_connection_fails_its_batch_and_the_store_goes_on(self, sqlite_store):
         """A write that breaks the connection (so even ROLLBACK fails): every caller of that

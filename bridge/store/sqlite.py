@@ -84,8 +84,9 @@ class SqliteStore:
         future = asyncio.get_running_loop().create_future()
         self._writer.submit(fn, future)
         try:
-            # shield: a cancelled caller must not lose track of a write that may commit.
-            return await asyncio.shield(future)
+            # A cancelled caller cancels only its wait: the writer runs and commits ``fn``
+            # all the same and skips the cancelled future (no shield needed for that).
+            return await future
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
