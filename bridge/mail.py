@@ -139,7 +139,7 @@ _POLICY = _RawHeaders()
 def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     """Parse raw e-mail bytes into a ``ParsedMail``; never raises on malformed input."""
     try:
-        message = email.message_from_bytes(raw, policy=_POLICY)
+        message = _single_part(raw) or email.message_from_bytes(raw, policy=_POLICY)
         body, source = extract_body(message)
     except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
         message = _headers_only(raw)  # keep the top-level headers, give up on the body
@@ -161,6 +161,47 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
         body_source=source,
         bounce=bounce,
     )
+
+
+_FIELD = re.compile(r"[\041-\071\073-\176]+:")  # a field name (RFC 5322 ftext), then ":"
+_OTHER_BREAKS = re.compile(r"[\r\v\f\x1c-\x1e]")  # where str.splitlines (and the stdlib parser) also break
+
+
+def _single_part(raw: bytes) -> email.message.Message | None:
+    """The message the stdlib's parser makes of ``raw`` when it is a plain one-part mail
+    (what scripts, monitoring and most clients send), without its line-by-line feed;
+    None for anything else (multipart, message/*, a Unix ``From `` line, a header line
+    it would call a defect, no blank line before the body), which takes the stdlib's way.
+
+    Same text, same steps: decoded as ASCII with surrogate escapes, each field as
+    ``header_source_parse`` reads its lines (folds and line ends kept), the rest after
+    the blank line as the payload. ``tests/test_mail.py`` checks both ways agree.
+    """
+    text = raw.decode("ascii", "surrogateescape")
+    ends = [i for i in (text.find("\n\n"), text.find("\n\r\n")) if i >= 0]
+    if not ends or text[:1] in ("\r", "\n"):
+        return None
+    end = min(ends) + 1
+    block = text[:end]
+    if _OTHER_BREAKS.search(block.replace("\r\n", "")):
+        return None
+    fields: list[list[str]] = []
+    for line in block.splitlines(True):
+        if line[0] in " \t":
+            if not fields:
+                return None
+            fields[-1].append(line)
+        elif line.startswith("From ") or not _FIELD.match(line):
+            return None
+        else:
+            fields.append([line])
+    message = _IndexedMessage(policy=_POLICY)
+    for lines in fields:
+        message.set_raw(*_POLICY.header_source_parse(lines))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(text[end + (1 if text[end] == "\n" else 2):])
+    return message
 
 
 def _headers_only(raw: bytes) -> email.message.Message:
