@@ -92,14 +92,19 @@ class ParsedMail:
     bounce: str | None = None    # why it looks like a bounce or delivery report, else None
 
 
+_NO_HEADER = object()
+
+
 class _IndexedMessage(email.message.Message):
     """A ``Message`` whose header lookups read an index of the first value of each name,
     built on first use, instead of scanning every header: the stdlib's ``get_content_type``,
     ``get_param``, ``get_filename``... each scan them, and parse_mail asks a dozen more. A
-    new header list (or a longer one) rebuilds the index; ``replace_header`` drops it."""
+    new header list (or a longer one) rebuilds the index; ``replace_header`` drops it. The
+    parameters of a header are kept with the index."""
 
     _indexed: list | None = None
     _index: dict[str, tuple[str, str]] = {}
+    _params: dict[str, Any] = {}
 
     def _first(self) -> dict[str, tuple[str, str]]:
         headers = self._headers
@@ -108,7 +113,18 @@ class _IndexedMessage(email.message.Message):
             for name, value in headers:
                 index.setdefault(name.lower(), (name, value))
             self._index, self._indexed, self._indexed_length = index, headers, len(headers)
+            self._params = {}
         return self._index
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        """The stdlib's parameter list of ``header``, parsed once per header (the charset,
+        ``format``, ``delsp`` and a file name are each asked of Content-Type)."""
+        self._first()  # a changed header list drops the parameters read before
+        key = header.lower()
+        params = self._params.get(key, _NO_HEADER)
+        if params is _NO_HEADER and key not in self._params:
+            params = self._params[key] = super()._get_params_preserve(_NO_HEADER, header)
+        return failobj if params is _NO_HEADER else list(params)
 
     def get(self, name: str, failobj: Any = None) -> Any:
         found = self._first().get(name.lower())

@@ -703,6 +703,11 @@ class TestHeaderIndex:
                 assert (name in ours) == (name in plain)
             assert ours.get_content_charset() == plain.get_content_charset()
             assert ours.get_param("format") == plain.get_param("format")
+            assert ours.get_params() == plain.get_params()
+            assert ours.get_params(header="content-disposition") == plain.get_params(header="content-disposition")
+            assert ours.get_filename() == plain.get_filename()
+
+        ours.get_params(unquote=False).append(("x", "y"))  # a caller's copy: the next read is unchanged
 
         same()
         for message in (ours, plain):
@@ -711,6 +716,7 @@ class TestHeaderIndex:
             message.set_param("charset", "iso-8859-1")
             del message["To"]
             message.add_header("To", "c@example.com")
+            message.add_header("Content-Disposition", "inline", filename="a.txt")
         same()
         assert ours.get("subject") == "three" and ours.get_content_charset() == "iso-8859-1"
 
