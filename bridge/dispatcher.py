@@ -408,12 +408,15 @@ class Dispatcher:
                   low_cost=first.low_cost, unicode=first.unicode, parts=first.parts, reference=ref,
                   category=first.category)
         self._calls.update((j.id, ref) for j in chunk)
+        started = time.perf_counter()
         try:
-            receipt, error = await self.metrics.timed(name, self.providers[name].send(sms)), None
+            receipt, error = await self.providers[name].send(sms), None
         except asyncio.CancelledError:
             raise  # the jobs stay in _calls: process() marks them unknown
         except Exception as exc:
             receipt, error = None, exc
+        finally:
+            self.metrics.call_took(name, time.perf_counter() - started)
         return await self._settle(name, ref, chunk, receipt, error, has_next, transient, errors)
 
     async def _settle(self, name, ref, chunk, receipt: Receipt | None, error, has_next, transient, errors):

@@ -37,8 +37,8 @@ ready                            -                        1 when ``/readyz`` wou
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     from bridge.limits import CircuitBreaker
     from bridge.store import Store
 
-T = TypeVar("T")
 # No ``*_created`` series: they double the output and no dashboard or alert here reads them.
 disable_created_metrics()
 
@@ -159,13 +158,9 @@ class Metrics:
         """Intake refused a mail for now (SMTP 451): a loop died, or the bridge is stopping."""
         self.mails.labels(ingress, "unavailable").inc()
 
-    async def timed(self, provider: str, call: Awaitable[T]) -> T:
-        """Await a provider call, recording how long it took (whatever its outcome)."""
-        started = time.perf_counter()
-        try:
-            return await call
-        finally:
-            self.latency.labels(provider).observe(time.perf_counter() - started)
+    def call_took(self, provider: str, seconds: float) -> None:
+        """One provider call took ``seconds`` (whatever its outcome)."""
+        self.latency.labels(provider).observe(seconds)
 
     def settled(self, provider: str | None, jobs: Sequence[Job], items: Sequence[Settlement],
                 refused: Sequence[int] = ()) -> None:

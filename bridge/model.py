@@ -153,6 +153,11 @@ class Job:
     suppressed: str | None = None              # set at claim: why the number may not be texted now
     subject: str | None = None                 # the mail's subject, API key hidden (threaded mails)
 
+    def calling(self, provider: str, client_ref: str) -> Job:
+        """This job as its call was recorded (``claimed -> calling``): what ``dataclasses.replace``
+        gives, without its look at every field (a claim makes one per job)."""
+        return Job(**{**self.__dict__, "state": JobState.CALLING, "provider": provider, "client_ref": client_ref})
+
 
 @dataclass(frozen=True)
 class Reply:

@@ -48,7 +48,7 @@ async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, le
         started = await start_call(conn, owner, ids, name, ref, now, lease_until)
         called.update((i, (name, ref)) for i in started)
     # attempts as claimed, as for any claimed job (start_call counted this one in the row)
-    return [dataclasses.replace(j, state=S.CALLING, provider=called[j.id][0], client_ref=called[j.id][1])
+    return [j.calling(*called[j.id])
             if j.id in called else j for j in jobs]
 
 
