@@ -416,13 +416,16 @@ def _safely(call: Callable[[], _T], default: _T) -> _T:
 
 def _header(message: email.message.Message, name: str) -> str | None:
     """The first ``name`` header, unfolded, 8-bit bytes decoded (utf-8, else windows-1252)."""
-    value = _safely(lambda: message.get(name), None)
+    try:
+        value = message.get(name)
+    except Exception:  # the stdlib trips on some broken MIME
+        return None
     if value is None:
         return None
     value = str(value)
     if not value.isascii():  # raw 8-bit bytes, kept as surrogates by the parser
         value = _decode(value.encode("utf-8", "surrogateescape"), None)
-    return _FOLD.sub("", value)
+    return _FOLD.sub("", value) if "\n" in value else value
 
 
 def _decode_words(value: str) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -114,53 +114,63 @@ class Metrics:
         self.loop_age = Gauge("mail2sms_loop_beat_age_seconds", "Seconds since a supervised loop made progress.",
                               ["loop"], registry=r)
         self.ready = Gauge("mail2sms_ready", "1 when the bridge is ready (as /readyz).", registry=r)
+        self._children: dict[tuple, Any] = {}
         self._zero(list(providers), list(accounts))
+
+    def _of(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once (prometheus_client takes a lock and
+        checks the values on every ``labels`` call; a mail moves half a dozen series)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _zero(self, providers: list[str], accounts: list[str]) -> None:
         """Create the known label sets at 0, so rates and dashboards work before the first event."""
         for ingress in INGRESSES:
             for outcome in MAIL_OUTCOMES:
-                self.mails.labels(ingress, outcome)
+                self._of(self.mails, ingress, outcome)
         for provider in [*providers, NO_PROVIDER]:
             for outcome in SMS_OUTCOMES:
-                self.sms.labels(provider, outcome)
+                self._of(self.sms, provider, outcome)
         for provider in providers:
-            self.parts.labels(provider)
-            self.latency.labels(provider)
+            self._of(self.parts, provider)
+            self._of(self.latency, provider)
             for result in REPORT_RESULTS:
-                self.reports.labels(provider, result)
+                self._of(self.reports, provider, result)
             for kind in INBOUND_KINDS:
-                self.inbound.labels(provider, kind)
+                self._of(self.inbound, provider, kind)
         for account in accounts:
-            self.spent.labels(account)
-            self.refunded.labels(account)
+            self._of(self.spent, account)
+            self._of(self.refunded, account)
         for code in CATALOGUE:
-            self.statuses.labels(str(code))
+            self._of(self.statuses, str(code))
         for result in REPLY_RESULTS:
-            self.replies.labels(result)
+            self._of(self.replies, result)
         for state in JobState:
-            self.jobs.labels(state.value)
+            self._of(self.jobs, state.value)
 
     # --- events, one call each from the code that does the work ---------------------------
 
     def mail(self, ingress: str, outcome: Outcome, login: str | None = None, spent: int = 0) -> None:
         """Intake handled one mail; ``spent`` credits were debited when it was accepted."""
         if outcome.duplicate:
-            self.mails.labels(ingress, "duplicate").inc()
+            self._of(self.mails, ingress, "duplicate").inc()
             return
-        self.mails.labels(ingress, "accepted" if outcome.accepted else "refused").inc()
+        self._of(self.mails, ingress, "accepted" if outcome.accepted else "refused").inc()
         if outcome.status:
-            self.statuses.labels(str(outcome.status)).inc()
+            self._of(self.statuses, str(outcome.status)).inc()
         if outcome.accepted and login and spent:
-            self.spent.labels(login).inc(spent)
+            self._of(self.spent, login).inc(spent)
 
     def unavailable(self, ingress: str) -> None:
         """Intake refused a mail for now (SMTP 451): a loop died, or the bridge is stopping."""
-        self.mails.labels(ingress, "unavailable").inc()
+        self._of(self.mails, ingress, "unavailable").inc()
 
     def call_took(self, provider: str, seconds: float) -> None:
         """One provider call took ``seconds`` (whatever its outcome)."""
-        self.latency.labels(provider).observe(seconds)
+        self._of(self.latency, provider).observe(seconds)
 
     def settled(self, provider: str | None, jobs: Sequence[Job], items: Sequence[Settlement],
                 refused: Sequence[int] = ()) -> None:
@@ -181,23 +191,23 @@ class Metrics:
             outcome = _CALL_OUTCOME.get(item.state)
             if outcome is None:
                 continue
-            self.sms.labels(provider or NO_PROVIDER, outcome).inc()
+            self._of(self.sms, provider or NO_PROVIDER, outcome).inc()
             if item.state is JobState.SENT and provider:
-                self.parts.labels(provider).inc(job.parts)
+                self._of(self.parts, provider).inc(job.parts)
             elif item.state is JobState.FAILED and job.cost:
-                self.refunded.labels(job.login).inc(job.cost)
+                self._of(self.refunded, job.login).inc(job.cost)
 
     def reply(self, result: str) -> None:
         """One status mail handed to the relay: ``sent``, ``retried`` (later) or ``failed``."""
-        self.replies.labels(result).inc()
+        self._of(self.replies, result).inc()
 
     def report(self, provider: str, result: str) -> None:
         """One delivery report received from ``provider`` (see ``REPORT_RESULTS``)."""
-        self.reports.labels(provider, result).inc()
+        self._of(self.reports, provider, result).inc()
 
     def inbound_sms(self, provider: str, kind: str) -> None:
         """One SMS received from a phone through ``provider`` (see ``INBOUND_KINDS``)."""
-        self.inbound.labels(provider, kind).inc()
+        self._of(self.inbound, provider, kind).inc()
 
     # --- scrape time -------------------------------------------------------------------
 
@@ -209,9 +219,9 @@ class Metrics:
         leaves the last values (``/readyz`` and ``mail2sms_ready`` say it is down).
         """
         for name, breaker in breakers.items():
-            self.circuit.labels(name).set(BREAKER_VALUES[breaker.state(now).value])
+            self._of(self.circuit, name).set(BREAKER_VALUES[breaker.state(now).value])
         for name, age in loop_ages.items():
-            self.loop_age.labels(name).set(round(age, 3))
+            self._of(self.loop_age, name).set(round(age, 3))
         self.ready.set(1 if ready else 0)
         stamp = self.clock()
         if store is None or (self._store_read_at is not None and stamp - self._store_read_at < self.cache):
@@ -224,9 +234,9 @@ class Metrics:
         except StoreError:
             return
         for state in JobState:
-            self.jobs.labels(state.value).set(counts.get(state.value, 0))
+            self._of(self.jobs, state.value).set(counts.get(state.value, 0))
         for login, credits in balances.items():
-            self.balance.labels(login).set(credits)
+            self._of(self.balance, login).set(credits)
         self.replies_queued.set(queued)
 
     def render(self) -> bytes:
