@@ -27,6 +27,8 @@ from bridge.errors import TransientError
 from bridge.providers.base import Capabilities, ProviderBase, Receipt, Reconciled, Sms
 from bridge.settings import BOOL, REQUIRED, TEXT, setting
 
+_LINE = json.JSONEncoder(ensure_ascii=False)  # one encoder, not one per line (json.dumps with options)
+
 
 @dataclass(frozen=True, kw_only=True)
 class FileSettings:
@@ -60,7 +62,7 @@ class FileProvider(ProviderBase):
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         ids = {number: f"file-{sms.reference or uuid.uuid4().hex}" for number in sms.to}
         lines = "".join(
-            json.dumps(self._record(sms, number, ids[number], now), ensure_ascii=False) + "\n"
+            _LINE.encode(self._record(sms, number, ids[number], now)) + "\n"
             for number in sms.to
         )
         try:
