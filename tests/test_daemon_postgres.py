@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -109,9 +110,12 @@ class TestOutageUnderLoad:
             settings = settings_for(tmp_path, server.url, relay_port, "out.jsonl", lease=2, sweep_interval=0.5)
             bridge = await start_bridge(make_config(tmp_path, settings))
             answers: list[int] = []
+            down = threading.Event()
 
             def deliver(i: int) -> None:
                 raw = compose(f"arthur45@{ACCOUNT_KEY}|06121215{i:02}", f"load {i}", message_id=f"<l{i}@example.org>")
+                if i >= 40:  # the first half races the stop; the second is sure to meet the outage
+                    down.wait(30)
                 while True:
                     with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as client:
                         client.ehlo()
@@ -125,8 +129,9 @@ class TestOutageUnderLoad:
 
             with ThreadPoolExecutor(8) as pool:
                 senders = [asyncio.wrap_future(pool.submit(deliver, i)) for i in range(80)]
-                await asyncio.sleep(0.5)
+                await wait_until(lambda: len(answers) >= 10, what="the first answers")
                 await asyncio.to_thread(server.stop)
+                down.set()
                 await asyncio.sleep(2)
                 await asyncio.to_thread(server.start)
                 await asyncio.wait_for(asyncio.gather(*senders), 60)
