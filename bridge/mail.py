@@ -42,18 +42,17 @@ from __future__ import annotations
 
 import binascii
 import codecs
-import email
 import email.message
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
-from email.parser import BytesHeaderParser
-from email.policy import Compat32, default as _DEFAULT_POLICY
+from email.policy import default as _DEFAULT_POLICY
 from email.utils import getaddresses
+from functools import lru_cache
 from html.parser import HTMLParser
 from typing import TypeVar
+
+from bridge import mime
 
 _T = TypeVar("_T")
 
@@ -92,73 +91,13 @@ class ParsedMail:
     bounce: str | None = None    # why it looks like a bounce or delivery report, else None
 
 
-_NO_HEADER = object()
-
-
-class _IndexedMessage(email.message.Message):
-    """A ``Message`` whose header lookups read an index of the first value of each name,
-    built on first use, instead of scanning every header: the stdlib's ``get_content_type``,
-    ``get_param``, ``get_filename``... each scan them, and parse_mail asks a dozen more. A
-    new header list (or a longer one) rebuilds the index; ``replace_header`` drops it. The
-    parameters of a header are kept with the index."""
-
-    _indexed: list | None = None
-    _index: dict[str, tuple[str, str]] = {}
-    _params: dict[str, Any] = {}
-
-    def _first(self) -> dict[str, tuple[str, str]]:
-        headers = self._headers
-        if self._indexed is not headers or self._indexed_length != len(headers):
-            index: dict[str, tuple[str, str]] = {}
-            for name, value in headers:
-                index.setdefault(name.lower(), (name, value))
-            self._index, self._indexed, self._indexed_length = index, headers, len(headers)
-            self._params = {}
-        return self._index
-
-    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
-        """The stdlib's parameter list of ``header``, parsed once per header (the charset,
-        ``format``, ``delsp`` and a file name are each asked of Content-Type)."""
-        self._first()  # a changed header list drops the parameters read before
-        key = header.lower()
-        params = self._params.get(key, _NO_HEADER)
-        if params is _NO_HEADER and key not in self._params:
-            params = self._params[key] = super()._get_params_preserve(_NO_HEADER, header)
-        return failobj if params is _NO_HEADER else list(params)
-
-    def get(self, name: str, failobj: Any = None) -> Any:
-        found = self._first().get(name.lower())
-        return failobj if found is None else self.policy.header_fetch_parse(*found)
-
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._first()
-
-    def replace_header(self, _name: str, _value: str) -> None:
-        self._indexed = None
-        super().replace_header(_name, _value)
-
-
-class _RawHeaders(Compat32):
-    """compat32, but headers with 8-bit bytes come back as str too (not ``Header``):
-    we decode them ourselves, and compat32's ``Header`` objects break parameter parsing.
-    Parsed mails are ``_IndexedMessage``."""
-
-    message_factory = _IndexedMessage
-
-    def header_fetch_parse(self, name: str, value: str) -> str:
-        return value
-
-
-_POLICY = _RawHeaders()
-
-
 def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     """Parse raw e-mail bytes into a ``ParsedMail``; never raises on malformed input."""
     try:
-        message = _single_part(raw) or email.message_from_bytes(raw, policy=_POLICY)
+        message = mime.read(raw)
         body, source = extract_body(message)
     except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
-        message = _headers_only(raw)  # keep the top-level headers, give up on the body
+        message = mime.read_headers(raw)  # keep the top-level headers, give up on the body
         body, source = "", "none"
     auto = (_header(message, "Auto-Submitted") or "").split(";")[0].strip().lower()
     precedence = (_header(message, "Precedence") or "").strip().lower()
@@ -177,55 +116,6 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
         body_source=source,
         bounce=bounce,
     )
-
-
-_FIELD = re.compile(r"[\041-\071\073-\176]+:")  # a field name (RFC 5322 ftext), then ":"
-_OTHER_BREAKS = re.compile(r"[\r\v\f\x1c-\x1e]")  # where str.splitlines (and the stdlib parser) also break
-
-
-def _single_part(raw: bytes) -> email.message.Message | None:
-    """The message the stdlib's parser makes of ``raw`` when it is a plain one-part mail
-    (what scripts, monitoring and most clients send), without its line-by-line feed;
-    None for anything else (multipart, message/*, a Unix ``From `` line, a header line
-    it would call a defect, no blank line before the body), which takes the stdlib's way.
-
-    Same text, same steps: decoded as ASCII with surrogate escapes, each field as
-    ``header_source_parse`` reads its lines (folds and line ends kept), the rest after
-    the blank line as the payload. ``tests/test_mail.py`` checks both ways agree.
-    """
-    text = raw.decode("ascii", "surrogateescape")
-    ends = [i for i in (text.find("\n\n"), text.find("\n\r\n")) if i >= 0]
-    if not ends or text[:1] in ("\r", "\n"):
-        return None
-    end = min(ends) + 1
-    block = text[:end]
-    if _OTHER_BREAKS.search(block.replace("\r\n", "")):
-        return None
-    fields: list[list[str]] = []
-    for line in block.splitlines(True):
-        if line[0] in " \t":
-            if not fields:
-                return None
-            fields[-1].append(line)
-        elif line.startswith("From ") or not _FIELD.match(line):
-            return None
-        else:
-            fields.append([line])
-    message = _IndexedMessage(policy=_POLICY)
-    for lines in fields:
-        message.set_raw(*_POLICY.header_source_parse(lines))
-    if message.get_content_maintype() in ("multipart", "message"):
-        return None
-    message.set_payload(text[end + (1 if text[end] == "\n" else 2):])
-    return message
-
-
-def _headers_only(raw: bytes) -> email.message.Message:
-    """Only the top-level headers of ``raw`` (the body is not parsed), or nothing."""
-    try:
-        return BytesHeaderParser(policy=_POLICY).parsebytes(raw, headersonly=True)
-    except Exception:
-        return _IndexedMessage(policy=_POLICY)
 
 
 def bounce_reason(message: email.message.Message) -> str | None:

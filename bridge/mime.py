@@ -1,0 +1,135 @@
+"""Raw e-mail bytes to an ``email.message.Message``, as the stdlib reads them, with less work.
+
+- ``read``: a plain one-part mail (what scripts, monitoring systems and most clients send)
+  is split into its fields and payload directly; anything else goes through the stdlib's
+  parser (``email.message_from_bytes``). Both give the same message (``tests/test_mime.py``
+  holds them to it).
+- Headers come back as the raw strings (8-bit bytes kept as surrogates, decoded by
+  ``bridge.mail``), never compat32's ``Header`` objects, which break parameter parsing.
+- The messages answer header lookups from an index built on first use, and parse a
+  header's parameters once: the stdlib scans every header for each lookup, and reading
+  one mail asks a dozen.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import re
+from email.parser import BytesHeaderParser
+from email.policy import Compat32
+from typing import Any
+
+
+def read(raw: bytes) -> email.message.Message:
+    """The message in ``raw`` (the stdlib's parser may raise on absurd nesting)."""
+    return _single_part(raw) or email.message_from_bytes(raw, policy=_POLICY)
+
+
+def read_headers(raw: bytes) -> email.message.Message:
+    """Only the top-level headers of ``raw`` (the body is not parsed), or nothing."""
+    try:
+        return BytesHeaderParser(policy=_POLICY).parsebytes(raw, headersonly=True)
+    except Exception:
+        return _IndexedMessage(policy=_POLICY)
+
+
+_NO_HEADER = object()
+
+
+class _IndexedMessage(email.message.Message):
+    """A ``Message`` whose header lookups read an index of the first value of each name,
+    built on first use, instead of scanning every header: the stdlib's ``get_content_type``,
+    ``get_param``, ``get_filename``... each scan them, and ``bridge.mail`` asks a dozen more. A
+    new header list (or a longer one) rebuilds the index; ``replace_header`` drops it. The
+    parameters of a header are kept with the index."""
+
+    _indexed: list | None = None
+    _indexed_length = 0
+    _index: dict[str, tuple[str, str]] = {}
+    _params: dict[str, Any] = {}
+
+    def _first(self) -> dict[str, tuple[str, str]]:
+        headers = self._headers
+        if self._indexed is not headers or self._indexed_length != len(headers):
+            index: dict[str, tuple[str, str]] = {}
+            for name, value in headers:
+                index.setdefault(name.lower(), (name, value))
+            self._index, self._indexed, self._indexed_length = index, headers, len(headers)
+            self._params = {}
+        return self._index
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:
+        """The stdlib's parameter list of ``header``, parsed once per header (the charset,
+        ``format``, ``delsp`` and a file name are each asked of Content-Type)."""
+        self._first()  # a changed header list drops the parameters read before
+        key = header.lower()
+        params = self._params.get(key, _NO_HEADER)
+        if params is _NO_HEADER and key not in self._params:
+            params = self._params[key] = super()._get_params_preserve(_NO_HEADER, header)
+        return failobj if params is _NO_HEADER else list(params)
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        found = self._first().get(name.lower())
+        return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._first()
+
+    def replace_header(self, _name: str, _value: str) -> None:
+        self._indexed = None
+        super().replace_header(_name, _value)
+
+
+class _RawHeaders(Compat32):
+    """compat32, but headers with 8-bit bytes come back as str too (not ``Header``);
+    parsed mails are ``_IndexedMessage``."""
+
+    message_factory = _IndexedMessage
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return value
+
+
+_POLICY = _RawHeaders()
+
+
+_FIELD = re.compile(r"[\041-\071\073-\176]+:")  # a field name (RFC 5322 ftext), then ":"
+_OTHER_BREAKS = re.compile(r"[\r\v\f\x1c-\x1e]")  # where str.splitlines (and the stdlib parser) also break
+
+
+def _single_part(raw: bytes) -> email.message.Message | None:
+    """The message the stdlib's parser makes of ``raw`` when it is a plain one-part mail
+    (what scripts, monitoring and most clients send), without its line-by-line feed;
+    None for anything else (multipart, message/*, a Unix ``From `` line, a header line
+    it would call a defect, no blank line before the body), which takes the stdlib's way.
+
+    Same text, same steps: decoded as ASCII with surrogate escapes, each field as
+    ``header_source_parse`` reads its lines (folds and line ends kept), the rest after
+    the blank line as the payload. ``tests/test_mime.py`` checks both ways agree.
+    """
+    text = raw.decode("ascii", "surrogateescape")
+    ends = [i for i in (text.find("\n\n"), text.find("\n\r\n")) if i >= 0]
+    if not ends or text[:1] in ("\r", "\n"):
+        return None
+    end = min(ends) + 1
+    block = text[:end]
+    if _OTHER_BREAKS.search(block.replace("\r\n", "")):
+        return None
+    fields: list[list[str]] = []
+    for line in block.splitlines(True):
+        if line[0] in " \t":
+            if not fields:
+                return None
+            fields[-1].append(line)
+        elif line.startswith("From ") or not _FIELD.match(line):
+            return None
+        else:
+            fields.append([line])
+    message = _IndexedMessage(policy=_POLICY)
+    for lines in fields:
+        message.set_raw(*_POLICY.header_source_parse(lines))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(text[end + (1 if text[end] == "\n" else 2):])
+    return message
