@@ -149,6 +149,7 @@ class SmtpConfig:
     max_connections_per_client: int = setting(20, "open connections from one client address", integer(1))
     max_recipients: int = setting(10, "RCPT commands per transaction, refused ones included; 452 4.5.3 beyond",
                                   integer(1))
+    idle_timeout: float = setting(300.0, "a connection silent this long is closed (RFC 5321: at least 5 minutes)", SECONDS)
     auth_max_failures: int = setting(3, "wrong passwords or API keys on one connection, then 421 and disconnect",
                                      integer(1), key="auth.max_failures")
     auth_failure_delay: float = setting(1.0, "extra wait per recent failure of a client address (last 15 min)",

@@ -255,6 +255,29 @@ class BridgeSMTP(_FewNames, SMTP):
             return None, None
         return address, match.group(2)
 
+    _idle_until = 0.0     # loop time after which the connection counts as idle
+    _armed_for = 0.0      # loop time the one timeout timer fires at
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """``smtp.idle_timeout`` from now. aiosmtpd cancels and re-arms a timer for every
+        command; here one timer per connection fires at most once per timeout period and,
+        if the client spoke since, waits for the rest."""
+        self._idle_until = self.loop.time() + (duration or self._timeout_duration)
+        if self._timeout_handle is None or self._idle_until < self._armed_for:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._arm(self._idle_until)
+
+    def _arm(self, when: float) -> None:
+        self._armed_for = when
+        self._timeout_handle = self.loop.call_at(when, self._timeout_due)
+
+    def _timeout_due(self) -> None:
+        if self.loop.time() < self._idle_until:
+            self._arm(self._idle_until)  # the client spoke since: the rest of the wait
+        else:
+            self._timeout_cb()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit the connection, or answer 421 and close it (STARTTLS re-enters: not counted)."""
         if self.client is None and self.transport is None:
@@ -360,6 +383,7 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
             auth_required=config.auth_required,
             implicit_tls=implicit_tls,
             loop=loop,
+            timeout=config.idle_timeout,
         )
 
     servers = [await _listen("smtp.listen", config.listen, factory)]

@@ -238,3 +238,33 @@ class TestBusyPort:
                 await bridge.stop()
         assert str(caught.value) == f"smtp.listen 127.0.0.1:{port}: address already in use " \
             "(is another bridge or mail server listening there?)"
+
+
+class TestIdleTimeout:
+    async def test_a_silent_connection_is_closed_a_talking_one_is_not(self, tmp_path, sink, start_bridge):
+        """smtp.idle_timeout: a client silent that long is disconnected (and its slot given
+        back); one that speaks more often stays connected well past the timeout."""
+        _, relay_port = sink
+        bridge = await start_bridge(make_config(tmp_path, _settings(
+            tmp_path, relay_port, smtp={"idle_timeout": 0.6, "max_connections_per_client": 1})))
+
+        def silent() -> tuple[bytes, bytes, float]:
+            with socket.create_connection(("127.0.0.1", bridge.smtp_port), timeout=10) as s:
+                greeting, began = s.recv(200), time.monotonic()
+                return greeting, s.recv(200), time.monotonic() - began  # b"": closed by the bridge
+
+        greeting, after, waited = await asyncio.to_thread(silent)
+        assert greeting[:3] == b"220" and after == b"" and 0.5 <= waited < 5
+
+        def talking() -> list[int]:
+            with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=10) as client:
+                codes = [client.ehlo()[0]]
+                for _ in range(8):  # 1.6 s in all, a command every 0.2 s
+                    time.sleep(0.2)
+                    codes.append(client.noop()[0])
+                client.mail("alice@example.org")
+                client.rcpt("mail2sms@example.com")
+                codes.append(client.data(compose(f"arthur45@{ACCOUNT_KEY}|0612121515", "still here"))[0])
+                return codes
+
+        assert await asyncio.to_thread(talking) == [250] * 10
