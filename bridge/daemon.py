@@ -29,6 +29,7 @@ from bridge.metrics import Metrics
 from bridge.notify import sd_notify
 from bridge.callbacks import callback_urls
 from bridge.providers.base import Provider
+from bridge.providers.pool import ProviderTransport
 from bridge.providers.registry import build_provider
 from bridge.recovery import Recovery
 from bridge.replies import ReplySender
@@ -70,7 +71,7 @@ class Bridge:
         self.store = await open_store(config)
         await self.store.open_accounts({a.login: a.credits for a in config.accounts.values()}, self.clock())
         self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=ProviderTransport(per_origin=config.dispatcher.concurrency),
             headers={"User-Agent": "mail2sms-bridge"},
         )
         self.providers = {

@@ -1,0 +1,121 @@
+"""The daemon's HTTP transport to providers (bridge.providers.pool), against a real HTTP/1.1
+server on loopback that counts its connections."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from bridge.providers.pool import ProviderTransport
+
+_LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
+
+
+class CountingServer:
+    """HTTP/1.1 with keep-alive: answers ``ok``; ``/slow`` after 0.2 s; counts connections
+    and the most requests it had in progress at once."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.in_progress = 0
+        self.most_in_progress = 0
+        self.requests = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = _LENGTH.search(head)
+                if length:
+                    await reader.readexactly(int(length[1]))
+                self.requests += 1
+                self.in_progress += 1
+                self.most_in_progress = max(self.most_in_progress, self.in_progress)
+                try:
+                    if b" /slow " in head.split(b"\r\n", 1)[0]:
+                        await asyncio.sleep(0.2)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+                finally:
+                    self.in_progress -= 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def server():
+    running = CountingServer()
+    port = await running.start()
+    yield running, f"http://127.0.0.1:{port}"
+    await running.close()
+
+
+async def test_calls_in_flight_share_at_most_per_origin_connections_and_keep_them(server):
+    """24 calls at once over at most 4 connections, all answered, 4 in progress at once;
+    later calls reuse the same connections (keep-alive)."""
+    counting, url = server
+    async with httpx.AsyncClient(transport=ProviderTransport(per_origin=4)) as client:
+        answers = await asyncio.gather(*(client.post(f"{url}/slow", json={"n": i}) for i in range(24)))
+        assert [a.text for a in answers] == ["ok"] * 24
+        assert counting.connections == 4 and counting.most_in_progress == 4
+        for _ in range(10):
+            assert (await client.get(f"{url}/fast")).text == "ok"
+        assert counting.connections == 4 and counting.requests == 34
+
+
+async def test_a_quiet_client_opens_one_connection(server):
+    """One call at a time never opens a second connection."""
+    counting, url = server
+    async with httpx.AsyncClient(transport=ProviderTransport(per_origin=16)) as client:
+        for _ in range(20):
+            assert (await client.get(f"{url}/fast")).status_code == 200
+    assert counting.connections == 1
+
+
+async def test_a_cancelled_or_failed_call_frees_its_connection(server):
+    """A call cancelled mid-way, and one to a port where nothing listens, leave no slot
+    taken: the next calls go through, on no more connections than allowed."""
+    counting, url = server
+    async with httpx.AsyncClient(transport=ProviderTransport(per_origin=2)) as client:
+        slow = asyncio.ensure_future(client.get(f"{url}/slow"))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:1/")
+        await asyncio.sleep(0.3)  # the server finishes the abandoned call
+        counting.most_in_progress, opened = 0, counting.connections
+        answers = await asyncio.gather(*(client.get(f"{url}/slow") for _ in range(4)))
+        assert all(a.text == "ok" for a in answers)
+        assert counting.most_in_progress == 2  # both slots free again
+        assert counting.connections - opened <= 2  # no more than the two slots
+
+
+async def test_origins_have_their_own_connections(server):
+    """Calls to a second provider neither wait for nor close the first one's connections."""
+    counting, url = server
+    other = CountingServer()
+    other_url = f"http://127.0.0.1:{await other.start()}"
+    try:
+        async with httpx.AsyncClient(transport=ProviderTransport(per_origin=2)) as client:
+            answers = await asyncio.gather(*(client.get(f"{u}/slow") for u in [url, other_url] * 4))
+            assert all(a.text == "ok" for a in answers)
+            assert counting.connections == 2 and other.connections == 2
+            assert counting.most_in_progress == 2 and other.most_in_progress == 2
+    finally:
+        await other.close()
