@@ -29,7 +29,7 @@ from bridge.metrics import Metrics
 from bridge.notify import sd_notify
 from bridge.callbacks import callback_urls
 from bridge.providers.base import Provider
-from bridge.providers.pool import ProviderTransport
+from bridge.providers.pool import provider_client
 from bridge.providers.registry import build_provider
 from bridge.recovery import Recovery
 from bridge.replies import ReplySender
@@ -70,10 +70,7 @@ class Bridge:
         config = self.config
         self.store = await open_store(config)
         await self.store.open_accounts({a.login: a.credits for a in config.accounts.values()}, self.clock())
-        self._http = httpx.AsyncClient(
-            transport=ProviderTransport(per_origin=config.dispatcher.concurrency),
-            headers={"User-Agent": "mail2sms-bridge"},
-        )
+        self._http = provider_client(per_origin=config.dispatcher.concurrency)
         self.providers = {
             name: build_provider(name, settings, self._http) for name, settings in config.providers.items()
         }

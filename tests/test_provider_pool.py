@@ -9,7 +9,7 @@ import re
 import httpx
 import pytest
 
-from bridge.providers.pool import ProviderTransport
+from bridge.providers.pool import ProviderTransport, provider_client
 
 _LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
 
@@ -119,3 +119,17 @@ async def test_origins_have_their_own_connections(server):
             assert counting.most_in_progress == 2 and other.most_in_progress == 2
     finally:
         await other.close()
+
+
+async def test_the_daemons_client_takes_proxies_from_the_environment(server, monkeypatch):
+    """HTTP_PROXY is honoured (the loopback server plays the proxy), and NO_PROXY exempts a
+    host, as with httpx's own client."""
+    counting, url = server
+    monkeypatch.setenv("HTTP_PROXY", url)
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    async with provider_client(per_origin=4) as client:
+        assert (await client.get("http://provider.invalid/fast")).text == "ok"  # only the proxy can answer
+        assert counting.requests == 1
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://direct.invalid/fast")
+    assert counting.requests == 1

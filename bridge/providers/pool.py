@@ -11,8 +11,10 @@ httpx transports of one connection each, opened as calls need them, and hands ea
 request to the one with the fewest requests in progress; a request counts until its
 response is closed. So each pool walks one connection. Everything else is httpx's own:
 HTTP/1.1, keep-alive and its expiry, timeouts (a request waiting for a busy connection
-ends in ``PoolTimeout``), TLS with one shared context, proxies from the environment
-(the client's mounts, as before).
+ends in ``PoolTimeout``), TLS with one shared context. ``provider_client`` adds the proxies
+the environment names, as httpx reads them (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
+``NO_PROXY``; httpx itself skips them for a client given its own transport); calls through
+a proxy take httpx's stock transport.
 """
 
 from __future__ import annotations
@@ -20,8 +22,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+from httpx._utils import get_environment_proxies  # httpx's own reading of *_PROXY (no public name)
 
 _ONE = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+def provider_client(per_origin: int) -> httpx.AsyncClient:
+    """The daemon's one client for provider calls (see the module docstring)."""
+    transport = ProviderTransport(per_origin)
+    mounts = {pattern: None if proxy is None else httpx.AsyncHTTPTransport(proxy=proxy, verify=transport.tls)
+              for pattern, proxy in get_environment_proxies().items()}
+    return httpx.AsyncClient(transport=transport, mounts=mounts, headers={"User-Agent": "mail2sms-bridge"})
 
 
 class ProviderTransport(httpx.AsyncBaseTransport):
@@ -29,14 +40,14 @@ class ProviderTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, per_origin: int) -> None:
         self.per_origin = max(1, per_origin)
-        self._tls = httpx.create_ssl_context()
+        self.tls = httpx.create_ssl_context()
         self._origins: dict[tuple[bytes, bytes, int | None], tuple[list[httpx.AsyncHTTPTransport], list[int]]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         transports, busy = self._origins.setdefault((url.raw_scheme, url.raw_host, url.port), ([], []))
         if len(transports) < self.per_origin and (not busy or min(busy) > 0):
-            transports.append(httpx.AsyncHTTPTransport(verify=self._tls, limits=_ONE))
+            transports.append(httpx.AsyncHTTPTransport(verify=self.tls, limits=_ONE))
             busy.append(0)
             slot = len(transports) - 1
         else:
