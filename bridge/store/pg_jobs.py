@@ -48,8 +48,7 @@ async def claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, le
         started = await start_call(conn, owner, ids, name, ref, now, lease_until)
         called.update((i, (name, ref)) for i in started)
     # attempts as claimed, as for any claimed job (start_call counted this one in the row)
-    return [j.calling(*called[j.id])
-            if j.id in called else j for j in jobs]
+    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs]
 
 
 async def _claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, lease_until: float,

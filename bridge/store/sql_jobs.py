@@ -29,8 +29,7 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     for ids, name, ref in plan(jobs):
         called.update((i, (name, ref)) for i in start_call(conn, owner, ids, name, ref, now, lease_until))
     # attempts as claimed, as for any claimed job (start_call counted this one in the row)
-    return [j.calling(*called[j.id])
-            if j.id in called else j for j in jobs]
+    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs]
 
 
 def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
