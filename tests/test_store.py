@@ -232,6 +232,25 @@ class TestIntakeRules:
         assert len(result.job_ids) == 2 and result.refused[0].code == 127
 
 
+    async def test_per_number_cap_counts_this_hour_of_this_account_and_no_failed_or_cancelled_job(self, store):
+        """Cap 2 per hour: a job over an hour old, another account's job, a failed job and a
+        cancelled one do not count; two live jobs do, so the next mail to the number gets 127."""
+        await store.open_accounts({"b": 10}, now=0)
+        limits = Limits(per_number_per_hour=2)
+        now = 10_000.0
+        assert (await store.commit(plan("old", limits=limits), now - 4000)).job_ids
+        assert (await store.commit(plan("other", login="b", limits=limits), now)).job_ids
+        failed = (await store.commit(plan("failed", limits=limits), now)).job_ids[0]
+        await store.claim("me", now, 10, 60, only=[failed])
+        assert await store.settle_claimed("me", [Settlement(failed, JobState.FAILED, "refused")], now) == []
+        cancelled = (await store.commit(plan("cancelled", limits=limits), now)).job_ids[0]
+        assert await store.cancel(cancelled, now)
+        for key in ("live1", "live2"):
+            assert (await store.commit(plan(key, limits=limits), now)).job_ids
+        third = await store.commit(plan("third", limits=limits), now)
+        assert third.job_ids == () and [r.code for r in third.refused] == [127]
+
+
 class TestClaimSeesOptOuts:
     async def test_a_number_opted_out_since_intake_is_flagged_at_claim(self, store):
         """A STOP recorded after the commit is reported with the claimed job (not texted)."""
