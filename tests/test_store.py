@@ -251,6 +251,29 @@ class TestIntakeRules:
         assert third.job_ids == () and [r.code for r in third.refused] == [127]
 
 
+    async def test_daily_cap_counts_24_hours_of_this_account_and_no_failed_or_cancelled_job(self, store):
+        """max_sms_per_day 2: a job over a day old, another account's job, a failed job and a
+        cancelled one do not count; two live jobs do, so the next mail gets 127."""
+        await store.open_accounts({"b": 10}, now=0)
+        limits = Limits(sms_per_day=2)
+        now = 200_000.0
+        numbers = iter(f"+3361212{i:04d}" for i in range(100))
+
+        async def send(key: str, at: float = now, login: str = "a"):
+            return await store.commit(plan(key, numbers=(next(numbers),), login=login, limits=limits), at)
+
+        assert (await send("old", now - 90_000)).job_ids
+        assert (await send("other", login="b")).job_ids
+        failed = (await send("failed")).job_ids[0]
+        await store.claim("me", now, 10, 60, only=[failed])
+        assert await store.settle_claimed("me", [Settlement(failed, JobState.FAILED, "refused")], now) == []
+        assert await store.cancel((await send("cancelled")).job_ids[0], now)
+        for key in ("live1", "live2"):
+            assert (await send(key)).job_ids
+        third = await send("third")
+        assert third.job_ids == () and [r.code for r in third.refused] == [127]
+
+
 class TestClaimSeesOptOuts:
     async def test_a_number_opted_out_since_intake_is_flagged_at_claim(self, store):
         """A STOP recorded after the commit is reported with the claimed job (not texted)."""

@@ -128,14 +128,19 @@ CREATE INDEX events_job ON events(job) WHERE job IS NOT NULL;
 CREATE INDEX events_at ON events(at)
 """
 
-# The hourly count per number (intake, every mail) reads the index alone, however many SMS
-# that number had this hour: login is in it; the few failed or cancelled jobs, which do not
-# count, are found through their own partial index (state changes touch neither on the way
-# to sent).
+# The caps' counts (intake, inside the commit of every mail) read indexes alone, however
+# many SMS a number or an account had in the window: the hourly count per number through
+# (number, created_at, login), the daily count per account through (login, created_at),
+# each less the few failed or cancelled jobs, which do not count, found through partial
+# indexes (a job's state changes on its way to sent touch none of these); the day's spend
+# through (login, created_at, reason, amount) instead of every ledger row of the account.
 _V6 = """
 DROP INDEX jobs_number_created;
 CREATE INDEX jobs_number_created ON jobs(number, created_at, login);
-CREATE INDEX jobs_number_dropped ON jobs(number, created_at) WHERE state IN ('failed', 'cancelled')
+CREATE INDEX jobs_number_dropped ON jobs(number, created_at) WHERE state IN ('failed', 'cancelled');
+CREATE INDEX jobs_login_dropped ON jobs(login, created_at) WHERE state IN ('failed', 'cancelled');
+DROP INDEX ledger_login;
+CREATE INDEX ledger_login ON ledger(login, created_at, reason, amount)
 """
 
 #: version -> SQL that brings the previous version up to it.
