@@ -13,6 +13,8 @@ and give every loop one more grace period before cancelling it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from bridge.imap import MailboxPoller
 from bridge.intake import Intake
 from bridge.metrics import Metrics
 from bridge.notify import sd_notify
+from bridge.numbers import normalise
 from bridge.callbacks import callback_urls
 from bridge.providers.base import Provider
 from bridge.providers.pool import provider_client
@@ -136,6 +139,22 @@ class Bridge:
         log.info("bridge_stopped")
 
 
+def _freeze_startup_heap(config: Config) -> None:
+    """Keep what startup built out of the cyclic garbage collector's walks.
+
+    A full collection walks every object the collector tracks; once the daemon runs, most
+    of them are what imports, the config and the providers built, and the phone-number
+    metadata (loaded on first use, so loaded here first). Each such collection held the
+    event loop ~30 ms, about every 2,500 mails at full speed, which is where the tail of
+    the end of DATA -> provider latency came from. ``gc.freeze`` moves them to a
+    generation that is never collected: a full collection then takes under 1 ms.
+    """
+    with contextlib.suppress(ValueError):
+        normalise("0612121212", config.region)
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: Config) -> int:
     """Run until SIGTERM or SIGINT (exit 0) or a loop that cannot recover (exit 1)."""
     bridge = Bridge(config)
@@ -149,6 +168,7 @@ async def serve(config: Config) -> int:
         log.error("startup_failed", error=str(exc))
         await bridge.stop()
         return 1
+    _freeze_startup_heap(config)
     sd_notify("READY=1\nSTATUS=accepting mail")
     stopped = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(bridge.supervisor.failed.wait())
