@@ -24,7 +24,7 @@ def run_verb(config: Config, args: argparse.Namespace) -> int:
         from bridge import log
         from bridge.daemon import serve
 
-        log.configure(config.log_format, config.log_level)
+        log.configure(config.log_format, config.log_level, cache=True)
         return _run_loop(serve(config))
     if args.verb == "providers":
         return asyncio.run(_providers_check(config))
