@@ -44,6 +44,19 @@ async def states(store: Store) -> list[str]:
     return [j.state.value for j in reversed(await store.jobs(limit=10000))]
 
 
+
+async def _sleep_forever(seconds: float) -> None:
+    await asyncio.Event().wait()
+
+
+async def _process_then_cancel(dispatcher, jobs) -> None:
+    """Start processing ``jobs``, cancel it 50 ms later (a shutdown), let it settle."""
+    task = asyncio.create_task(dispatcher.process(jobs))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0.05)
+
 class TestFailover:
     async def test_refused_connection_goes_to_the_secondary_once(self, tmp_path, world):
         """Primary refuses connections: the secondary sends the SMS, exactly once."""
@@ -337,21 +350,13 @@ class TestCancellation:
         settings = base_settings(tmp_path)
         await open_accounts(settings)
         recorder = Recorder("outbox", clock)
-        gate = asyncio.Event()
-
-        async def blocked_sleep(seconds: float) -> None:
-            await gate.wait()
 
         dispatcher, intake = make(settings, {"outbox": recorder})
-        dispatcher.sleep = blocked_sleep
+        dispatcher.sleep = _sleep_forever  # the rate limit's wait never ends
         dispatcher.limiters["outbox"].take(clock.time())  # the next slot is in the future
         await submit(intake, "0612121515")
         jobs = await store.claim(dispatcher.owner, clock.time(), 10, 60)
-        task = asyncio.create_task(dispatcher.process(jobs))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0.05)
+        await _process_then_cancel(dispatcher, jobs)
         assert await states(store) == ["queued"] and recorder.calls == []
 
 
@@ -640,22 +645,14 @@ class TestCallRecordedByTheClaim:
         settings = base_settings(tmp_path)
         await open_accounts(settings)
         recorder = Recorder("outbox", clock)
-        gate = asyncio.Event()
-
-        async def blocked_sleep(seconds: float) -> None:
-            await gate.wait()
 
         dispatcher, intake = make(settings, {"outbox": recorder})
-        dispatcher.sleep = blocked_sleep
+        dispatcher.sleep = _sleep_forever  # the rate limit's wait never ends
         await submit(intake, "0612121515")
         jobs = await dispatcher._claim(10, 4)
         assert [j.state.value for j in jobs] == ["calling"]
         dispatcher.limiters["outbox"].take(clock.time())  # the recorded call now has to wait
-        task = asyncio.create_task(dispatcher.process(jobs))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0.05)
+        await _process_then_cancel(dispatcher, jobs)
         assert await states(store) == ["queued"] and recorder.calls == []
 
     async def test_jobs_the_screen_would_hold_are_only_claimed(self, tmp_path, world):
