@@ -22,7 +22,7 @@ from bridge.errors import StoreError
 from bridge.model import IllegalTransition, JobState, Limits, NewJob, NewReply, Plan, Settlement
 from bridge.store import SqliteStore, Store, open_url
 from bridge.store.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION
+from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from pg import fresh_schema
 
 S = JobState
@@ -541,6 +541,32 @@ class TestMigrationAndKeys:
             assert (await migrated.job(1)).state is S.UNKNOWN
             summary = sqlite3.connect(path).execute("SELECT summary FROM messages").fetchone()[0]
             assert "s3cr3t" not in summary and summary.startswith("arthur@***")
+        finally:
+            await migrated.close()
+
+    async def test_v6_jobs_count_against_the_hourly_cap_after_the_upgrade(self, tmp_path):
+        """(SQLite) Schema 7 ranks the jobs already there per number and account, so the SMS a
+        number had this hour before the upgrade still count against its cap."""
+        path = tmp_path / "v6.db"
+        now = 100_000.0
+        conn = connect(path)
+        migrate(conn, {version: MIGRATIONS[version] for version in range(1, 7)})
+        with conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO balances VALUES ('a', 10)")
+            conn.execute("INSERT INTO messages (summary, outcome, received_at) VALUES ('a@***', 'accepted', 0)")
+            for at, login in ((now - 7200, "a"), (now - 60, "a"), (now - 30, "a"), (now - 30, "b")):
+                conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
+                             "created_at, next_attempt_at, updated_at) VALUES (1, ?, '+33612121515', 'hi', 1, 1, 0, "
+                             "0, 'sent', ?, ?, ?)", (login, at, at, at))
+        conn.close()
+        migrated = await SqliteStore.open(path)
+        try:
+            capped = await migrated.commit(plan("k1", limits=Limits(per_number_per_hour=2)), now)
+            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            assert len((await migrated.commit(plan("k2", limits=Limits(per_number_per_hour=3)), now)).job_ids) == 1
+            capped = await migrated.commit(plan("k3", limits=Limits(per_number_per_hour=3)), now)
+            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
         finally:
             await migrated.close()
 

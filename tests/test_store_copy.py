@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 
-from bridge.model import JobState, NewJob, NewReply, Plan, Settlement
+from bridge.model import JobState, Limits, NewJob, NewReply, Plan, Settlement
 from bridge.store import SqliteStore, open_url
 from bridge.store.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from pg import pg_url  # noqa: F401  (fixture)
@@ -100,6 +101,24 @@ class TestCopy:
         finally:
             await target.close()
 
+    async def test_a_copy_into_sqlite_keeps_the_hourly_cap(self, tmp_path, pg_url):
+        """PostgreSQL -> SQLite: the SMS a number had this hour still count against its cap
+        (SQLite counts by each job's rank per number, which the copy fills in)."""
+        source = await open_url(pg_url)
+        await source.open_accounts({"a": 50}, 0)
+        for key in ("one", "two"):
+            await source.commit(plan(key, "+33612121501"), 10)
+        await source.close()
+        copied = mail2sms("store", "copy", "--from", pg_url, "--to", f"sqlite://{tmp_path / 'back.db'}")
+        assert copied.returncode == 0, copied.stderr
+        target = await open_url(f"sqlite://{tmp_path / 'back.db'}")
+        try:
+            capped = await target.commit(replace(plan("three", "+33612121501"), limits=Limits(per_number_per_hour=2)), 20)
+            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            other = await target.commit(replace(plan("four", "+33612121502"), limits=Limits(per_number_per_hour=2)), 20)
+            assert len(other.job_ids) == 1
+        finally:
+            await target.close()
 
     async def test_the_admin_verbs_work_on_the_copy(self, tmp_path, pg_url):
         """After the switch, `accounts list` and `queue list` read the PostgreSQL store the config names."""

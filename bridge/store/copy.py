@@ -14,16 +14,15 @@ The copy runs in one transaction on the destination: it lands whole or not at al
 
 from __future__ import annotations
 
-from bridge.errors import ConfigError
-
 import argparse
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import StoreError
+from bridge.errors import ConfigError, StoreError
 from bridge.store import is_postgres, open_url
+from bridge.store.schema import NUMBER_SEQ_FILL
 
 #: table -> columns, in an order that satisfies the foreign keys.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -155,6 +154,7 @@ class _Sqlite(_Side):
                 async for batch in source.rows(table, columns):
                     self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch)
                     counts[table] += len(batch)
+            self.conn.execute(NUMBER_SEQ_FILL)  # what the hourly cap counts by (SQLite only)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -17,7 +17,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.text import redact_subject
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,8 +143,29 @@ DROP INDEX ledger_login;
 CREATE INDEX ledger_login ON ledger(login, created_at, reason, amount)
 """
 
+#: Numbers each job of a (number, account) pair in the order they were created: the pair's
+#: ``nseq`` runs 1, 2, 3... (schema 7, and after ``store copy`` into SQLite).
+NUMBER_SEQ_FILL = """
+UPDATE jobs SET nseq=r.n FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY number, login ORDER BY created_at, id)
+AS n FROM jobs) AS r WHERE jobs.id=r.id
+"""
+
+# The hourly count per number costs two index seeks, however many SMS the number had in
+# the hour: each job carries its rank among the jobs of its (number, account), so the count
+# is the rank of the pair's newest job less the rank of the first one of the hour, plus one
+# (less the failed or cancelled ones, through their partial index). It used to read one
+# index entry per job of the hour: 5,000 SMS to one pager number made every new mail read
+# 5,000 entries, inside the commit every SMTP session waits for.
+_V7 = f"""
+ALTER TABLE jobs ADD COLUMN nseq INTEGER;
+{NUMBER_SEQ_FILL.strip()};
+CREATE INDEX jobs_number_seq ON jobs(number, login, nseq);
+DROP INDEX jobs_number_created;
+CREATE INDEX jobs_number_created ON jobs(number, created_at, login, nseq)
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 
 
 def connect(path: Path) -> sqlite3.Connection:

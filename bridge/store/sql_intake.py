@@ -15,10 +15,12 @@ from bridge.model import Acceptance, Counts, Plan
 from bridge.store.sql import balance, marks, queue_reply
 
 
+#: A job takes the next rank among the jobs of its (number, account): see ``per_number_sql``.
 _INSERT_JOB = (
     "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
-    "state, created_at, next_attempt_at, updated_at, category) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+    "state, created_at, next_attempt_at, updated_at, category, nseq) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, "
+    "(SELECT COALESCE(MAX(nseq), 0) + 1 FROM jobs WHERE number=?3 AND login=?2))"
 )
 
 
@@ -68,17 +70,23 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
 
 def per_number_sql(count: int) -> str:
     """Jobs per number of the last hour, for ``count`` numbers (not failed nor cancelled);
-    parameters: since, login, then the numbers.
+    parameters: since, login, then the numbers. A number without a job this hour counts NULL.
 
-    The count reads ``jobs_number_created`` (number, created_at, login) alone, so a number
-    that had thousands of SMS this hour costs index entries, not table rows; failed and
-    cancelled jobs are taken off through their partial index. ``+login`` keeps SQLite from
-    reading by account (the whole backlog) through the login index.
+    Every job has its rank (``nseq``) among the jobs of its (number, account), given at
+    insert, so the hour's count is the newest job's rank less the rank of the hour's first
+    job, plus one: two index seeks (``jobs_number_seq``, ``jobs_number_created``), however
+    many SMS the number had this hour. The failed and cancelled ones of the hour are taken
+    off through their partial index. ``+login`` keeps SQLite on the number's index, not the
+    account's (the whole backlog).
     """
-    numbers = ",".join(f"?{i + 3}" for i in range(count))
-    return ("SELECT j.number, COUNT(*) - (SELECT COUNT(*) FROM jobs d WHERE d.number=j.number "
-            "AND d.created_at>=?1 AND +d.login=?2 AND d.state IN ('failed', 'cancelled')) "
-            f"FROM jobs j WHERE j.number IN ({numbers}) AND j.created_at>=?1 AND +j.login=?2 GROUP BY j.number")
+    numbers = ", ".join(f"(?{i + 3})" for i in range(count))
+    return (
+        f"WITH n(number) AS (VALUES {numbers}) SELECT n.number, "
+        "(SELECT MAX(nseq) FROM jobs WHERE number=n.number AND login=?2) - "
+        "(SELECT nseq FROM jobs WHERE number=n.number AND created_at>=?1 AND +login=?2 ORDER BY created_at LIMIT 1) "
+        "+ 1 - (SELECT COUNT(*) FROM jobs d WHERE d.number=n.number AND d.created_at>=?1 AND +d.login=?2 "
+        "AND d.state IN ('failed', 'cancelled')) FROM n"
+    )
 
 
 #: Jobs of the last 24 hours of an account (not failed nor cancelled); parameters: login,
@@ -108,7 +116,8 @@ def _counts(conn: sqlite3.Connection, plan: Plan, now: float) -> Counts:
     limits, login = plan.limits, plan.login
     per_number: dict[str, int] = {}
     if limits.per_number_per_hour:
-        per_number = dict(conn.execute(per_number_sql(len(numbers)), (now - 3600, login, *numbers)).fetchall())
+        rows = conn.execute(per_number_sql(len(numbers)), (now - 3600, login, *numbers))
+        per_number = {number: count for number, count in rows if count}
     sms_today = spent_today = 0
     if limits.sms_per_day:
         (sms_today,) = conn.execute(DAY_COUNT_SQL, (login, now - 86400)).fetchone()
