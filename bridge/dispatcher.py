@@ -142,8 +142,8 @@ class Dispatcher:
                 task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
-            if len(jobs) < wanted:  # everything due is taken: sleep until woken or due
-                timeout = await self._next_wait()
+            if len(jobs) < wanted and not self._wake.is_set():  # everything due is taken, and no
+                timeout = await self._next_wait()                 # mail came since: sleep until woken or due
                 await first_of(stop.wait(), self._wake.wait(), timeout=timeout)
 
     async def run_once(self, only: Sequence[int] = ()) -> int:
