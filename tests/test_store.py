@@ -544,9 +544,10 @@ class TestMigrationAndKeys:
         finally:
             await migrated.close()
 
-    async def test_v6_jobs_count_against_the_hourly_cap_after_the_upgrade(self, tmp_path):
-        """(SQLite) Schema 7 ranks the jobs already there per number and account, so the SMS a
-        number had this hour before the upgrade still count against its cap."""
+    async def test_v6_jobs_and_debits_count_against_the_caps_after_the_upgrade(self, tmp_path):
+        """(SQLite) Schema 7 ranks the jobs already there and totals the spend already in the
+        ledger, so what a number or an account had before the upgrade still counts against
+        the hourly and daily caps."""
         path = tmp_path / "v6.db"
         now = 100_000.0
         conn = connect(path)
@@ -555,10 +556,13 @@ class TestMigrationAndKeys:
             conn.execute("BEGIN")
             conn.execute("INSERT INTO balances VALUES ('a', 10)")
             conn.execute("INSERT INTO messages (summary, outcome, received_at) VALUES ('a@***', 'accepted', 0)")
-            for at, login in ((now - 7200, "a"), (now - 60, "a"), (now - 30, "a"), (now - 30, "b")):
-                conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
-                             "created_at, next_attempt_at, updated_at) VALUES (1, ?, '+33612121515', 'hi', 1, 1, 0, "
-                             "0, 'sent', ?, ?, ?)", (login, at, at, at))
+            for at, login in ((now - 90_000, "a"), (now - 7200, "a"), (now - 60, "a"), (now - 30, "a"),
+                              (now - 30, "b")):
+                job = conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, "
+                                   "state, created_at, next_attempt_at, updated_at) VALUES (1, ?, '+33612121515', "
+                                   "'hi', 1, 1, 0, 0, 'sent', ?, ?, ?)", (login, at, at, at)).lastrowid
+                conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, -1, 'debit', ?, ?)",
+                             (login, job, at))
         conn.close()
         migrated = await SqliteStore.open(path)
         try:
@@ -567,6 +571,12 @@ class TestMigrationAndKeys:
             assert len((await migrated.commit(plan("k2", limits=Limits(per_number_per_hour=3)), now)).job_ids) == 1
             capped = await migrated.commit(plan("k3", limits=Limits(per_number_per_hour=3)), now)
             assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            # the day: 3 SMS and 3 credits from before the upgrade (one is older), 1 since
+            for limits in (Limits(sms_per_day=4), Limits(spend_per_day=4)):
+                capped = await migrated.commit(plan(f"day{limits}", numbers=("+33612121599",), limits=limits), now)
+                assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            assert (await migrated.commit(plan("k4", numbers=("+33612121599",), limits=Limits(sms_per_day=5)),
+                                          now)).job_ids
         finally:
             await migrated.close()
 

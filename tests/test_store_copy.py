@@ -101,9 +101,10 @@ class TestCopy:
         finally:
             await target.close()
 
-    async def test_a_copy_into_sqlite_keeps_the_hourly_cap(self, tmp_path, pg_url):
-        """PostgreSQL -> SQLite: the SMS a number had this hour still count against its cap
-        (SQLite counts by each job's rank per number, which the copy fills in)."""
+    async def test_a_copy_into_sqlite_keeps_the_caps(self, tmp_path, pg_url):
+        """PostgreSQL -> SQLite: the SMS a number had this hour and an account's SMS and
+        credits of the day still count against the caps (SQLite counts by ranks and running
+        totals, which the copy fills in)."""
         source = await open_url(pg_url)
         await source.open_accounts({"a": 50}, 0)
         for key in ("one", "two"):
@@ -117,6 +118,9 @@ class TestCopy:
             assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
             other = await target.commit(replace(plan("four", "+33612121502"), limits=Limits(per_number_per_hour=2)), 20)
             assert len(other.job_ids) == 1
+            for limits in (Limits(sms_per_day=3), Limits(spend_per_day=3)):  # the day: 3 SMS, 3 credits
+                capped = await target.commit(replace(plan(f"day{limits}", "+33612121503"), limits=limits), 20)
+                assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
         finally:
             await target.close()
 

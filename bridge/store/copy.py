@@ -22,7 +22,7 @@ from typing import Any
 
 from bridge.errors import ConfigError, StoreError
 from bridge.store import is_postgres, open_url
-from bridge.store.schema import NUMBER_SEQ_FILL
+from bridge.store.schema import RANK_FILLS
 
 #: table -> columns, in an order that satisfies the foreign keys.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -154,7 +154,8 @@ class _Sqlite(_Side):
                 async for batch in source.rows(table, columns):
                     self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch)
                     counts[table] += len(batch)
-            self.conn.execute(NUMBER_SEQ_FILL)  # what the hourly cap counts by (SQLite only)
+            for fill in RANK_FILLS:  # what the caps count by (SQLite only)
+                self.conn.execute(fill)
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -143,26 +143,41 @@ DROP INDEX ledger_login;
 CREATE INDEX ledger_login ON ledger(login, created_at, reason, amount)
 """
 
-#: Numbers each job of a (number, account) pair in the order they were created: the pair's
-#: ``nseq`` runs 1, 2, 3... (schema 7, and after ``store copy`` into SQLite).
-NUMBER_SEQ_FILL = """
-UPDATE jobs SET nseq=r.n FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY number, login ORDER BY created_at, id)
-AS n FROM jobs) AS r WHERE jobs.id=r.id
-"""
+#: What schema 7 adds, filled in for rows already there (the upgrade, and ``store copy``
+#: into SQLite): each job's rank among the jobs of its (number, account) and among those of
+#: its account, in the order they were inserted; each debit or refund's running total of the
+#: account's spend (debits less refunds).
+RANK_FILLS = (
+    "UPDATE jobs SET nseq=r.n, lseq=r.l FROM (SELECT id, "
+    "ROW_NUMBER() OVER (PARTITION BY number, login ORDER BY id) AS n, "
+    "ROW_NUMBER() OVER (PARTITION BY login ORDER BY id) AS l FROM jobs) AS r WHERE jobs.id=r.id",
+    "UPDATE ledger SET spent=r.s FROM (SELECT id, SUM(-amount) OVER (PARTITION BY login ORDER BY id) AS s "
+    "FROM ledger WHERE reason IN ('debit', 'refund')) AS r WHERE ledger.id=r.id",
+)
 
-# The hourly count per number costs two index seeks, however many SMS the number had in
-# the hour: each job carries its rank among the jobs of its (number, account), so the count
-# is the rank of the pair's newest job less the rank of the first one of the hour, plus one
-# (less the failed or cancelled ones, through their partial index). It used to read one
-# index entry per job of the hour: 5,000 SMS to one pager number made every new mail read
-# 5,000 entries, inside the commit every SMTP session waits for.
-_V7 = f"""
-ALTER TABLE jobs ADD COLUMN nseq INTEGER;
-{NUMBER_SEQ_FILL.strip()};
-CREATE INDEX jobs_number_seq ON jobs(number, login, nseq);
-DROP INDEX jobs_number_created;
-CREATE INDEX jobs_number_created ON jobs(number, created_at, login, nseq)
-"""
+# The caps' counts cost a few index seeks each, however many SMS or credits the window
+# holds: a job carries its rank among the jobs of its (number, account) (``nseq``) and of
+# its account (``lseq``), so a window's count is the newest job's rank less the rank of
+# the window's first one, plus one (less its failed or cancelled jobs, through their
+# partial indexes); a debit or refund carries the account's running spend (``spent``), so
+# a window's spend is the newest total less the last one before the window. Schema 6 read
+# one index entry per SMS of the window, inside the commit every SMTP session waits for:
+# 5,000 SMS to one pager number in the hour cost each new mail to it 5,000 entries.
+_V7 = "\n".join(statement + ";" for statement in (
+    "ALTER TABLE jobs ADD COLUMN nseq INTEGER",
+    "ALTER TABLE jobs ADD COLUMN lseq INTEGER",
+    "ALTER TABLE ledger ADD COLUMN spent INTEGER",
+    *RANK_FILLS,
+    "CREATE INDEX jobs_number_seq ON jobs(number, login, nseq)",
+    "DROP INDEX jobs_number_created",
+    "CREATE INDEX jobs_number_created ON jobs(number, created_at, login, nseq)",
+    "CREATE INDEX jobs_login_seq ON jobs(login, lseq)",
+    "DROP INDEX jobs_login_created",
+    "CREATE INDEX jobs_login_created ON jobs(login, created_at, lseq)",
+    "CREATE INDEX ledger_spent_at ON ledger(login, created_at, id, spent) WHERE reason IN ('debit', 'refund')",
+    "DROP INDEX ledger_login",
+    "CREATE INDEX ledger_login ON ledger(login)",
+))
 
 #: version -> SQL that brings the previous version up to it.
 MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
