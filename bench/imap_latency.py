@@ -2,13 +2,14 @@
 
 Run from the repository root (defaults: 20 mails)::
 
-    python bench/imap_latency.py [--mails N] [--pause SECONDS]
+    python bench/imap_latency.py [--mails N] [--pause SECONDS] [--poll SECONDS]
 
 What runs:
 
 - a private Dovecot (tests/dovecot.py) with one mail account;
 - the bridge, ``python -m bridge run`` in its own process, polling that account's INBOX
-  with IDLE (``poll_interval: 1h``, so a mail can only arrive by an IDLE push) and
+  with IDLE (``poll_interval: 1h``, so a mail can only arrive by an IDLE push), or with
+  ``--poll S`` without IDLE (``idle: false``, ``poll_interval: S``: a NOOP every S), and
   sending through the ``http`` provider to
 - a fake SMS gateway on loopback (in this process) that notes when each call arrives;
 - the baseline, in this process: a bare IDLE client (raw socket, no library) on a second
@@ -28,6 +29,10 @@ Per mail, from the tagged ``OK`` to the APPEND (the mail is in the mailbox):
 - ``bridge share``: the difference of their p50s (wake-up, FETCH, intake commit,
   dispatcher, HTTP call).
 
+Then, with nothing arriving for ``QUIET`` (10) seconds, what waiting costs: the CPU time of
+the bridge process and of Dovecot (its master and every child, the bare client's session
+included), in % of one core.
+
 Results are printed and written to ``bench/results/imap_latency.json``.
 """
 
@@ -39,6 +44,7 @@ import imaplib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -55,9 +61,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "imap_latency.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dovecot import MailUser, running_dovecot  # noqa: E402 - tests/ is put on the path above
+from dovecot import Dovecot, MailUser, running_dovecot  # noqa: E402 - tests/ is put on the path above
 
 WARMUP = 2
+QUIET = 10.0
 TEXT = re.compile(rb"imap bench (\d+)")
 
 BRIDGE_CONFIG = """\
@@ -87,8 +94,8 @@ imap:
     tls: none
     user: {user}
     password: {password}
-    idle: true
-    poll_interval: 1h
+    idle: {idle}
+    poll_interval: {poll}
     timeout: 10s
 logging:
   level: warning
@@ -205,10 +212,11 @@ class IdleWatcher(threading.Thread):
 # --- the bridge ----------------------------------------------------------------------------
 
 
-def start_bridge(workdir: Path, account: MailUser, gateway_port: int) -> subprocess.Popen:
+def start_bridge(workdir: Path, account: MailUser, gateway_port: int, poll: float | None) -> subprocess.Popen:
     config = workdir / "bridge.yaml"
     config.write_text(BRIDGE_CONFIG.format(
         gateway_port=gateway_port, imap_port=account.port, user=account.user, password=account.password,
+        idle="true" if poll is None else "false", poll="1h" if poll is None else poll,
     ))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     log = open(workdir / "bridge.log", "wb")
@@ -249,14 +257,38 @@ def append(client: imaplib.IMAP4, raw: bytes) -> float:
     return time.monotonic()
 
 
-async def measure(bridged: MailUser, bare: MailUser, workdir: Path, mails: int, pause: float) -> list[dict]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (those still running)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def quiet_cost(bridge_pid: int, server: Dovecot) -> dict:
+    """% of one core the bridge and Dovecot use over ``QUIET`` seconds with no mail."""
+    pids = server.processes()
+    before = cpu_seconds([bridge_pid]), cpu_seconds(pids)
+    await asyncio.sleep(QUIET)
+    after = cpu_seconds([bridge_pid]), cpu_seconds(pids)
+    return {"bridge_cpu_pct": round((after[0] - before[0]) / QUIET * 100, 2),
+            "dovecot_cpu_pct": round((after[1] - before[1]) / QUIET * 100, 2)}
+
+
+async def measure(server: Dovecot, workdir: Path, mails: int, pause: float,
+                  poll: float | None) -> tuple[list[dict], dict]:
     """For ``WARMUP + mails`` rounds: one mail to the bare client's mailbox, then one to the
-    bridge's; one row per measured round."""
+    bridge's; one row per measured round. Then the quiet cost."""
+    bridged, bare = server.add_user(), server.add_user()
     gateway = Gateway()
     await gateway.start()
     watcher = IdleWatcher(bare)
     watcher.start()
-    proc = start_bridge(workdir, bridged, gateway.port)
+    proc = start_bridge(workdir, bridged, gateway.port, poll)
     clients: list[imaplib.IMAP4] = []
     rows = []
     try:
@@ -278,13 +310,16 @@ async def measure(bridged: MailUser, bare: MailUser, workdir: Path, mails: int, 
             except asyncio.TimeoutError:
                 tail = (workdir / "bridge.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"mail {i}: no provider call within 15 s\n{tail}") from None
-            await asyncio.sleep(pause)                      # see --pause
+            # see --pause; polling, plus a random part of a period, so mails arrive at every
+            # point of the bridge's poll cycle (as they would), not always at the same one
+            await asyncio.sleep(pause + (random.uniform(0, poll) if poll else 0.0))
             if i >= WARMUP:
                 rows.append({
                     "mail": i - WARMUP,
                     "push_ms": (push - to_bare) * 1000,
                     "call_ms": (gateway.called[i] - to_bridge) * 1000,
                 })
+        quiet = await quiet_cost(proc.pid, server)
     finally:
         for client in clients:
             try:
@@ -294,7 +329,7 @@ async def measure(bridged: MailUser, bare: MailUser, workdir: Path, mails: int, 
         stop_bridge(proc)
         watcher.close()
         await gateway.close()
-    return rows
+    return rows, quiet
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -336,15 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mails", "-n", type=int, default=20, help="mails measured (default 20)")
     parser.add_argument("--pause", type=float, default=1.0,
                         help="seconds after each provider call before the next APPEND (default 1)")
+    parser.add_argument("--poll", type=float, metavar="SECONDS",
+                        help="the bridge polls without IDLE, a NOOP every SECONDS (default: IDLE)")
     args = parser.parse_args(argv)
-    if args.mails < 1 or args.pause < 0:
-        parser.error("--mails must be positive and --pause not negative")
+    if args.mails < 1 or args.pause < 0 or (args.poll is not None and args.poll <= 0):
+        parser.error("--mails must be positive, --pause not negative and --poll above 0")
 
     about = machine()
     workdir = Path(tempfile.mkdtemp(prefix="mail2sms-imap-bench-"))
     try:
         with running_dovecot() as server:
-            rows = asyncio.run(measure(server.add_user(), server.add_user(), workdir, args.mails, args.pause))
+            rows, quiet = asyncio.run(measure(server, workdir, args.mails, args.pause, args.poll))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -355,21 +392,26 @@ def main(argv: list[str] | None = None) -> int:
         "machine": about,
         "mails": args.mails,
         "pause_s": args.pause,
+        "waiting": "IDLE" if args.poll is None else f"NOOP every {args.poll:g} s",
+        "quiet_cost": quiet,
         "append_to_provider_call": summary(calls),
         "append_to_server_push": summary(pushes),
-        "bridge_share_p50_ms": round(percentile(calls, 50) - percentile(pushes, 50), 1),
+        "bridge_share_p50_ms": round(percentile(calls, 50) - percentile(pushes, 50), 1) if args.poll is None else None,
         "rows": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
     }
     print(f"{about['dovecot'] and 'Dovecot ' + about['dovecot']}, {about['nproc']} CPU ({about['cpu']}), "
           f"load before {about['loadavg_before']}; {args.mails} mails, one at a time")
     for label, key in (
-        ("APPEND -> provider call (bridge, IDLE)", "append_to_provider_call"),
+        (f"APPEND -> provider call (bridge, {result['waiting']})", "append_to_provider_call"),
         ("APPEND -> EXISTS push (bare IDLE client)", "append_to_server_push"),
     ):
         figures = result[key]
-        print(f"  {label:42s} p50 {figures['p50_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms   "
+        print(f"  {label:50s} p50 {figures['p50_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms   "
               f"min {figures['min_ms']:7.1f} ms")
-    print(f"  {'bridge share (difference of the p50s)':42s} p50 {result['bridge_share_p50_ms']:7.1f} ms")
+    if args.poll is None:
+        print(f"  {'bridge share (difference of the p50s)':50s} p50 {result['bridge_share_p50_ms']:7.1f} ms")
+    print(f"  quiet for {QUIET:g} s: bridge {quiet['bridge_cpu_pct']} % of a core, "
+          f"Dovecot {quiet['dovecot_cpu_pct']} %")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")

@@ -14,13 +14,15 @@ One ``MailboxPoller`` per ``imap.<name>`` entry, each in its own task:
    next run submits it again, intake recognises it (IMAP key or content key) and it is moved
    to ``processed``. A store failure leaves the message where it is and retries later.
 3. Wait: IDLE when the server has it (re-issued every ``idle_renew``), else sleep
-   ``poll_interval``; then catch up again. After a quiet wait the mailbox is SELECTed
-   again, so a mailbox deleted and recreated behind an IDLE session is noticed.
-   A push is acted on at once; how soon it comes is the server's business. Dovecot holds
-   each change it notices for 0.5 s before telling an IDLE client (``NOTIFY_DELAY_MSECS``
-   in its ``src/lib-storage/mailbox-watch.c``), so there a new mail reaches the provider
-   about 0.5 s after its APPEND, ~10 ms of which is the bridge (``bench/imap_latency.py``).
-   Going below that would mean polling during IDLE, which IDLE exists to avoid.
+   ``poll_interval`` and send NOOP, whose answer reports new mail; catch up when the
+   server reported a change. A mailbox quiet for a whole IDLE (or, polling, for
+   ``RESELECT_AFTER``) is SELECTed again, so one deleted and recreated under the session
+   is noticed. A push is acted on at once; how soon it comes is the server's business.
+   Dovecot holds each change it notices for 0.5 s before telling an IDLE client
+   (``NOTIFY_DELAY_MSECS`` in its ``src/lib-storage/mailbox-watch.c``, not configurable),
+   so there a new mail reaches the provider about 0.5 s after its APPEND, ~10 ms of which
+   is the bridge. Where that is too slow, ``idle: false`` with a short ``poll_interval``
+   (say 50ms) costs one NOOP per poll (``bench/imap_latency.py --poll``).
 
 Every server answer is awaited at most ``timeout`` seconds and abandoned at once when the
 connection drops or the bridge stops. Any failure closes the connection and reconnects
@@ -58,6 +60,7 @@ _DELIMITER = re.compile(rb'\([^)]*\) (?:"((?:\\.|[^"\\])*)"|NIL)', re.I)
 _RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<([^<>\r\n]*)>", re.I | re.M)
 _SETTING = -1.0   # _call's timeout: use the mailbox's ``timeout`` setting
 STANDBY_RETRY = 5.0  # seconds between tries for a mailbox another bridge polls
+RESELECT_AFTER = 60.0  # polling (no IDLE): a quiet mailbox is SELECTed again this often
 
 
 class ImapError(Exception):
@@ -96,6 +99,7 @@ class MailboxPoller:
         self._watch: list[asyncio.Future[Any]] = []
         self._failures = 0
         self._uidvalidity = 0
+        self._selected_at = 0.0               # time.monotonic() of the last SELECT
         self._last_uid = 0
         self._folders: dict[str, str] = {}
         self._lock_lost = asyncio.Event()     # set if the mailbox lock goes away mid-session
@@ -144,17 +148,22 @@ class MailboxPoller:
             "imap_connected", host=self.settings.host, mailbox=self.settings.mailbox,
             uidvalidity=self._uidvalidity, last_uid=self._last_uid, idle=self._use_idle(),
         )
+        news = True
         while not stop.is_set():
-            await self._catch_up(stop)
-            self._failures = 0        # only now: a message that fails every time keeps backing off
+            if news:
+                await self._catch_up(stop)
+                self._failures = 0    # only now: a message that fails every time keeps backing off
             if self._use_idle():
-                pushed = await self._idle(stop)
+                news = await self._idle(stop)
+                quiet = not news
             else:
-                pushed = await self._pause(self.settings.poll_interval)
-            if not pushed:
-                # Quiet for a while: SELECT again. A mailbox deleted and recreated under an
-                # IDLE session is not always reported; its new UIDVALIDITY shows it.
+                news = await self._poll()
+                quiet = not news and time.monotonic() - self._selected_at >= RESELECT_AFTER
+            if quiet:
+                # Quiet for a while: SELECT again, then look. A mailbox deleted and recreated
+                # under the session is not always reported; its new UIDVALIDITY shows it.
                 await self._select()
+                news = True
         raise _Stopped
 
     # --- connection ---------------------------------------------------------------------
@@ -235,6 +244,7 @@ class MailboxPoller:
         if not values:
             raise ImapError("SELECT gave no UIDVALIDITY")
         self._uidvalidity = values[0]
+        self._selected_at = time.monotonic()
         state = await self.store.mailbox_state(self.state_name)
         self._last_uid = 0
         if state is not None and state[0] == self._uidvalidity:
@@ -300,6 +310,17 @@ class MailboxPoller:
         if lost_waiter in done:
             raise ConnectionError(f"connection lost during {what}")
         raise TimeoutError(f"no answer to {what} within {limit:g}s")
+
+    async def _poll(self) -> bool:
+        """Without IDLE: wait ``poll_interval``, then NOOP; True if the server reports a change.
+
+        One command per quiet poll (the server reports new mail in its answer to NOOP), so a
+        short ``poll_interval`` is affordable where IDLE is slow to report (Dovecot: 0.5 s).
+        """
+        await self._pause(self.settings.poll_interval)
+        response = await self._call(self._imap.protocol.simple_command("NOOP"), "NOOP")
+        _check(response, "NOOP")
+        return _idle_news(response.lines)
 
     async def _pause(self, seconds: float) -> bool:
         """Wait between polls (no IDLE); end early if the link drops or the bridge stops."""

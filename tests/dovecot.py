@@ -201,6 +201,14 @@ service pop3-login {{
                 return
             time.sleep(0.05)
 
+    def processes(self) -> list[int]:
+        """The pids of the master and its children (the benches read their CPU time)."""
+        try:
+            master = int((self.root / "run" / "master.pid").read_text())
+        except (OSError, ValueError):
+            return []
+        return [master, *self._children()]
+
     def _children(self) -> dict[int, str]:
         """The master's child processes (pid -> command line), read from /proc."""
         try:

@@ -246,13 +246,16 @@ class TestCrashes:
         assert any(e["event"] == "imap_error" for e in logs)
         assert sorted(await in_folder(dovecot, PROCESSED)) == ["<alert-1@example.org>", "<alert-2@example.org>"]
 
-    async def test_uidvalidity_change_resends_nothing(self, tmp_path, sink, dovecot, run_bridge):
-        """A recreated mailbox (new UIDVALIDITY, UIDs from 1 again): old mails not re-sent, new ones are."""
+    @pytest.mark.parametrize("waiting", ["idle", "polling"])
+    async def test_uidvalidity_change_resends_nothing(self, waiting, tmp_path, sink, dovecot, run_bridge):
+        """A recreated mailbox (new UIDVALIDITY, UIDs from 1 again): old mails not re-sent, new
+        ones are; whether the bridge IDLEs or polls (NOOP) when the mailbox is recreated."""
         _, relay_port = sink
         dovecot.create("alerts")
         old = [alert(i) for i in range(3)]
         dovecot.append_many(old, "alerts")
-        bridge = await run_bridge(config_for(tmp_path, relay_port, dovecot, mailbox="alerts", idle_renew=1))
+        how = {"idle_renew": 1} if waiting == "idle" else {"idle": False, "poll_interval": 0.1}
+        bridge = await run_bridge(config_for(tmp_path, relay_port, dovecot, mailbox="alerts", **how))
         await wait_until(lambda: len(outbox(tmp_path)) == 3, what="3 SMS")
         before = dovecot.uidvalidity("alerts")
         await wait_until(
