@@ -7,7 +7,9 @@ One ``MailboxPoller`` per ``imap.<name>`` entry, each in its own task:
    (UIDVALIDITY, last UID done) per mailbox; when UIDVALIDITY changed, every UID is new
    again and the poller starts from UID 1 (intake's Message-ID + content key keeps mails
    already sent from being sent twice).
-2. Catch up: ``UID SEARCH UID last+1:*``, then for each UID in order (``batch`` per search):
+2. Catch up: ``UID SEARCH UID last+1:*`` (a NOOP right behind it collects the news of mail
+   that landed too late for the search, which is then run again), then for each UID in
+   order (``batch`` per search):
    ``UID FETCH BODY.PEEK[]`` (one body in memory at a time), ``intake.submit``, and only
    after that commit ``UID MOVE`` to ``processed`` (``failed`` when the request was refused),
    then remember the UID. A crash between commit and move leaves the message in place; the
@@ -91,8 +93,10 @@ class MailboxPoller:
         self.store = store
         self.clock = clock
         self.state_name = f"{name}:{settings.mailbox}"   # the store's key for this mailbox
-        # Test hook: awaited after a message's commit and before its move (crash simulation).
+        # Test hooks: awaited after a message's commit and before its move (crash simulation);
+        # before each UID SEARCH (a mail landing just then).
         self.after_commit: Callable[[int, Outcome], Awaitable[None]] | None = None
+        self.before_search: Callable[[], Awaitable[None]] | None = None
         self.log = log.bind(imap=name)
         self._imap: aioimaplib.IMAP4 | None = None
         self._lost = asyncio.Event()
@@ -362,8 +366,8 @@ class MailboxPoller:
         """Process every message above the last UID done, ``batch`` UIDs per search."""
         started, count = self.clock(), 0
         while not stop.is_set():
-            uids = await self._search_new()
-            if not uids:
+            uids, arrived = await self._search_new()
+            if not uids and not arrived:
                 break
             for uid in uids:
                 if stop.is_set():
@@ -373,12 +377,23 @@ class MailboxPoller:
         if count:
             self.log.info("imap_caught_up", messages=count, seconds=round(self.clock() - started, 3))
 
-    async def _search_new(self) -> list[int]:
-        """The lowest ``batch`` UIDs above the last one done, in order."""
+    async def _search_new(self) -> tuple[list[int], bool]:
+        """The lowest ``batch`` UIDs above the last one done, in order; and whether mail came
+        that the search did not see.
+
+        A server searches the mailbox as it last reported it, and tells of newer mail after
+        the result (Dovecot: ``* SEARCH``, then ``* 1 EXISTS``); no later IDLE or NOOP tells
+        of it again. aioimaplib drops such a line unless a NOOP is waiting for its answer, so
+        a NOOP is sent right behind the SEARCH (no extra round trip) to collect it.
+        """
+        if self.before_search is not None:
+            await self.before_search()
         first = self._last_uid + 1
         protocol = self._imap.protocol
-        response = await self._call(protocol.search("UID", f"{first}:*", charset=None, by_uid=True), "SEARCH")
+        search = protocol.search("UID", f"{first}:*", charset=None, by_uid=True)
+        response, noop = await self._call(asyncio.gather(search, protocol.simple_command("NOOP")), "SEARCH")
         _check(response, "UID SEARCH")
+        _check(noop, "NOOP")
         found = (
             int(token)
             for line in response.lines[:-1]         # the last line is the completion text
@@ -388,7 +403,8 @@ class MailboxPoller:
         )
         # "N:*" always matches the highest UID, even when it is below N; and only ``batch``
         # numbers are kept, however long the backlog.
-        return sorted(set(heapq.nsmallest(self.settings.batch, (uid for uid in found if uid >= first))))
+        uids = sorted(set(heapq.nsmallest(self.settings.batch, (uid for uid in found if uid >= first))))
+        return uids, _new_mail(noop.lines)
 
     async def _process(self, uid: int) -> None:
         """Fetch, submit, then move one message and remember its UID."""
@@ -512,6 +528,11 @@ def _idle_news(lines: list[Any]) -> bool:
             raise ImapError(f"server said {_first([line])}")
         news = news or (len(words) > 1 and words[1] in (b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT"))
     return news
+
+
+def _new_mail(lines: list[Any]) -> bool:
+    """True when the server reported more messages (``* N EXISTS``)."""
+    return any(isinstance(line, bytes) and line.rstrip().upper().endswith(b" EXISTS") for line in lines)
 
 
 def _describe(exc: BaseException) -> str:

@@ -225,6 +225,42 @@ class TestCrashes:
         await bridge.stop()
         await asyncio.wait_for(task, 5)
 
+    @pytest.mark.parametrize("waiting", ["idle", "polling"])
+    async def test_mail_landing_just_before_the_last_search_is_not_left_waiting(
+            self, waiting, tmp_path, sink, dovecot, start_bridge):
+        """Dovecot searches the mailbox as it last reported it and tells of newer mail only
+        after the SEARCH's result (``* SEARCH``, then ``* 1 EXISTS``), so a mail landing just
+        before the last search of a catch-up is not in its result, and IDLE or NOOP will not
+        report it again (nor ``* 1 RECENT``, when a mail client open on the mailbox took the
+        flag): it must be picked up from that report, not at the next IDLE renewal (28 min
+        here) or the next SELECT (a minute, polling)."""
+        _, relay_port = sink
+        how = {"idle_renew": 1680} if waiting == "idle" else {"idle": False, "poll_interval": 0.2}
+        imap = config_for(tmp_path, relay_port, dovecot, **how).imap["work"]
+        bridge = await start_bridge(config_for(tmp_path, relay_port, None))      # the poller runs by hand
+        poller = MailboxPoller("work", imap, bridge.intake, bridge.store)
+        searches = 0
+
+        def land_and_read() -> None:
+            dovecot.append(alert(2))
+            with dovecot.client() as reader:      # a mail client open on the same mailbox: it
+                reader.select("INBOX")            # takes \Recent, so no "* 1 RECENT" comes later
+
+        async def land_a_mail() -> None:
+            nonlocal searches
+            searches += 1
+            if searches == 3:      # the search that ends the catch-up after the first mail
+                await asyncio.to_thread(land_and_read)
+
+        poller.before_search = land_a_mail
+        task = asyncio.create_task(poller.run(bridge.stopping))
+        await asyncio.sleep(0.5)                                  # connected, caught up, waiting
+        dovecot.append(alert(1))
+        await wait_until(lambda: len(outbox(tmp_path)) == 2, timeout=10, what="both SMS")
+        assert searches >= 3
+        await bridge.stop()
+        await asyncio.wait_for(task, 5)
+
     async def test_dovecot_restart_is_survived(self, tmp_path, sink, dovecot, run_bridge):
         """After the server restarts, the poller reconnects and new mail arrives by IDLE within seconds."""
         _, relay_port = sink
