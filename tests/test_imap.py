@@ -239,25 +239,27 @@ class TestCrashes:
         imap = config_for(tmp_path, relay_port, dovecot, **how).imap["work"]
         bridge = await start_bridge(config_for(tmp_path, relay_port, None))      # the poller runs by hand
         poller = MailboxPoller("work", imap, bridge.intake, bridge.store)
-        searches = 0
+        landed: list[int] = []
 
         def land_and_read() -> None:
             dovecot.append(alert(2))
             with dovecot.client() as reader:      # a mail client open on the same mailbox: it
                 reader.select("INBOX")            # takes \Recent, so no "* 1 RECENT" comes later
 
+        async def first_committed(uid: int, outcome: Outcome) -> None:
+            landed.append(0)
+
         async def land_a_mail() -> None:
-            nonlocal searches
-            searches += 1
-            if searches == 3:      # the search that ends the catch-up after the first mail
+            if landed == [0]:      # the search that ends the catch-up of the first mail
+                landed.append(2)
                 await asyncio.to_thread(land_and_read)
 
+        poller.after_commit = first_committed
         poller.before_search = land_a_mail
         task = asyncio.create_task(poller.run(bridge.stopping))
-        await asyncio.sleep(0.5)                                  # connected, caught up, waiting
         dovecot.append(alert(1))
         await wait_until(lambda: len(outbox(tmp_path)) == 2, timeout=10, what="both SMS")
-        assert searches >= 3
+        assert landed[:2] == [0, 2]
         await bridge.stop()
         await asyncio.wait_for(task, 5)
 
