@@ -82,6 +82,11 @@ class TestCopy:
             assert (await target.commit(plan("other", extra_keys=("imap:work:INBOX:9:1",)), 10)).outcome == "duplicate"
             fresh = await target.commit(plan("new", "+33612121505"), 10)
             assert fresh.job_ids[0] > max(job.id for job in before["jobs"])
+            # the caps count what was copied: the day has 4 live SMS (the failed one is out)
+            # and 5 credits (2 for "sent", the failed one refunded), +33612121505 1 SMS
+            for limits in (Limits(per_number_per_hour=1), Limits(sms_per_day=4), Limits(spend_per_day=5)):
+                capped = await target.commit(replace(plan(f"cap{limits}", "+33612121505"), limits=limits), 10)
+                assert capped.job_ids == () and [r.code for r in capped.refused] == [127], limits
             assert [job.number for job in await target.claim("new-host:2:y", 11, 10, 60)] == [
                 "+33612121503", "+33612121504", "+33612121505"]
         finally:

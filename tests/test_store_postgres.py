@@ -8,6 +8,7 @@ server (``tests/pg.py``) and stops it under the store.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import asyncpg
@@ -15,6 +16,8 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.model import JobState, Limits, NewJob, NewReply, Plan
+from bridge.store.pg_intake import counts_sql
+from bridge.store.pg_schema import MIGRATIONS, RANK_FILLS, migrate
 from bridge.store.postgres import PostgresStore
 from pg import PrivateServer, pg_url  # noqa: F401  (fixture)
 
@@ -47,10 +50,95 @@ class TestOpening:
         finally:
             await asyncio.gather(*(s.close() for s in stores))
 
+    async def test_v3_jobs_and_debits_count_against_the_caps_after_the_upgrade(self, pg_url):
+        """Version 4 ranks the jobs already there and totals the spend already in the ledger,
+        so what a number or an account had before the upgrade still counts against the caps."""
+        now = 100_000.0
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await migrate(conn, {version: MIGRATIONS[version] for version in (1, 2, 3)})
+            await conn.execute("INSERT INTO balances VALUES ('a', 10)")
+            message = await conn.fetchval("INSERT INTO messages (summary, outcome, received_at) "
+                                          "VALUES ('a@***', 'accepted', 0) RETURNING id")
+            for at, login in ((now - 90_000, "a"), (now - 7200, "a"), (now - 60, "a"), (now - 30, "a"),
+                              (now - 30, "b")):
+                job = await conn.fetchval(
+                    "INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
+                    "created_at, next_attempt_at, updated_at) VALUES ($1, $2, '+33612121515', 'hi', 1, 1, false, "
+                    "false, 'sent', $3, $3, $3) RETURNING id", message, login, at)
+                await conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) "
+                                   "VALUES ($1, -1, 'debit', $2, $3)", login, job, at)
+        finally:
+            await conn.close()
+        store = await PostgresStore.open(pg_url)
+        try:
+            capped = await store.commit(plan("k1", limits=Limits(per_number_per_hour=2)), now)
+            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            assert len((await store.commit(plan("k2", limits=Limits(per_number_per_hour=3)), now)).job_ids) == 1
+            capped = await store.commit(plan("k3", limits=Limits(per_number_per_hour=3)), now)
+            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            # the day: 3 SMS and 3 credits from before the upgrade (one is older), 1 since
+            for limits in (Limits(sms_per_day=4), Limits(spend_per_day=4)):
+                capped = await store.commit(plan(f"day{limits}", numbers=("+33612121599",), limits=limits), now)
+                assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+            assert (await store.commit(plan("k4", numbers=("+33612121599",), limits=Limits(sms_per_day=5)),
+                                       now)).job_ids
+        finally:
+            await store.close()
+
     async def test_unreachable_server_is_a_store_error(self):
         """No server at the URL: opening raises StoreError (the daemon exits 1), not a driver error."""
         with pytest.raises(StoreError, match="cannot open the PostgreSQL store"):
             await PostgresStore.open("postgresql://postgres@127.0.0.1:1/test")
+
+
+class TestCapCounts:
+    async def test_the_caps_read_as_few_rows_for_2000_sms_in_the_window_as_for_20(self, pg_url):
+        """A number with 2,000 SMS this hour, an account with 2,020 today: their counts read
+        no more rows than those with 20 (rows read by the plan's scans, from EXPLAIN ANALYZE,
+        not time): ranks and running totals, not one row per SMS. The counts are exact."""
+        await (await PostgresStore.open(pg_url)).close()
+        now = time.time()
+        conn = await asyncpg.connect(pg_url)
+        try:
+            message = await conn.fetchval("INSERT INTO messages (summary, outcome, received_at) "
+                                          "VALUES ('a@***', 'accepted', 0) RETURNING id")
+            rows = [("a", "+33612120001", now - 1800 + i * 0.1) for i in range(2_000)]
+            rows += [(login, number, now - 1800 + i) for login, number in (("a", "+33612120002"),
+                                                                           ("b", "+33612120003")) for i in range(20)]
+            await conn.executemany(
+                "INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, created_at, "
+                "next_attempt_at, updated_at) VALUES ($1, $2, $3, 'hi', 1, 1, false, false, 'sent', $4, $4, $4)",
+                [(message, *row) for row in rows])
+            await conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) "
+                               "SELECT login, -1, 'debit', id, created_at FROM jobs ORDER BY id")
+            for fill in RANK_FILLS:                  # as the upgrade does for rows already there
+                await conn.execute(fill)
+            await conn.execute("ANALYZE jobs; ANALYZE ledger")
+
+            async def read(number: str, login: str, limits: Limits) -> tuple[list, int]:
+                sql, args = counts_sql(plan(None, numbers=(number,), login=login, limits=limits), now)
+                explained = json.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args))
+
+                def nodes(node: dict):
+                    yield node
+                    for child in node.get("Plans", ()):
+                        yield from nodes(child)
+                scanned = sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes(explained[0]["Plan"])
+                              if "Scan" in n["Node Type"])
+                return list(await conn.fetchrow(sql, *args))[1:], scanned
+
+            hourly, daily = Limits(per_number_per_hour=5), Limits(sms_per_day=5, spend_per_day=5)
+            for (busy, busy_rows), (calm, calm_rows), expected in (
+                (await read("+33612120001", "a", hourly), await read("+33612120002", "a", hourly),
+                 ([["+33612120001\x1f2000"]], [["+33612120002\x1f20"]])),
+                (await read("+33612120009", "a", daily), await read("+33612120009", "b", daily),
+                 ([2_020, 2_020], [20, 20])),
+            ):
+                assert (busy, calm) == expected
+                assert busy_rows < 2 * calm_rows, (busy_rows, calm_rows)
+        finally:
+            await conn.close()
 
 
 class TestRaces:

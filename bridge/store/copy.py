@@ -22,6 +22,7 @@ from typing import Any
 
 from bridge.errors import ConfigError, StoreError
 from bridge.store import is_postgres, open_url
+from bridge.store.pg_schema import RANK_FILLS as PG_RANK_FILLS
 from bridge.store.schema import RANK_FILLS
 
 #: table -> columns, in an order that satisfies the foreign keys.
@@ -154,7 +155,7 @@ class _Sqlite(_Side):
                 async for batch in source.rows(table, columns):
                     self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", batch)
                     counts[table] += len(batch)
-            for fill in RANK_FILLS:  # what the caps count by (SQLite only)
+            for fill in RANK_FILLS:  # what the caps count by
                 self.conn.execute(fill)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -198,6 +199,8 @@ class _Postgres(_Side):
                     records = [tuple(_to_pg(c, v) for c, v in zip(columns, row)) for row in batch]
                     await self.conn.copy_records_to_table(table, records=records, columns=list(columns))
                     counts[table] += len(batch)
+            for fill in PG_RANK_FILLS:  # what the caps count by
+                await self.conn.execute(fill)
             for table in _SERIALS:  # new rows continue after the copied ids
                 await self.conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "

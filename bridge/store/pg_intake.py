@@ -74,7 +74,10 @@ async def _write(conn: asyncpg.Connection, message: int | None, plan: Plan, outc
     """The message, its jobs, their debits, the balance and the wake-up: one statement.
 
     Job ids are drawn in the order of ``kept`` (``ORDER BY`` ordinality), and the debits
-    in the order of the job ids, as the SQLite backend writes them.
+    in the order of the job ids, as the SQLite backend writes them. Each job takes the next
+    ranks of its (number, account) and of its account, each debit the account's running
+    spend: what the caps count by (``_counts``). The account's row is locked by now, so no
+    other instance is handing out the same ranks.
     """
     message_row = ("INSERT INTO messages (id, key, message_id, login, reply_to, summary, outcome, received_at) "
                    "VALUES (COALESCE($1::bigint, nextval(pg_get_serial_sequence('messages', 'id'))), "
@@ -86,12 +89,17 @@ async def _write(conn: asyncpg.Connection, message: int | None, plan: Plan, outc
     rows = await conn.fetch(
         f"WITH msg AS ({message_row}), "
         "j AS (INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, state, "
-        "created_at, next_attempt_at, updated_at, category) "
-        "SELECT (SELECT id FROM msg), $4, n, t, s, p, c, u, l, 'queued', $8, a, $8, g FROM unnest($9::text[], "
+        "created_at, next_attempt_at, updated_at, category, nseq, lseq) "
+        "SELECT (SELECT id FROM msg), $4, n, t, s, p, c, u, l, 'queued', $8, a, $8, g, "
+        "COALESCE((SELECT MAX(nseq) FROM jobs WHERE number = x.n AND login = $4), 0) "
+        "+ row_number() OVER (PARTITION BY n ORDER BY o), "
+        "COALESCE((SELECT MAX(lseq) FROM jobs WHERE login = $4), 0) + o FROM unnest($9::text[], "
         "$10::text[], $11::text[], $12::int[], $13::int[], $14::bool[], $15::bool[], $16::float8[], $17::text[]) "
         "WITH ORDINALITY AS x(n, t, s, p, c, u, l, a, g, o) ORDER BY o RETURNING id, cost), "
-        "d AS (INSERT INTO ledger (login, amount, reason, job, created_at) "
-        "SELECT $4, -cost, 'debit', id, $8 FROM j ORDER BY id), "
+        "d AS (INSERT INTO ledger (login, amount, reason, job, created_at, spent) "
+        "SELECT $4, -cost, 'debit', id, $8, COALESCE((SELECT spent FROM ledger WHERE login = $4 "
+        "AND reason IN ('debit', 'refund') ORDER BY id DESC LIMIT 1), 0) + SUM(cost) OVER (ORDER BY id) "
+        "FROM j ORDER BY id), "
         "b AS (UPDATE balances SET balance = balance - $18 WHERE login = $4) "
         "SELECT j.id FROM j, (SELECT pg_notify($19, '')) AS wake ORDER BY j.id",
         *args,
@@ -115,25 +123,48 @@ async def _counts(conn: asyncpg.Connection, plan: Plan, now: float) -> Counts:
     """What the rules need to know about this mail's numbers and account: one statement."""
     if not plan.jobs:
         return Counts()
-    p = Params()
-    numbers = p(sorted({job.number for job in plan.jobs}))
-    limits, live = plan.limits, "state NOT IN ('failed', 'cancelled')"
-    columns = [f"(SELECT array_agg(number || E'\\x1f' || sender) FROM optouts WHERE number = ANY({numbers}::text[]) "
-               f"AND sender = ANY({p(['', (plan.sender or '').lower()])}::text[]))"]
-    if limits.per_number_per_hour:
-        columns.append(f"(SELECT array_agg(number) FROM jobs WHERE number = ANY({numbers}::text[]) "
-                       f"AND login = {p(plan.login)} AND created_at >= {p(now - 3600)}::float8 AND {live})")
-    if limits.sms_per_day:
-        columns.append(f"(SELECT COUNT(*) FROM jobs WHERE login = {p(plan.login)} "
-                       f"AND created_at >= {p(now - 86400)}::float8 AND {live})")
-    if limits.spend_per_day:
-        columns.append(f"(SELECT -COALESCE(SUM(amount), 0) FROM ledger WHERE login = {p(plan.login)} "
-                       f"AND created_at >= {p(now - 86400)}::float8 AND reason IN ('debit', 'refund'))")
-    row = list(await conn.fetchrow(f"SELECT {', '.join(columns)}", *p.args))
+    sql, args = counts_sql(plan, now)
+    row = list(await conn.fetchrow(sql, *args))
+    limits = plan.limits
     optouts = frozenset(tuple(item.split("\x1f", 1)) for item in row.pop(0) or ())
     per_number: dict[str, int] = {}
-    for number in (row.pop(0) or ()) if limits.per_number_per_hour else ():
-        per_number[number] = per_number.get(number, 0) + 1
+    for item in (row.pop(0) or ()) if limits.per_number_per_hour else ():
+        number, count = item.split("\x1f")
+        per_number[number] = int(count)
     sms_today = row.pop(0) if limits.sms_per_day else 0
     spent_today = row.pop(0) if limits.spend_per_day else 0
     return Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
+
+
+def counts_sql(plan: Plan, now: float) -> tuple[str, list]:
+    """The statement ``_counts`` runs for ``plan`` (a mail with jobs), and its arguments:
+    the opt-outs, then the hourly counts per number, the day's SMS and the day's spend,
+    each only when its cap is set."""
+    p = Params()
+    numbers = p(sorted({job.number for job in plan.jobs}))
+    limits, dropped = plan.limits, "state IN ('failed', 'cancelled')"
+    columns = [f"(SELECT array_agg(number || E'\\x1f' || sender) FROM optouts WHERE number = ANY({numbers}::text[]) "
+               f"AND sender = ANY({p(['', (plan.sender or '').lower()])}::text[]))"]
+    login = p(plan.login) if limits.per_number_per_hour or limits.sms_per_day or limits.spend_per_day else ""
+    if limits.per_number_per_hour:
+        # by rank (see ``_write``): the newest job's less the hour's first job's, plus one,
+        # less the hour's failed or cancelled jobs; numbers without a job this hour left out
+        hour = p(now - 3600)
+        columns.append(
+            f"(SELECT array_agg(u.n || E'\\x1f' || k.c) FROM unnest({numbers}::text[]) AS u(n), LATERAL (SELECT "
+            f"(SELECT MAX(nseq) FROM jobs WHERE number = u.n AND login = {login}) - (SELECT nseq FROM jobs "
+            f"WHERE number = u.n AND created_at >= {hour}::float8 AND login = {login} ORDER BY created_at, nseq "
+            f"LIMIT 1) + 1 - (SELECT COUNT(*) FROM jobs WHERE number = u.n AND created_at >= {hour}::float8 "
+            f"AND login = {login} AND {dropped}) AS c) AS k WHERE k.c > 0)")
+    day = p(now - 86400) if limits.sms_per_day or limits.spend_per_day else ""
+    if limits.sms_per_day:
+        columns.append(f"(SELECT COALESCE((SELECT MAX(lseq) FROM jobs WHERE login = {login}) - (SELECT lseq "
+                       f"FROM jobs WHERE login = {login} AND created_at >= {day}::float8 ORDER BY created_at, lseq "
+                       f"LIMIT 1) + 1, 0) - (SELECT COUNT(*) FROM jobs WHERE login = {login} "
+                       f"AND created_at >= {day}::float8 AND {dropped}))")
+    if limits.spend_per_day:
+        columns.append(f"(SELECT COALESCE((SELECT spent FROM ledger WHERE login = {login} AND reason IN ('debit', "
+                       f"'refund') ORDER BY id DESC LIMIT 1), 0) - COALESCE((SELECT spent FROM ledger "
+                       f"WHERE login = {login} AND created_at < {day}::float8 AND reason IN ('debit', 'refund') "
+                       f"ORDER BY created_at DESC, id DESC LIMIT 1), 0))")
+    return f"SELECT {', '.join(columns)}", p.args

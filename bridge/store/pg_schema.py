@@ -3,7 +3,7 @@
 The same concepts as the SQLite schema (``schema.py``, version 3): messages and their
 idempotency keys, jobs with leases and client references, the ledger and its running
 balances, replies, IMAP cursors, opt-outs. PostgreSQL has its own version numbers (its
-version 2 is SQLite's version 4).
+version 2 is SQLite's version 4, its version 4 SQLite's version 7).
 
 Several bridges may start at once against one database: ``migrate`` runs in one
 transaction under ``pg_advisory_xact_lock``, so exactly one of them applies a version and
@@ -16,7 +16,7 @@ import asyncpg
 
 from bridge.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,8 +128,43 @@ CREATE INDEX events_job ON events (job) WHERE job IS NOT NULL;
 CREATE INDEX events_at ON events (at)
 """
 
+#: What version 4 adds, filled in for rows already there (the upgrade, and ``store copy``
+#: into PostgreSQL): each job's rank among the jobs of its (number, account) and among those
+#: of its account, in the order they were inserted; each debit or refund's running total of
+#: the account's spend (debits less refunds).
+RANK_FILLS = (
+    "UPDATE jobs SET nseq = r.n, lseq = r.l FROM (SELECT id, "
+    "row_number() OVER (PARTITION BY number, login ORDER BY id) AS n, "
+    "row_number() OVER (PARTITION BY login ORDER BY id) AS l FROM jobs) AS r WHERE jobs.id = r.id",
+    "UPDATE ledger SET spent = r.s FROM (SELECT id, SUM(-amount) OVER (PARTITION BY login ORDER BY id) AS s "
+    "FROM ledger WHERE reason IN ('debit', 'refund')) AS r WHERE ledger.id = r.id",
+)
+
+# The caps count by rank and running total, as on SQLite (its schema 7): a few index seeks
+# per count, however many SMS or credits the window holds. The ranks and totals are
+# written under the account's balances row lock (``pg_intake``, ``pg_sql.move``), so
+# instances never hand out one rank twice. Failed and cancelled jobs, which the counts
+# take off, get partial indexes of their own.
+_V4 = ";\n".join((
+    "ALTER TABLE jobs ADD COLUMN nseq BIGINT, ADD COLUMN lseq BIGINT",
+    "ALTER TABLE ledger ADD COLUMN spent BIGINT",
+    *RANK_FILLS,
+    "CREATE INDEX jobs_number_seq ON jobs (number, login, nseq)",
+    "DROP INDEX jobs_number_created",
+    "CREATE INDEX jobs_number_created ON jobs (number, created_at) INCLUDE (login, nseq)",
+    "CREATE INDEX jobs_number_dropped ON jobs (number, created_at) INCLUDE (login) "
+    "WHERE state IN ('failed', 'cancelled')",
+    "CREATE INDEX jobs_login_seq ON jobs (login, lseq)",
+    "DROP INDEX jobs_login_created",
+    "CREATE INDEX jobs_login_created ON jobs (login, created_at) INCLUDE (lseq)",
+    "CREATE INDEX jobs_login_dropped ON jobs (login, created_at) WHERE state IN ('failed', 'cancelled')",
+    "CREATE INDEX ledger_spent ON ledger (login, id) INCLUDE (spent) WHERE reason IN ('debit', 'refund')",
+    "CREATE INDEX ledger_spent_at ON ledger (login, created_at, id) INCLUDE (spent) "
+    "WHERE reason IN ('debit', 'refund')",
+))
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 #: The advisory lock every migrating bridge takes (one per schema: see ``lock_key``).
 MIGRATE_LOCK = "mail2sms:migrate"

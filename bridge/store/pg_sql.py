@@ -91,16 +91,24 @@ async def transition(
 
 async def move(conn: asyncpg.Connection, login: str, amount: int, reason: str, job: int | None,
                now: float) -> int:
-    """One ledger movement and the running balance, in the caller's transaction; the new balance."""
-    await conn.execute(
-        "INSERT INTO ledger (login, amount, reason, job, created_at) VALUES ($1, $2, $3, $4, $5)",
-        login, amount, reason, job, now,
-    )
-    return await conn.fetchval(
+    """One ledger movement and the running balance, in the caller's transaction; the new balance.
+
+    The balance first: that takes the account's row lock, so the ledger row's running spend
+    (debits and refunds) is read, in a statement of its own, after every earlier movement of
+    the account has committed (see ``pg_intake``).
+    """
+    balance = await conn.fetchval(
         "INSERT INTO balances VALUES ($1, $2) ON CONFLICT (login) DO UPDATE "
         "SET balance = balances.balance + excluded.balance RETURNING balance",
         login, amount,
     )
+    await conn.execute(
+        "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES ($1::text, $2::int, $3::text, "
+        "$4, $5, CASE WHEN $3::text IN ('debit', 'refund') THEN COALESCE((SELECT spent FROM ledger "
+        "WHERE login = $1::text AND reason IN ('debit', 'refund') ORDER BY id DESC LIMIT 1), 0) - $2::int END)",
+        login, amount, reason, job, now,
+    )
+    return balance
 
 
 async def xact_lock(conn: asyncpg.Connection, *name: str) -> None:
