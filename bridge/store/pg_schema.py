@@ -150,13 +150,11 @@ _V4 = ";\n".join((
     "ALTER TABLE ledger ADD COLUMN spent BIGINT",
     *RANK_FILLS,
     "CREATE INDEX jobs_number_seq ON jobs (number, login, nseq)",
-    "DROP INDEX jobs_number_created",
-    "CREATE INDEX jobs_number_created ON jobs (number, created_at) INCLUDE (login, nseq)",
-    "CREATE INDEX jobs_number_dropped ON jobs (number, created_at) INCLUDE (login) "
-    "WHERE state IN ('failed', 'cancelled')",
+    "CREATE INDEX jobs_number_window ON jobs (number, login, created_at, nseq)",
+    "CREATE INDEX jobs_number_dropped ON jobs (number, login, created_at) WHERE state IN ('failed', 'cancelled')",
     "CREATE INDEX jobs_login_seq ON jobs (login, lseq)",
     "DROP INDEX jobs_login_created",
-    "CREATE INDEX jobs_login_created ON jobs (login, created_at) INCLUDE (lseq)",
+    "CREATE INDEX jobs_login_created ON jobs (login, created_at, lseq)",
     "CREATE INDEX jobs_login_dropped ON jobs (login, created_at) WHERE state IN ('failed', 'cancelled')",
     "CREATE INDEX ledger_spent ON ledger (login, id) INCLUDE (spent) WHERE reason IN ('debit', 'refund')",
     "CREATE INDEX ledger_spent_at ON ledger (login, created_at, id) INCLUDE (spent) "

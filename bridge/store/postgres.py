@@ -55,11 +55,18 @@ class PostgresStore:
 
         Query parameters other than libpq's connection options are session settings, so
         ``?search_path=mail2sms`` keeps the bridge's tables in schema ``mail2sms``.
+
+        The sessions use generic plans (``plan_cache_mode``, unless the URL sets it). Every
+        statement of the bridge finds rows by key through an index, whatever its parameters;
+        PostgreSQL would plan the intake's counts again at every execution (each has a
+        ``created_at >= $n`` whose selectivity it re-estimates): 0.3 ms of planning for a
+        0.05 ms statement, in the commit every mail of the account waits for.
         """
+        settings = {} if "plan_cache_mode=" in url else {"plan_cache_mode": "force_generic_plan"}
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT, reset=_keep_session,
-                command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=300)
+                command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=300, server_settings=settings)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from None
         try:
