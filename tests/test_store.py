@@ -21,7 +21,8 @@ import pytest
 from bridge.errors import StoreError
 from bridge.model import IllegalTransition, JobState, Limits, NewJob, NewReply, Plan, Settlement
 from bridge.store import SqliteStore, Store, open_url
-from bridge.store.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from bridge.store.pg_schema import MIGRATIONS as PG_MIGRATIONS, SCHEMA_VERSION as PG_SCHEMA_VERSION
+from bridge.store.pg_schema import migrate as pg_migrate
 from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from pg import fresh_schema
 
@@ -38,6 +39,44 @@ def plan(key: str | None, numbers=("+33612121515",), cost: int = 1, login: str =
         jobs=tuple(NewJob(number=n, text="hi", sender=None, parts=cost, cost=cost) for n in numbers),
         **extra,
     )
+
+
+async def _store_before_the_ranks(backend: "Backend", now: float) -> None:
+    """The store at the version before ranks (SQLite 6, PostgreSQL 3) with account ``a``'s
+    SMS to +33612121515 (a day and a half ago, 2 hours, 60 and 30 seconds ago) and one of
+    account ``b``, each with its debit."""
+    history = ((now - 90_000, "a"), (now - 7200, "a"), (now - 60, "a"), (now - 30, "a"), (now - 30, "b"))
+    if backend.name == "sqlite":
+        conn = connect(backend.url.removeprefix("sqlite://"))
+        migrate(conn, {version: MIGRATIONS[version] for version in range(1, 7)})
+        with conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO balances VALUES ('a', 10)")
+            message = conn.execute("INSERT INTO messages (summary, outcome, received_at) "
+                                   "VALUES ('a@***', 'accepted', 0)").lastrowid
+            for at, login in history:
+                job = conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, "
+                                   "state, created_at, next_attempt_at, updated_at) VALUES (?, ?, '+33612121515', "
+                                   "'hi', 1, 1, 0, 0, 'sent', ?, ?, ?)", (message, login, at, at, at)).lastrowid
+                conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, -1, 'debit', ?, ?)",
+                             (login, job, at))
+        conn.close()
+        return
+    conn = await asyncpg.connect(backend.url)
+    try:
+        await pg_migrate(conn, {version: PG_MIGRATIONS[version] for version in (1, 2, 3)})
+        await conn.execute("INSERT INTO balances VALUES ('a', 10)")
+        message = await conn.fetchval("INSERT INTO messages (summary, outcome, received_at) "
+                                      "VALUES ('a@***', 'accepted', 0) RETURNING id")
+        for at, login in history:
+            job = await conn.fetchval(
+                "INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, created_at, "
+                "next_attempt_at, updated_at) VALUES ($1, $2, '+33612121515', 'hi', 1, 1, false, false, 'sent', $3, "
+                "$3, $3) RETURNING id", message, login, at)
+            await conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) "
+                               "VALUES ($1, -1, 'debit', $2, $3)", login, job, at)
+    finally:
+        await conn.close()
 
 
 @dataclass
@@ -544,27 +583,13 @@ class TestMigrationAndKeys:
         finally:
             await migrated.close()
 
-    async def test_v6_jobs_and_debits_count_against_the_caps_after_the_upgrade(self, tmp_path):
-        """(SQLite) Schema 7 ranks the jobs already there and totals the spend already in the
-        ledger, so what a number or an account had before the upgrade still counts against
-        the hourly and daily caps."""
-        path = tmp_path / "v6.db"
+    async def test_jobs_and_debits_from_before_the_upgrade_count_against_the_caps(self, backend):
+        """SQLite's schema 7 and PostgreSQL's 4 rank the jobs already there and total the
+        spend already in the ledger, so what a number or an account had before the upgrade
+        still counts against the hourly and daily caps."""
         now = 100_000.0
-        conn = connect(path)
-        migrate(conn, {version: MIGRATIONS[version] for version in range(1, 7)})
-        with conn:
-            conn.execute("BEGIN")
-            conn.execute("INSERT INTO balances VALUES ('a', 10)")
-            conn.execute("INSERT INTO messages (summary, outcome, received_at) VALUES ('a@***', 'accepted', 0)")
-            for at, login in ((now - 90_000, "a"), (now - 7200, "a"), (now - 60, "a"), (now - 30, "a"),
-                              (now - 30, "b")):
-                job = conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, "
-                                   "state, created_at, next_attempt_at, updated_at) VALUES (1, ?, '+33612121515', "
-                                   "'hi', 1, 1, 0, 0, 'sent', ?, ?, ?)", (login, at, at, at)).lastrowid
-                conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) VALUES (?, -1, 'debit', ?, ?)",
-                             (login, job, at))
-        conn.close()
-        migrated = await SqliteStore.open(path)
+        await _store_before_the_ranks(backend, now)
+        migrated = await backend.open()
         try:
             capped = await migrated.commit(plan("k1", limits=Limits(per_number_per_hour=2)), now)
             assert capped.job_ids == () and [r.code for r in capped.refused] == [127]

@@ -17,7 +17,7 @@ import pytest
 from bridge.errors import StoreError
 from bridge.model import JobState, Limits, NewJob, NewReply, Plan
 from bridge.store.pg_intake import counts_sql
-from bridge.store.pg_schema import MIGRATIONS, RANK_FILLS, migrate
+from bridge.store.pg_schema import RANK_FILLS
 from bridge.store.postgres import PostgresStore
 from pg import PrivateServer, pg_url  # noqa: F401  (fixture)
 
@@ -49,42 +49,6 @@ class TestOpening:
             assert [r["reason"] for r in await stores[3].ledger("a")] == ["opening"]
         finally:
             await asyncio.gather(*(s.close() for s in stores))
-
-    async def test_v3_jobs_and_debits_count_against_the_caps_after_the_upgrade(self, pg_url):
-        """Version 4 ranks the jobs already there and totals the spend already in the ledger,
-        so what a number or an account had before the upgrade still counts against the caps."""
-        now = 100_000.0
-        conn = await asyncpg.connect(pg_url)
-        try:
-            await migrate(conn, {version: MIGRATIONS[version] for version in (1, 2, 3)})
-            await conn.execute("INSERT INTO balances VALUES ('a', 10)")
-            message = await conn.fetchval("INSERT INTO messages (summary, outcome, received_at) "
-                                          "VALUES ('a@***', 'accepted', 0) RETURNING id")
-            for at, login in ((now - 90_000, "a"), (now - 7200, "a"), (now - 60, "a"), (now - 30, "a"),
-                              (now - 30, "b")):
-                job = await conn.fetchval(
-                    "INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
-                    "created_at, next_attempt_at, updated_at) VALUES ($1, $2, '+33612121515', 'hi', 1, 1, false, "
-                    "false, 'sent', $3, $3, $3) RETURNING id", message, login, at)
-                await conn.execute("INSERT INTO ledger (login, amount, reason, job, created_at) "
-                                   "VALUES ($1, -1, 'debit', $2, $3)", login, job, at)
-        finally:
-            await conn.close()
-        store = await PostgresStore.open(pg_url)
-        try:
-            capped = await store.commit(plan("k1", limits=Limits(per_number_per_hour=2)), now)
-            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
-            assert len((await store.commit(plan("k2", limits=Limits(per_number_per_hour=3)), now)).job_ids) == 1
-            capped = await store.commit(plan("k3", limits=Limits(per_number_per_hour=3)), now)
-            assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
-            # the day: 3 SMS and 3 credits from before the upgrade (one is older), 1 since
-            for limits in (Limits(sms_per_day=4), Limits(spend_per_day=4)):
-                capped = await store.commit(plan(f"day{limits}", numbers=("+33612121599",), limits=limits), now)
-                assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
-            assert (await store.commit(plan("k4", numbers=("+33612121599",), limits=Limits(sms_per_day=5)),
-                                       now)).job_ids
-        finally:
-            await store.close()
 
     async def test_unreachable_server_is_a_store_error(self):
         """No server at the URL: opening raises StoreError (the daemon exits 1), not a driver error."""
