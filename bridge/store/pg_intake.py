@@ -27,7 +27,7 @@ import asyncpg
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, NewJob, Plan
-from bridge.store.pg_sql import Params, queue_reply
+from bridge.store.pg_sql import Params, queue_reply, spent_so_far
 
 
 class Duplicate(Exception):
@@ -97,9 +97,7 @@ async def _write(conn: asyncpg.Connection, message: int | None, plan: Plan, outc
         "$10::text[], $11::text[], $12::int[], $13::int[], $14::bool[], $15::bool[], $16::float8[], $17::text[]) "
         "WITH ORDINALITY AS x(n, t, s, p, c, u, l, a, g, o) ORDER BY o RETURNING id, cost), "
         "d AS (INSERT INTO ledger (login, amount, reason, job, created_at, spent) "
-        "SELECT $4, -cost, 'debit', id, $8, COALESCE((SELECT spent FROM ledger WHERE login = $4 "
-        "AND reason IN ('debit', 'refund') ORDER BY id DESC LIMIT 1), 0) + SUM(cost) OVER (ORDER BY id) "
-        "FROM j ORDER BY id), "
+        f"SELECT $4, -cost, 'debit', id, $8, {spent_so_far('$4')} + SUM(cost) OVER (ORDER BY id) FROM j ORDER BY id), "
         "b AS (UPDATE balances SET balance = balance - $18 WHERE login = $4) "
         "SELECT j.id FROM j, (SELECT pg_notify($19, '')) AS wake ORDER BY j.id",
         *args,
@@ -163,8 +161,7 @@ def counts_sql(plan: Plan, now: float) -> tuple[str, list]:
                        f"LIMIT 1) + 1, 0) - (SELECT COUNT(*) FROM jobs WHERE login = {login} "
                        f"AND created_at >= {day}::float8 AND {dropped}))")
     if limits.spend_per_day:
-        columns.append(f"(SELECT COALESCE((SELECT spent FROM ledger WHERE login = {login} AND reason IN ('debit', "
-                       f"'refund') ORDER BY id DESC LIMIT 1), 0) - COALESCE((SELECT spent FROM ledger "
+        columns.append(f"(SELECT {spent_so_far(login)} - COALESCE((SELECT spent FROM ledger "
                        f"WHERE login = {login} AND created_at < {day}::float8 AND reason IN ('debit', 'refund') "
                        f"ORDER BY created_at DESC, id DESC LIMIT 1), 0))")
     return f"SELECT {', '.join(columns)}", p.args

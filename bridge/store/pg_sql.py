@@ -21,7 +21,8 @@ from bridge.store.sql import JOB_SELECT, THREAD_SELECT, cap_checks
 
 log = structlog.get_logger("bridge.store")
 
-__all__ = ["JOB_SELECT", "THREAD_SELECT", "DRIVER_ERRORS", "Params", "describe", "transition", "move", "queue_reply", "xact_lock"]
+__all__ = ["JOB_SELECT", "THREAD_SELECT", "DRIVER_ERRORS", "Params", "describe", "transition", "move", "spent_so_far",
+           "queue_reply", "xact_lock"]
 
 #: Everything the driver (or the network under it) raises.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
@@ -89,6 +90,13 @@ async def transition(
     return {row["id"]: row for row in rows}
 
 
+def spent_so_far(login: str) -> str:
+    """The account's spend so far, debits less refunds: the running total its newest debit or
+    refund carries (``login``: the placeholder of the login)."""
+    return (f"COALESCE((SELECT spent FROM ledger WHERE login = {login} AND reason IN ('debit', 'refund') "
+            "ORDER BY id DESC LIMIT 1), 0)")
+
+
 async def move(conn: asyncpg.Connection, login: str, amount: int, reason: str, job: int | None,
                now: float) -> int:
     """One ledger movement and the running balance, in the caller's transaction; the new balance.
@@ -104,8 +112,7 @@ async def move(conn: asyncpg.Connection, login: str, amount: int, reason: str, j
     )
     await conn.execute(
         "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES ($1::text, $2::int, $3::text, "
-        "$4, $5, CASE WHEN $3::text IN ('debit', 'refund') THEN COALESCE((SELECT spent FROM ledger "
-        "WHERE login = $1::text AND reason IN ('debit', 'refund') ORDER BY id DESC LIMIT 1), 0) - $2::int END)",
+        f"$4, $5, CASE WHEN $3::text IN ('debit', 'refund') THEN {spent_so_far('$1::text')} - $2::int END)",
         login, amount, reason, job, now,
     )
     return balance

@@ -104,14 +104,14 @@ def balance(conn: sqlite3.Connection, login: str) -> int:
     return row[0] if row else 0
 
 
+#: The account's spend so far, debits less refunds: the running total its newest debit or
+#: refund carries (parameter ``?1``: the login).
+SPENT_SO_FAR = ("COALESCE((SELECT spent FROM ledger WHERE login=?1 AND reason IN ('debit', 'refund') "
+                "ORDER BY id DESC LIMIT 1), 0)")
 #: One ledger row (login, amount, reason, job, created_at). A debit or refund also carries
-#: the account's running spend, debits less refunds, which the daily spend cap reads
-#: (``sql_intake.DAY_SPEND_SQL``).
-INSERT_LEDGER = (
-    "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES (?1, ?2, ?3, ?4, ?5, "
-    "CASE WHEN ?3 IN ('debit', 'refund') THEN COALESCE((SELECT spent FROM ledger WHERE login=?1 "
-    "AND reason IN ('debit', 'refund') ORDER BY id DESC LIMIT 1), 0) - ?2 END)"
-)
+#: the running spend, which the daily spend cap reads (``sql_intake.DAY_SPEND_SQL``).
+INSERT_LEDGER = ("INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES (?1, ?2, ?3, ?4, ?5, "
+                 f"CASE WHEN ?3 IN ('debit', 'refund') THEN {SPENT_SO_FAR} - ?2 END)")
 
 
 def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: int | None, now: float) -> None:

@@ -12,7 +12,7 @@ import sqlite3
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, Plan
-from bridge.store.sql import INSERT_LEDGER, balance, marks, queue_reply
+from bridge.store.sql import INSERT_LEDGER, SPENT_SO_FAR, balance, marks, queue_reply
 
 
 #: A job takes the next rank among the jobs of its (number, account) and of its account:
@@ -99,8 +99,7 @@ DAY_COUNT_SQL = (
 #: Credits spent in the last 24 hours by an account (debits less refunds); parameters:
 #: login, since. The account's running spend now less what it was before the window.
 DAY_SPEND_SQL = (
-    "SELECT COALESCE((SELECT spent FROM ledger WHERE login=?1 AND reason IN ('debit', 'refund') "
-    "ORDER BY id DESC LIMIT 1), 0) - COALESCE((SELECT spent FROM ledger WHERE login=?1 AND created_at<?2 "
+    f"SELECT {SPENT_SO_FAR} - COALESCE((SELECT spent FROM ledger WHERE login=?1 AND created_at<?2 "
     "AND reason IN ('debit', 'refund') ORDER BY created_at DESC, id DESC LIMIT 1), 0)"
 )
 
