@@ -62,6 +62,7 @@ RESULTS = ROOT / "bench" / "results" / "imap_latency.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dovecot import Dovecot, MailUser, running_dovecot  # noqa: E402 - tests/ is put on the path above
+from smtp_throughput import process_cpu  # noqa: E402 - bench/ is the script's own folder
 
 WARMUP = 2
 QUIET = 10.0
@@ -259,14 +260,7 @@ def append(client: imaplib.IMAP4, raw: bytes) -> float:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by ``pids`` (those still running)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(process_cpu(pid) or 0.0 for pid in pids)
 
 
 async def quiet_cost(bridge_pid: int, server: Dovecot) -> dict:
