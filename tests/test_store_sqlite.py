@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from bridge.model import JobState, Limits, NewJob, Plan, Settlement
 from bridge.store import SqliteStore
-from bridge.store.sql_intake import DAY_COUNT_SQL, DAY_SPEND_SQL, per_number_sql
+from bridge.store.sql_intake import DAY_COUNT_SQL, DAY_SPEND_SQL, per_number_sql, reads_sql
 
 
 async def test_the_hourly_cap_is_read_by_number_not_by_account(tmp_path):
     """With a large backlog for one account, the per-number cap query uses the number's
-    indexes (seeks), never the account's index (the whole backlog) nor a sort."""
+    indexes (seeks), never the account's index (the whole backlog) nor a sort; so does the
+    one statement of the intake's reads that holds it, with the duplicate check and the
+    opt-outs on their keys."""
     store = await SqliteStore.open(tmp_path / "s.db")
     try:
-        numbers = [f"+3361{i:07d}" for i in range(100)]
-        sql = per_number_sql(len(numbers))
-        plan = await store.read(lambda c: c.execute("EXPLAIN QUERY PLAN " + sql,
-                                                    (time.time() - 3600, "a", *numbers)).fetchall())
-        details = " ".join(row[3] for row in plan)
-        assert "COVERING INDEX jobs_number_seq" in details and "COVERING INDEX jobs_number_created" in details
-        assert "jobs_number_dropped" in details  # failed and cancelled ones: their own small index
-        assert "jobs_login_created" not in details and "B-TREE" not in details, details
+        now, numbers = time.time(), [f"+3361{i:07d}" for i in range(100)]
+        for sql, args in ((per_number_sql(len(numbers)), (now - 3600, "a", *numbers)),
+                          (reads_sql(len(numbers), 1, True, False, False),
+                           ("a", now - 86400, now - 3600, "", *numbers, "key"))):
+            plan = await store.read(lambda c, sql=sql, args=args: c.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall())
+            details = " ".join(row[3] for row in plan)
+            assert "COVERING INDEX jobs_number_seq" in details and "COVERING INDEX jobs_number_created" in details
+            assert "jobs_number_dropped" in details  # failed and cancelled ones: their own small index
+            assert "jobs_login_created" not in details and "B-TREE" not in details, details
+            assert re.sub(r"SCAN (n|\d* ?CONSTANT ROWS?)", "", details).count("SCAN") == 0, details
+            assert details.count("jobs_number_seq") == 1, details  # each count is worked out once
     finally:
         await store.close()
 
@@ -90,11 +96,13 @@ async def test_the_daily_caps_read_indexes_not_the_accounts_rows(tmp_path):
     totals), never every job or ledger row of the account's day."""
     store = await SqliteStore.open(tmp_path / "s.db")
     try:
-        args = ("a", time.time() - 86400)
-        for sql, used in ((DAY_COUNT_SQL, ("COVERING INDEX jobs_login_seq", "COVERING INDEX jobs_login_created",
-                                           "jobs_login_dropped")),
-                          (DAY_SPEND_SQL, ("ledger_login", "ledger_spent_at"))):
-            plan = await store.read(lambda c, sql=sql: c.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall())
+        day = time.time() - 86400
+        count_uses = ("COVERING INDEX jobs_login_seq", "COVERING INDEX jobs_login_created", "jobs_login_dropped")
+        spend_uses = ("ledger_login", "ledger_spent_at")
+        for sql, args, used in ((DAY_COUNT_SQL, ("a", day), count_uses), (DAY_SPEND_SQL, ("a", day), spend_uses),
+                                (reads_sql(1, 0, False, True, True),  # the intake's one statement
+                                 ("a", day, day + 82800, "", "+33612120001"), count_uses + spend_uses)):
+            plan = await store.read(lambda c, sql=sql, args=args: c.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall())
             details = " ".join(row[3] for row in plan)
             assert all(index in details for index in used) and "B-TREE" not in details, details
     finally:

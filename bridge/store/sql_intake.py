@@ -2,17 +2,20 @@
 
 The counts the rules need are read here, inside the transaction, so two mails racing for
 the last credits or the last SMS of a cap cannot both pass; the decision itself is
-``rules.screen`` (pure). Reads are set-based: one query for the opt-outs of all a mail's
-numbers, one for their hourly counts, one multi-row insert for the jobs.
+``rules.screen`` (pure). Everything the commit reads (is the mail a duplicate, the
+account's balance, the opt-outs and hourly counts of all the mail's numbers, the daily
+counts) is one statement (``reads_sql``): sqlite3 lets go of the GIL at every statement
+step, and on the writer thread each step costs a wait for the event loop to give it back.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from functools import lru_cache
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, Plan
-from bridge.store.sql import INSERT_LEDGER, SPENT_SO_FAR, balance, marks, queue_reply
+from bridge.store.sql import INSERT_LEDGER, SPENT_SO_FAR, queue_reply
 
 
 #: A job takes the next rank among the jobs of its (number, account) and of its account:
@@ -29,12 +32,12 @@ _INSERT_JOB = (
 def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
     """Apply intake's ``plan``; return what was done."""
     keys = [k for k in (plan.key, *plan.extra_keys) if k]
-    if keys and conn.execute(f"SELECT 1 FROM message_keys WHERE key IN ({marks(keys)})", keys).fetchone():
+    duplicate, available, counts = _read(conn, plan, keys, now)
+    if duplicate:
         return Acceptance("duplicate")
-    kept, refused = rules.screen(plan.jobs, plan.sender, plan.limits, _counts(conn, plan, now))
+    kept, refused = rules.screen(plan.jobs, plan.sender, plan.limits, counts)
     refused = [*plan.refused, *refused]
     used = sum(job.cost for job in kept)
-    available = balance(conn, plan.login) if plan.login else 0
     outcome = "accepted" if kept else "rejected"
     if kept and used > available:
         kept, outcome = [], "insufficient_credit"
@@ -78,13 +81,20 @@ def per_number_sql(count: int) -> str:
     off through their partial index. ``+login`` keeps SQLite on the number's index, not the
     account's (the whole backlog).
     """
-    numbers = ", ".join(f"(?{i + 3})" for i in range(count))
+    return _per_number(count, since="?1", login="?2", first=3)
+
+
+def _per_number(count: int, since: str, login: str, first: int) -> str:
+    """``per_number_sql`` with its parameters where the caller has them: the window's
+    start ``since``, the ``login`` and the numbers from ``?first`` on."""
+    numbers = ", ".join(f"(?{i + first})" for i in range(count))
     return (
-        f"WITH n(number) AS (VALUES {numbers}) SELECT n.number, "
-        "(SELECT MAX(nseq) FROM jobs WHERE number=n.number AND login=?2) - "
-        "(SELECT nseq FROM jobs WHERE number=n.number AND created_at>=?1 AND +login=?2 ORDER BY created_at LIMIT 1) "
-        "+ 1 - (SELECT COUNT(*) FROM jobs d WHERE d.number=n.number AND d.created_at>=?1 AND +d.login=?2 "
-        "AND d.state IN ('failed', 'cancelled')) FROM n"
+        f"WITH n(number) AS (VALUES {numbers}) SELECT n.number AS number, "
+        f"(SELECT MAX(nseq) FROM jobs WHERE number=n.number AND login={login}) - "
+        f"(SELECT nseq FROM jobs WHERE number=n.number AND created_at>={since} AND +login={login} "
+        "ORDER BY created_at LIMIT 1) "
+        f"+ 1 - (SELECT COUNT(*) FROM jobs d WHERE d.number=n.number AND d.created_at>={since} "
+        f"AND +d.login={login} AND d.state IN ('failed', 'cancelled')) AS count FROM n"
     )
 
 
@@ -104,26 +114,58 @@ DAY_SPEND_SQL = (
 )
 
 
-def _counts(conn: sqlite3.Connection, plan: Plan, now: float) -> Counts:
-    """What the rules need to know about this mail's numbers and account, set-based."""
-    if not plan.jobs:
-        return Counts()
-    numbers = sorted({job.number for job in plan.jobs})
-    senders = ["", (plan.sender or "").lower()]
-    optouts = frozenset(
-        (r[0], r[1]) for r in conn.execute(
-            f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)}) AND sender IN (?, ?)",
-            (*numbers, *senders),
-        )
-    )
+@lru_cache(maxsize=256)
+def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spend_per_day: bool) -> str:
+    """Everything an intake commit reads, as one row: duplicate (0/1), balance, the numbers
+    opted out of all senders and of this sender (comma-separated), the hourly count of each
+    number with a job this hour (``number:count``, comma-separated), the day's SMS and spend.
+
+    Parameters: ``?1`` login, ``?2`` the day's start, ``?3`` the hour's start, ``?4`` the
+    sender (lowercase, or ""), the ``numbers`` from ``?5`` on, then the ``keys``. E.164
+    numbers hold no comma nor colon. The parts a mail does not need are constants.
+    """
+    first_key = 5 + numbers
+    in_numbers = ",".join(f"?{5 + i}" for i in range(numbers))
+    parts = [
+        f"EXISTS (SELECT 1 FROM message_keys WHERE key IN ({','.join(f'?{first_key + i}' for i in range(keys))}))"
+        if keys else "0",
+        "COALESCE((SELECT balance FROM balances WHERE login=?1), 0)",
+    ]
+    if numbers:
+        parts += [
+            f"(SELECT group_concat(number) FROM optouts WHERE number IN ({in_numbers}) AND sender='')",
+            f"(SELECT group_concat(number) FROM optouts WHERE number IN ({in_numbers}) AND sender=?4 AND ?4<>'')",
+        ]
+    else:
+        parts += ["NULL", "NULL"]
+    parts.append(
+        # ``count`` once: a second use would evaluate its subqueries again (NULL: no job)
+        f"(SELECT group_concat(number || ':' || count) FROM ({_per_number(numbers, '?3', '?1', 5)}))"
+        if numbers and per_number else "NULL")
+    parts.append(f"({DAY_COUNT_SQL})" if sms_per_day else "0")
+    parts.append(f"({DAY_SPEND_SQL})" if spend_per_day else "0")
+    return "SELECT " + ", ".join(parts)
+
+
+def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> tuple[bool, int, Counts]:
+    """Whether the mail is a duplicate, the account's balance (0 without an account) and
+    what the rules need to know about its numbers and account: one statement."""
     limits, login = plan.limits, plan.login
-    per_number: dict[str, int] = {}
-    if limits.per_number_per_hour:
-        rows = conn.execute(per_number_sql(len(numbers)), (now - 3600, login, *numbers))
-        per_number = {number: count for number, count in rows if count}
-    sms_today = spent_today = 0
-    if limits.sms_per_day:
-        (sms_today,) = conn.execute(DAY_COUNT_SQL, (login, now - 86400)).fetchone()
-    if limits.spend_per_day:
-        (spent_today,) = conn.execute(DAY_SPEND_SQL, (login, now - 86400)).fetchone()
-    return Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
+    numbers = sorted({job.number for job in plan.jobs})
+    sender = (plan.sender or "").lower()
+    sql = reads_sql(len(numbers), len(keys), bool(numbers and limits.per_number_per_hour),
+                    bool(numbers and limits.sms_per_day), bool(numbers and limits.spend_per_day))
+    # SQLite counts the parameters up to the highest one used: without numbers nor keys, ?1
+    args = (login, now - 86400, now - 3600, sender, *numbers, *keys) if numbers or keys else (login,)
+    duplicate, available, opted_out, opted_out_sender, hourly, sms_today, spent_today = conn.execute(
+        sql, args).fetchone()
+    optouts = frozenset(
+        [(number, "") for number in (opted_out.split(",") if opted_out else ())]
+        + [(number, sender) for number in (opted_out_sender.split(",") if opted_out_sender else ())])
+    per_number = {}
+    for item in hourly.split(",") if hourly else ():
+        number, _, count = item.partition(":")
+        if int(count):
+            per_number[number] = int(count)
+    counts = Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
+    return bool(duplicate), available if login else 0, counts
