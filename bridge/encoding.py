@@ -8,6 +8,7 @@ split into parts the way the phone will show them; the bridge allows at most
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -66,9 +67,17 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+# Character classes for whole-text scans (one regular expression pass in C, not a Python
+# step per character): what is outside GSM-7, what costs two septets, what costs two
+# UTF-16 units.
+_NOT_GSM7 = re.compile("[^" + "".join(sorted(re.escape(ch) for ch in _GSM7)) + "]")
+_ESCAPED = re.compile("[" + "".join(sorted(re.escape(ch) for ch in GSM7_EXTENSION)) + "]")
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
 def is_gsm7(text: str) -> bool:
     """True when the NFC form of ``text`` fits the GSM-7 alphabet (basic + extension)."""
-    return all(ch in _GSM7 for ch in _nfc(text))
+    return _NOT_GSM7.search(_nfc(text)) is None
 
 
 def septets(text: str) -> int:
@@ -76,12 +85,18 @@ def septets(text: str) -> int:
     text = _nfc(text)
     if not is_gsm7(text):
         raise ValueError(f"not GSM-7: {_forcing(text)!r}")
-    return sum(_cost(ch, gsm=True) for ch in text)
+    return _units(text, gsm=True)
 
 
 def _forcing(text: str) -> tuple[str, ...]:
     # dict keeps first-appearance order while dropping repeats.
-    return tuple(dict.fromkeys(ch for ch in text if ch not in _GSM7))
+    found = _NOT_GSM7.findall(text)
+    return tuple(dict.fromkeys(found)) if found else ()
+
+
+def _units(text: str, gsm: bool) -> int:
+    """The sum of ``_cost`` over ``text``: one unit a character, two for the escaped ones."""
+    return len(text) + len((_ESCAPED if gsm else _ASTRAL).findall(text))
 
 
 def _cost(ch: str, gsm: bool) -> int:
@@ -108,13 +123,12 @@ def segment(text: str) -> Segmentation:
     text = _nfc(text)
     forcing = _forcing(text)
     gsm = not forcing
-    costs = [_cost(ch, gsm) for ch in text]
-    units = sum(costs)
+    units = _units(text, gsm)
     single, per_part = (GSM7_SINGLE, GSM7_PART) if gsm else (UCS2_SINGLE, UCS2_PART)
     if units <= single:
         parts, limit = ((text,) if text else ()), single
     else:
-        parts, limit = _split(text, costs, per_part), per_part
+        parts, limit = _split(text, [_cost(ch, gsm) for ch in text], per_part), per_part
     encoding = "GSM-7" if gsm else "UCS-2"
     return Segmentation(text, encoding, parts, units, limit, forcing)
 
