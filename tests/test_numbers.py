@@ -203,17 +203,18 @@ class TestFrenchShortcut:
     @given(nsn=st.integers(100_000_000, 999_999_999), form=st.sampled_from(["0", "+33", "0033"]),
            region=st.sampled_from(["FR", "BE", "RE"]))
     def test_same_number_and_type_as_the_full_parse(self, nsn, form, region):
-        """Whenever the shortcut answers, the full parse gives the same E.164 and type."""
+        """Whenever the shortcut answers, the full parse gives the same E.164, an SMS type,
+        and France as the region."""
         import phonenumbers
 
-        from bridge.numbers import _french_mobile, _parse
+        from bridge.numbers import _SMS_TYPES, _french_mobile, _parse
 
         compact = f"{form}{nsn}"
         fast = _french_mobile(compact, region)
         if fast is not None:
             number, kind = _parse(compact, region)
-            assert (phonenumbers.format_number(fast[0], phonenumbers.PhoneNumberFormat.E164), fast[1]) == (
-                phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), kind)
+            assert fast == phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            assert kind in _SMS_TYPES and phonenumbers.region_code_for_number(number) == "FR"
 
     @pytest.mark.parametrize("raw, expected", [("0692123456", "+262692123456"), ("0612121515", "+33612121515"),
                                                ("0033734567890", "+33734567890")])
