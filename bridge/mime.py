@@ -66,7 +66,11 @@ class _IndexedMessage(email.message.Message):
         key = header.lower()
         params = self._params.get(key, _NO_HEADER)
         if params is _NO_HEADER and key not in self._params:
-            params = self._params[key] = super()._get_params_preserve(_NO_HEADER, header)
+            found = self._index.get(key)
+            value = found[1] if found is not None else None
+            params = self._params[key] = (
+                _plain_params(value) if isinstance(value, str) and not _QUOTING.search(value)
+                else super()._get_params_preserve(_NO_HEADER, header))
         return failobj if params is _NO_HEADER else list(params)
 
     def get(self, name: str, failobj: Any = None) -> Any:
@@ -79,6 +83,26 @@ class _IndexedMessage(email.message.Message):
     def replace_header(self, _name: str, _value: str) -> None:
         self._indexed = None
         super().replace_header(_name, _value)
+
+
+# What the stdlib's parameter parser treats specially: quotes and escapes (a ";" inside
+# quotes), RFC 2231 names (``name*``, ``name*0*``). A value without any of them is split
+# on ";" by ``_plain_params``.
+_QUOTING = re.compile(r'["\\*]')
+
+
+def _plain_params(value: str) -> list[tuple[str, str]]:
+    """``Message._get_params_preserve`` of a header value without quotes, escapes nor ``*``
+    (``text/plain; charset=utf-8``, nearly every mail), in one pass: each ``name=value``
+    with the name lowercased, the values after the first quoted, as the stdlib returns them (``tests/test_mime.py`` holds the two to the same answers)."""
+    params = []
+    for item in value.split(";"):
+        name, equals, given = item.partition("=")
+        if not params:  # the first item keeps its value as it is, "" when bare
+            params.append((name.strip().lower(), given.strip()) if equals else (item.strip(), ""))
+        else:
+            params.append((name.strip().lower() if equals else item.strip(), f'"{given.strip()}"'))
+    return params
 
 
 class _RawHeaders(Compat32):
