@@ -311,6 +311,22 @@ def median_of(results: list):
     return first
 
 
+def round_ratios(bases: list[dict], runs: dict[str, list[dict]]) -> list[str]:
+    """Each bridge's intake and CPU ratios round by round, against the bare server of the
+    same round: the spread of the table's ratios when the machine's speed drifts."""
+    out = []
+    for key, label in (("smtp_source", "smtp-source"), ("persistent", "persistent client")):
+        if bases[0][key] is None:
+            continue
+        for name, results in runs.items():
+            pairs = [(r[key], b[key]) for r, b in zip(results, bases)]
+            intake = " ".join(f"{r['mails_per_s'] / b['mails_per_s']:.2f}" for r, b in pairs)
+            cpu = " ".join(f"{r['cpu_per_mail_ms'] / b['cpu_per_mail_ms']:.2f}" for r, b in pairs
+                           if r["cpu_per_mail_ms"] and b["cpu_per_mail_ms"])
+            out.append(f"{name}, {label}, round by round: intake {intake}; CPU per mail {cpu}")
+    return out
+
+
 def markdown(table: list[tuple[str, ...]], names: list[str]) -> str:
     head = ("measure", "bare aiosmtpd", *names, "ratio", "goal")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -369,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     table = rows(base, bridges, backlog)
     print()
     print(markdown(table, list(bridges)))
+    if args.repeat > 1:
+        print("\nratios to the bare server of the same round:")
+        print("\n".join(round_ratios(bases, runs)))
     machine = {"nproc": os.cpu_count(), "cpu": ib.cpu_model(), "python": sys.version.split()[0],
                "load_before": [round(x, 2) for x in load_before]}
     print(f"\nmachine: nproc {machine['nproc']}, {machine['cpu']}, Python {machine['python']}, "
