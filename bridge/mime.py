@@ -94,7 +94,8 @@ _QUOTING = re.compile(r'["\\*]')
 def _plain_params(value: str) -> list[tuple[str, str]]:
     """``Message._get_params_preserve`` of a header value without quotes, escapes nor ``*``
     (``text/plain; charset=utf-8``, nearly every mail), in one pass: each ``name=value``
-    with the name lowercased, the values after the first quoted, as the stdlib returns them (``tests/test_mime.py`` holds the two to the same answers)."""
+    with the name lowercased, the values after the first quoted, as the stdlib returns
+    them (``tests/test_mime.py`` holds the two to the same answers)."""
     params = []
     for item in value.split(";"):
         name, equals, given = item.partition("=")

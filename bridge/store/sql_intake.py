@@ -4,8 +4,9 @@ The counts the rules need are read here, inside the transaction, so two mails ra
 the last credits or the last SMS of a cap cannot both pass; the decision itself is
 ``rules.screen`` (pure). Everything the commit reads (is the mail a duplicate, the
 account's balance, the opt-outs and hourly counts of all the mail's numbers, the daily
-counts) is one statement (``reads_sql``): sqlite3 lets go of the GIL at every statement
-step, and on the writer thread each step costs a wait for the event loop to give it back.
+counts) is one statement (``reads_sql``): less SQL and Python per commit than a statement
+each, and fewer times the writer thread lets go of the GIL and waits for the event loop to
+give it back (sqlite3 lets go at every statement step).
 """
 
 from __future__ import annotations
