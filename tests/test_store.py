@@ -583,6 +583,44 @@ class TestMigrationAndKeys:
         finally:
             await migrated.close()
 
+    async def test_v7_store_keeps_its_mails_keys_and_jobs_without_the_random_indexes(self, tmp_path):
+        """(SQLite) Schema 8 rebuilds ``messages`` without the unique index on its key and
+        ``message_keys`` as its key index alone: every mail, key and job is kept, a mail seen
+        before the upgrade is still a duplicate, jobs still find their mail, and foreign
+        keys are enforced again afterwards."""
+        path = tmp_path / "v7.db"
+        conn = connect(path)
+        migrate(conn, {v: MIGRATIONS[v] for v in range(1, 8)})
+        conn.execute("INSERT INTO messages (key, login, summary, outcome, received_at) "
+                     "VALUES ('before', 'a', 'a@***|...', 'accepted', 0)")
+        conn.executemany("INSERT INTO message_keys VALUES (?, 1)", [("before",), ("imap:INBOX:1:9",)])
+        conn.execute("INSERT INTO jobs (message, login, number, text, parts, cost, unicode, low_cost, state, "
+                     "created_at, next_attempt_at, updated_at, nseq, lseq) VALUES (1, 'a', '+33612121515', 'hi', "
+                     "1, 1, 0, 0, 'queued', 0, 0, 0, 1, 1)")
+        conn.close()
+        migrated = await SqliteStore.open(path)
+        try:
+            assert (await migrated.commit(plan("before"), 1)).outcome == "duplicate"
+            assert (await migrated.commit(plan(None, extra_keys=("imap:INBOX:1:9",)), 1)).outcome == "duplicate"
+            assert (await migrated.job(1)).text == "hi"
+            await migrated.open_accounts({"a": 10}, 2)
+            accepted = await migrated.commit(plan("after"), 2)
+            assert accepted.outcome == "accepted" and (await migrated.commit(plan("after"), 3)).outcome == "duplicate"
+        finally:
+            await migrated.close()
+        check = connect(path)
+        try:
+            assert [tuple(r) for r in check.execute("SELECT key, login FROM messages ORDER BY id")] == [
+                ("before", "a"), ("after", "a")]
+            assert check.execute("SELECT COUNT(*) FROM jobs j JOIN messages m ON m.id=j.message").fetchone()[0] == 2
+            assert [r[1] for r in check.execute("PRAGMA index_list(messages)")] == []
+            assert "WITHOUT ROWID" in check.execute(
+                "SELECT sql FROM sqlite_master WHERE name='message_keys'").fetchone()[0]
+            with pytest.raises(sqlite3.IntegrityError):  # references are checked again
+                check.execute("INSERT INTO message_keys VALUES ('orphan', 999)")
+        finally:
+            check.close()
+
     async def test_jobs_and_debits_from_before_the_upgrade_count_against_the_caps(self, backend):
         """SQLite's schema 7 and PostgreSQL's 4 rank the jobs already there and total the
         spend already in the ledger, so what a number or an account had before the upgrade

@@ -17,7 +17,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.text import redact_subject
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -179,8 +179,36 @@ _V7 = "\n".join(statement + ";" for statement in (
     "CREATE INDEX ledger_login ON ledger(login)",
 ))
 
+# Every mail writes its content key twice, and each write went to a random place of a
+# unique index: ``messages.key`` (schema 1) and ``message_keys`` (schema 2, every key of a
+# mail, the one the duplicate check reads), a rowid table beside its key index. Each cost a
+# B-tree page per mail in every commit's WAL. ``messages.key`` keeps its value, without an
+# index (nothing looks a mail up by it: the check reads ``message_keys``), and
+# ``message_keys`` becomes its key index alone (WITHOUT ROWID). SQLite cannot drop a
+# UNIQUE constraint, so both tables are rebuilt (``migrate`` runs with foreign keys off).
+_V8 = """
+CREATE TABLE messages_v8 (
+    id INTEGER PRIMARY KEY,
+    key TEXT,
+    message_id TEXT,
+    login TEXT,
+    reply_to TEXT,
+    summary TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+INSERT INTO messages_v8 (id, key, message_id, login, reply_to, summary, outcome, received_at)
+    SELECT id, key, message_id, login, reply_to, summary, outcome, received_at FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v8 RENAME TO messages;
+CREATE TABLE message_keys_v8 (key TEXT PRIMARY KEY, message INTEGER NOT NULL REFERENCES messages(id)) WITHOUT ROWID;
+INSERT INTO message_keys_v8 (key, message) SELECT key, message FROM message_keys ORDER BY key;
+DROP TABLE message_keys;
+ALTER TABLE message_keys_v8 RENAME TO message_keys
+"""
+
 #: version -> SQL that brings the previous version up to it.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7, 8: _V8}
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -199,8 +227,21 @@ def _redact(value: str | None) -> str | None:
 
 
 def migrate(conn: sqlite3.Connection, migrations: dict[int, str] = MIGRATIONS) -> int:
-    """Bring the store up to the newest version; return the version it was at."""
+    """Bring the store up to the newest version; return the version it was at.
+
+    Foreign keys are off while it runs: a migration may rebuild a table others refer to,
+    which SQLite allows only so (a rebuild copies every row with its id, so every reference
+    still finds its row). It all commits or none of it does.
+    """
     target_version = max(migrations)
+    conn.execute("PRAGMA foreign_keys=OFF")  # outside the transaction, where it takes effect
+    try:
+        return _migrate(conn, migrations, target_version)
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _migrate(conn: sqlite3.Connection, migrations: dict[int, str], target_version: int) -> int:
     conn.execute("BEGIN IMMEDIATE")
     try:
         has_meta = conn.execute(
