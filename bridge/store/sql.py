@@ -112,15 +112,14 @@ SPENT_SO_FAR = ("COALESCE((SELECT spent FROM ledger WHERE login=?1 AND reason IN
 #: the running spend, which the daily spend cap reads (``sql_intake.DAY_SPEND_SQL``).
 INSERT_LEDGER = ("INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES (?1, ?2, ?3, ?4, ?5, "
                  f"CASE WHEN ?3 IN ('debit', 'refund') THEN {SPENT_SO_FAR} - ?2 END)")
+#: The account's running balance moved by an amount (login, amount, amount).
+ADD_TO_BALANCE = "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?"
 
 
 def move(conn: sqlite3.Connection, login: str, amount: int, reason: str, job: int | None, now: float) -> None:
     """One ledger movement and the running balance, in the caller's transaction."""
     conn.execute(INSERT_LEDGER, (login, amount, reason, job, now))
-    conn.execute(
-        "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?",
-        (login, amount, amount),
-    )
+    conn.execute(ADD_TO_BALANCE, (login, amount, amount))
 
 
 def cap_checks(reply: NewReply) -> tuple[str, str | None, list[tuple[str, str, int]]]:

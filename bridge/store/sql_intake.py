@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, Plan
-from bridge.store.sql import INSERT_LEDGER, SPENT_SO_FAR, queue_reply
+from bridge.store.sql import ADD_TO_BALANCE, INSERT_LEDGER, SPENT_SO_FAR, queue_reply
 
 
 #: A job takes the next rank among the jobs of its (number, account) and of its account:
@@ -61,10 +61,7 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
             conn.executemany(_INSERT_JOB, rows)
             ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
         conn.executemany(INSERT_LEDGER, [(plan.login, -job.cost, "debit", job_id, now) for job, job_id in zip(kept, ids)])
-        conn.execute(
-            "INSERT INTO balances VALUES (?, ?) ON CONFLICT(login) DO UPDATE SET balance=balance+?",
-            (plan.login, -used, -used),
-        )
+        conn.execute(ADD_TO_BALANCE, (plan.login, -used, -used))
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
         queue_reply(conn, reply, now)
@@ -149,8 +146,9 @@ def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spen
 
 
 def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> tuple[bool, int, Counts]:
-    """Whether the mail is a duplicate, the account's balance (0 without an account) and
-    what the rules need to know about its numbers and account: one statement."""
+    """Whether the mail is a duplicate, the account's balance (0 without an account: no row
+    matches a NULL login) and what the rules need to know about its numbers and account:
+    one statement."""
     limits, login = plan.limits, plan.login
     numbers = sorted({job.number for job in plan.jobs})
     sender = (plan.sender or "").lower()
@@ -169,4 +167,4 @@ def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> 
         if int(count):
             per_number[number] = int(count)
     counts = Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
-    return bool(duplicate), available if login else 0, counts
+    return bool(duplicate), available, counts
