@@ -221,3 +221,50 @@ class TestFrenchShortcut:
     def test_overseas_numbers_still_find_their_region(self, raw, expected):
         """A Réunion mobile written the French way is not taken for a metropolitan one."""
         assert normalise(raw) == expected
+
+
+class TestSmsTyping:
+    """``_sms_type`` answers "can it get an SMS" exactly as ``phonenumbers.number_type``."""
+
+    KINDS = ("general_desc", "premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager",
+             "uan", "voicemail", "fixed_line", "mobile")
+
+    @staticmethod
+    def _by_phonenumbers(country_code: int, nsn: str) -> bool:
+        import phonenumbers
+
+        from bridge.numbers import _SMS_TYPES
+
+        number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(nsn))
+        return phonenumbers.number_type(number) in _SMS_TYPES
+
+    def test_every_french_prefix(self):
+        """Every four-digit start of a French national number, with varying ends."""
+        from bridge.numbers import _sms_type
+
+        is_sms = _sms_type("FR")
+        differ = [nsn for nsn in (f"{p}{p * 7919 % 100_000:05d}" for p in range(1_000, 10_000))
+                  if is_sms(nsn) != self._by_phonenumbers(33, nsn)]
+        assert differ == []
+        assert is_sms("612345678") and is_sms("734567890")
+        assert not is_sms("123456789") and not is_sms("800123456") and not is_sms("912345678")
+
+    @pytest.mark.parametrize("region", ["FR", "DE", "CH", "NL", "SE", "PL", "BE", "ES", "PT", "JP", "KR", "IE"])
+    def test_an_example_of_every_kind(self, region):
+        """The metadata's own example of each kind (premium, VoIP, pager, voicemail, fixed,
+        mobile...) and its neighbours (other last digit, one digit more or less), in
+        regions with pagers, voicemail and numbers of several lengths."""
+        import phonenumbers
+
+        from bridge.numbers import _sms_type
+
+        nsns = set()
+        for kind in phonenumbers.PhoneNumberType.values():
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                nsn = phonenumbers.national_significant_number(example)
+                nsns |= {nsn, nsn[:-1], nsn + "5", *(nsn[:-1] + d for d in "0123456789")}
+        assert len(nsns) > 30
+        is_sms = _sms_type(region)
+        country_code = phonenumbers.country_code_for_region(region)
+        assert [n for n in sorted(nsns) if n[:1] != "0" and is_sms(n) != self._by_phonenumbers(country_code, n)] == []
