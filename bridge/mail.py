@@ -44,7 +44,7 @@ import binascii
 import codecs
 import email.message
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.policy import default as _DEFAULT_POLICY
 from email.utils import getaddresses
@@ -99,39 +99,44 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     except Exception:  # the parser is lenient, but absurd MIME nesting exhausts recursion:
         message = mime.read_headers(raw)  # keep the top-level headers, give up on the body
         body, source = "", "none"
-    auto = (_header(message, "Auto-Submitted") or "").split(";")[0].strip().lower()
-    precedence = (_header(message, "Precedence") or "").strip().lower()
-    list_headers = ("List-Id", "List-Unsubscribe", "List-Post")
-    bounce = bounce_reason(message)
+    headers = message.first_values()
+    submitted = _header(headers, "auto-submitted")
+    auto = (submitted or "").split(";")[0].strip().lower()
+    precedence = (_header(headers, "precedence") or "").strip().lower()
+    bounce = bounce_reason(message, headers)
     return ParsedMail(
-        subject=_one_line(_decode_words(_header(message, "Subject") or "")),
+        subject=_one_line(_decode_words(_header(headers, "subject") or "")),
         body=body,
-        message_id=_message_id(_header(message, "Message-ID")),
-        sender=_address(_header(message, "Reply-To")) or _address(_header(message, "From")),
+        message_id=_message_id(_header(headers, "message-id")),
+        sender=_address(_header(headers, "reply-to")) or _address(_header(headers, "from")),
         envelope_from=envelope_from,
-        auto_submitted=(_header(message, "Auto-Submitted") is not None and auto != "no") or bounce is not None,
+        auto_submitted=(submitted is not None and auto != "no") or bounce is not None,
         list_mail=precedence in ("bulk", "list", "junk")
-        or any(_header(message, h) is not None for h in list_headers),
-        references=tuple(_ANGLE_ID.findall(_header(message, "References") or "")),
+        or any(h in headers for h in ("list-id", "list-unsubscribe", "list-post")),
+        references=tuple(_ANGLE_ID.findall(_header(headers, "references") or "")),
         body_source=source,
         bounce=bounce,
     )
 
 
-def bounce_reason(message: email.message.Message) -> str | None:
+def bounce_reason(message: email.message.Message, headers: Mapping[str, tuple[str, str]] | None = None
+                  ) -> str | None:
     """Why ``message`` looks like a bounce or a delivery report (never answer one), or None.
 
     RFC 3464 delivery reports are ``multipart/report``; bounces carry ``Return-Path: <>``
     (the null sender, as seen after delivery, e.g. in an IMAP mailbox) or Exim's
-    ``X-Failed-Recipients``, or come from ``MAILER-DAEMON@`` / ``postmaster@``.
+    ``X-Failed-Recipients``, or come from ``MAILER-DAEMON@`` / ``postmaster@``. ``headers``:
+    its ``first_values`` when the caller has them.
     """
+    if headers is None:
+        headers = {name.lower(): (name, value) for name, value in reversed(message.items())}
     if _safely(message.get_content_type, "") == "multipart/report":
         return "multipart/report"
-    if (_header(message, "Return-Path") or "x").strip() in ("<>", ""):
+    if (_header(headers, "return-path") or "x").strip() in ("<>", ""):
         return "return_path_null"
-    if _header(message, "X-Failed-Recipients") is not None:
+    if "x-failed-recipients" in headers:
         return "x_failed_recipients"
-    sender = _address(_header(message, "From")) or ""
+    sender = _address(_header(headers, "from")) or ""
     if sender.rpartition("@")[0].lower() in _BOUNCE_SENDERS:
         return "mailer_daemon"
     return None
@@ -304,15 +309,13 @@ def _safely(call: Callable[[], _T], default: _T) -> _T:
 # --- headers -------------------------------------------------------------------------------
 
 
-def _header(message: email.message.Message, name: str) -> str | None:
-    """The first ``name`` header, unfolded, 8-bit bytes decoded (utf-8, else windows-1252)."""
-    try:
-        value = message.get(name)
-    except Exception:  # the stdlib trips on some broken MIME
+def _header(headers: Mapping[str, tuple[str, str]], name: str) -> str | None:
+    """The first ``name`` (lowercase) header, unfolded, 8-bit bytes decoded (utf-8, else
+    windows-1252)."""
+    found = headers.get(name)
+    if found is None:
         return None
-    if value is None:
-        return None
-    value = str(value)
+    value = str(found[1])
     if not value.isascii():  # raw 8-bit bytes, kept as surrogates by the parser
         value = _decode(value.encode("utf-8", "surrogateescape"), None)
     return _FOLD.sub("", value) if "\n" in value else value

@@ -21,12 +21,12 @@ from email.policy import Compat32
 from typing import Any
 
 
-def read(raw: bytes) -> email.message.Message:
+def read(raw: bytes) -> _IndexedMessage:
     """The message in ``raw`` (the stdlib's parser may raise on absurd nesting)."""
     return _single_part(raw) or email.message_from_bytes(raw, policy=_POLICY)
 
 
-def read_headers(raw: bytes) -> email.message.Message:
+def read_headers(raw: bytes) -> _IndexedMessage:
     """Only the top-level headers of ``raw`` (the body is not parsed), or nothing."""
     try:
         return BytesHeaderParser(policy=_POLICY).parsebytes(raw, headersonly=True)
@@ -48,6 +48,7 @@ class _IndexedMessage(email.message.Message):
     _indexed_length = 0
     _index: dict[str, tuple[str, str]] = {}
     _params: dict[str, Any] = {}
+    _content_type: str | None = None
 
     def _first(self) -> dict[str, tuple[str, str]]:
         headers = self._headers
@@ -56,8 +57,17 @@ class _IndexedMessage(email.message.Message):
             for name, value in headers:
                 index.setdefault(name.lower(), (name, value))
             self._index, self._indexed, self._indexed_length = index, headers, len(headers)
-            self._params = {}
+            self._params, self._content_type = {}, None
         return self._index
+
+    def get_content_type(self) -> str:
+        """The stdlib's answer, worked out once per index when the mail has a Content-Type
+        (reading one mail asks it four times); without one, the default type as it is now."""
+        if "content-type" not in self._first():
+            return self.get_default_type()
+        if self._content_type is None:
+            self._content_type = super().get_content_type()
+        return self._content_type
 
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
         """The stdlib's parameter list of ``header``, parsed once per header (the charset,
@@ -76,6 +86,11 @@ class _IndexedMessage(email.message.Message):
     def get(self, name: str, failobj: Any = None) -> Any:
         found = self._first().get(name.lower())
         return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+    def first_values(self) -> dict[str, tuple[str, str]]:
+        """The first (name, value) of each header by lowercased name, as ``get`` finds them
+        with this module's policy (the index itself: not to be changed)."""
+        return self._first()
 
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._first()
@@ -123,15 +138,16 @@ _FIELD = re.compile(r"[\041-\071\073-\176]+:")  # a field name (RFC 5322 ftext),
 _OTHER_BREAKS = re.compile(r"[\r\v\f\x1c-\x1e]")  # where str.splitlines (and the stdlib parser) also break
 
 
-def _single_part(raw: bytes) -> email.message.Message | None:
+def _single_part(raw: bytes) -> _IndexedMessage | None:
     """The message the stdlib's parser makes of ``raw`` when it is a plain one-part mail
     (what scripts, monitoring and most clients send), without its line-by-line feed;
     None for anything else (multipart, message/*, a Unix ``From `` line, a header line
     it would call a defect, no blank line before the body), which takes the stdlib's way.
 
     Same text, same steps: decoded as ASCII with surrogate escapes, each field as
-    ``header_source_parse`` reads its lines (folds and line ends kept), the rest after
-    the blank line as the payload. ``tests/test_mime.py`` checks both ways agree.
+    compat32's ``header_source_parse`` reads its lines (the name up to the first ":", the
+    value's leading blanks and trailing line end dropped, folds kept), added as
+    ``set_raw`` adds it, the rest after the blank line as the payload. ``tests/test_mime.py`` checks both ways agree.
     """
     text = raw.decode("ascii", "surrogateescape")
     ends = [i for i in (text.find("\n\n"), text.find("\n\r\n")) if i >= 0]
@@ -141,19 +157,22 @@ def _single_part(raw: bytes) -> email.message.Message | None:
     block = text[:end]
     if _OTHER_BREAKS.search(block.replace("\r\n", "")):
         return None
-    fields: list[list[str]] = []
+    message = _IndexedMessage(policy=_POLICY)
+    headers = message._headers  # what ``set_raw`` appends to
+    name = value = ""
     for line in block.splitlines(True):
         if line[0] in " \t":
-            if not fields:
+            if not name:
                 return None
-            fields[-1].append(line)
+            value += line
         elif line.startswith("From ") or not _FIELD.match(line):
             return None
         else:
-            fields.append([line])
-    message = _IndexedMessage(policy=_POLICY)
-    for lines in fields:
-        message.set_raw(*_POLICY.header_source_parse(lines))
+            if name:
+                headers.append((name, value.rstrip("\r\n")))
+            name, _, value = line.partition(":")
+            value = value.lstrip(" \t")
+    headers.append((name, value.rstrip("\r\n")))
     if message.get_content_maintype() in ("multipart", "message"):
         return None
     message.set_payload(text[end + (1 if text[end] == "\n" else 2):])

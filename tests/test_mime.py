@@ -34,6 +34,8 @@ class TestHeaderIndex:
             assert ours.get_params() == plain.get_params()
             assert ours.get_params(header="content-disposition") == plain.get_params(header="content-disposition")
             assert ours.get_filename() == plain.get_filename()
+            assert ours.get_content_type() == plain.get_content_type()
+            assert ours.get_content_maintype() == plain.get_content_maintype()
 
         ours.get_params(unquote=False).append(("x", "y"))  # a caller's copy: the next read is unchanged
 
@@ -47,6 +49,14 @@ class TestHeaderIndex:
             message.add_header("Content-Disposition", "inline", filename="a.txt")
         same()
         assert ours.get("subject") == "three" and ours.get_content_charset() == "iso-8859-1"
+        for message in (ours, plain):
+            message.set_type("text/html")
+        same()
+        for message in (ours, plain):
+            del message["Content-Type"]
+            message.set_default_type("message/rfc822")
+        same()
+        assert ours.get_content_type() == "message/rfc822"
 
 
 class TestParameters:
@@ -70,7 +80,7 @@ class TestParameters:
 
 _GOOD = ["Subject", "From", "To", "Content-Type", "Content-Transfer-Encoding", "X-A", "MIME-Version"]
 _NAMES = st.sampled_from(_GOOD * 4 + ["From ", "", " ", "\tX", "Bad Name", "\u00dc"])
-_VALUES = st.sampled_from([" x", " a b", " text/plain; charset=utf-8", " TEXT/HTML", " \u00e9", " =?utf-8?q?a?="] * 4
+_VALUES = st.sampled_from([" x", "\tx", " a b", " text/plain; charset=utf-8", " TEXT/HTML", " \u00e9", " =?utf-8?q?a?="] * 4
                           + ["", " multipart/mixed; boundary=b", " message/rfc822", " a\x0cb", " a\rb", " a\x1cb",
                              ": x"])
 _ENDS = st.sampled_from(["\r\n", "\n"] * 6 + ["\r"])
