@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -73,13 +73,15 @@ def transition(
     where_args: Sequence[Any] = (),
     sets: str = "",
     set_args: Sequence[Any] = (),
-) -> dict[int, sqlite3.Row]:
-    """Compare-and-set: the rows of ``ids`` that are in ``sources`` (and match ``where``).
+) -> set[int]:
+    """Compare-and-set: the ids of ``ids`` that were in ``sources`` (and matched ``where``).
 
     Raises ``IllegalTransition`` when a source -> target is not in the table. Moves the
-    matching jobs to ``target`` in one ``UPDATE ... RETURNING``, with the assignments of
-    ``sets`` (``", column=?"``, values in ``set_args``), and returns their id, login, cost
-    and created_at; the others are left alone for the caller to report.
+    matching jobs to ``target`` in one ``UPDATE``, with the assignments of ``sets``
+    (``", column=?"``, values in ``set_args``), and returns their ids; the others are left
+    alone for the caller to report. One id (a one-number call, a report) is told by the
+    statement's row count; more by ``RETURNING id``, which costs SQLite a temporary table
+    per statement (measured: 14.5 against 8.1 us for a one-row update).
     """
     ids = list(ids)
     try:
@@ -88,14 +90,23 @@ def transition(
         log.error("illegal_transition", error=str(exc), job_ids=ids[:20])
         raise
     if not ids:
-        return {}
+        return set()
     states = [s.value for s in sources]
-    rows = conn.execute(
-        f"UPDATE jobs SET state=?, updated_at=?{sets} WHERE id IN ({marks(ids)}) "
-        f"AND state IN ({marks(states)}){where} RETURNING id, login, cost, created_at",
-        (target.value, now, *set_args, *ids, *states, *where_args),
-    ).fetchall()
-    return {row["id"]: row for row in rows}
+    update = (f"UPDATE jobs SET state=?, updated_at=?{sets} WHERE id IN ({marks(ids)}) "
+              f"AND state IN ({marks(states)}){where}")
+    args = (target.value, now, *set_args, *ids, *states, *where_args)
+    if len(ids) == 1:
+        return set(ids) if conn.execute(update, args).rowcount else set()
+    return {row[0] for row in conn.execute(update + " RETURNING id", args)}
+
+
+def charges(conn: sqlite3.Connection, ids: Collection[int]) -> dict[int, tuple[str, int]]:
+    """(login, cost) of each of ``ids``: what a refund or a new debit of these jobs moves."""
+    if not ids:
+        return {}
+    ids = list(ids)
+    return {row[0]: (row[1], row[2]) for row in
+            conn.execute(f"SELECT id, login, cost FROM jobs WHERE id IN ({marks(ids)})", ids)}
 
 
 def balance(conn: sqlite3.Connection, login: str) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
 from bridge.store.protocol import CallPlan
-from bridge.store.sql import JOB_SELECT, job_of, marks, move, queue_reply, transition
+from bridge.store.sql import JOB_SELECT, charges, job_of, marks, move, queue_reply, transition
 
 
 
@@ -104,10 +104,11 @@ def _settle(conn, group: Sequence[Settlement], sources, now: float, lease_until:
             conn.executemany(f"UPDATE jobs SET {sets[2:]} WHERE id=?",
                              [(*_columns(i, now, lease_until)[1], i.job_id) for i in done])
     if state is S.FAILED:
+        charged = charges(conn, matched)
         for item in group:
-            row = matched.get(item.job_id)
-            if row is not None:
-                move(conn, row["login"], row["cost"], "refund", item.job_id, now)
+            if item.job_id in matched:
+                login, cost = charged[item.job_id]
+                move(conn, login, cost, "refund", item.job_id, now)
                 if item.reply is not None:
                     queue_reply(conn, item.reply, now)
     return [i.job_id for i in group if i.job_id not in matched]
@@ -156,25 +157,24 @@ def sweep(conn, now: float, dead_owners: Sequence[str]) -> tuple[list[int], list
 
 def requeue(conn, job_id: int, now: float) -> bool:
     """Operator: send a ``failed`` or ``unknown`` job again (re-debiting a refund)."""
-    row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+    row = conn.execute("SELECT state, login, cost FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None or row["state"] not in (S.FAILED.value, S.UNKNOWN.value):
         return False
-    taken = transition(conn, [job_id], S.QUEUED, S(row["state"]), now)
-    if not taken:
+    if not transition(conn, [job_id], S.QUEUED, S(row["state"]), now):
         return False
     if row["state"] == S.FAILED.value:
-        move(conn, taken[job_id]["login"], -taken[job_id]["cost"], "debit", job_id, now)
+        move(conn, row["login"], -row["cost"], "debit", job_id, now)
     conn.execute("UPDATE jobs SET next_attempt_at=?, client_ref=NULL WHERE id=?", (now, job_id))
     return True
 
 
 def cancel(conn, job_id: int, now: float) -> bool:
     """Operator: a ``queued`` job is not sent after all; its credit is refunded."""
-    taken = transition(conn, [job_id], S.CANCELLED, S.QUEUED, now)
-    if not taken:
+    if not transition(conn, [job_id], S.CANCELLED, S.QUEUED, now):
         return False
     conn.execute("UPDATE jobs SET last_error='cancelled by the operator' WHERE id=?", (job_id,))
-    move(conn, taken[job_id]["login"], taken[job_id]["cost"], "refund", job_id, now)
+    login, cost = charges(conn, [job_id])[job_id]
+    move(conn, login, cost, "refund", job_id, now)
     return True
 
 
