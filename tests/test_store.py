@@ -8,6 +8,7 @@ The few tests of SQLite's own machinery (WAL, group commit) use ``sqlite_store``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -321,6 +322,24 @@ class TestClaimSeesOptOuts:
         jobs = {j.number: j for j in await store.claim("me", 3, 10, 60)}
         assert jobs["+33612121515"].suppressed is None
         assert jobs["+33612121516"].suppressed == "opted out (STOP)"
+
+
+    async def test_a_claimed_job_carries_what_was_committed(self, store):
+        """Every field of a claimed job, as read from the claim's row (by position), is what
+        intake committed; the mail's subject is not read by a claim."""
+        extra = dict(message_id="mid@example.org")
+        jobs = (NewJob(number="+33612121515", text="the text", sender="SENDER", parts=2, cost=4, unicode=True,
+                       low_cost=False, category="marketing"),)
+        committed = await store.commit(dataclasses.replace(plan("k"), jobs=jobs, **extra), 5.0)
+        (job,) = await store.claim("me", 6.0, 10, 60)
+        assert (job.id, job.login, job.number, job.text, job.sender, job.parts, job.cost) == (
+            committed.job_ids[0], "a", "+33612121515", "the text", "SENDER", 2, 4)
+        assert (job.unicode, job.low_cost, job.attempts, job.created_at, job.next_attempt_at) == (
+            True, False, 0, 5.0, 5.0)
+        assert (job.provider, job.provider_message_id, job.last_error, job.client_ref, job.called_at) == (
+            None, None, None, None, None)
+        assert (job.message_id, job.reply_to, job.category, job.suppressed, job.subject) == (
+            "mid@example.org", "alice@example.org", "marketing", None, None)
 
 
 class TestClaimRecordsCalls:

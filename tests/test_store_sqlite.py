@@ -107,3 +107,42 @@ async def test_the_daily_caps_read_indexes_not_the_accounts_rows(tmp_path):
             assert all(index in details for index in used) and "B-TREE" not in details, details
     finally:
         await store.close()
+
+
+async def test_jobs_read_by_position_are_the_jobs_read_by_name(tmp_path):
+    """``job_of`` reads ``JOB_SELECT`` and ``THREAD_SELECT`` rows by position; every field of
+    the ``Job`` it makes is the column of the same name, for a job whose every column
+    differs from the others."""
+    import dataclasses
+
+    from bridge.model import Job
+    from bridge.store.sql import JOB_SELECT, THREAD_SELECT, job_of
+
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        def write(conn):
+            conn.execute("INSERT INTO messages (id, key, message_id, login, reply_to, summary, outcome, received_at) "
+                         "VALUES (7, 'k', 'mid@x', 'acct', 'reply@x', 'acct@***|+33612345678', 'accepted', 1.5)")
+            conn.execute(
+                "INSERT INTO jobs (id, message, login, number, text, sender, parts, cost, unicode, low_cost, state, "
+                "attempts, created_at, next_attempt_at, updated_at, provider, provider_message_id, last_error, "
+                "category, client_ref, called_at, lease_owner, lease_until, nseq, lseq) VALUES (42, 7, 'acct', "
+                "'+33612345678', 'the text', 'SENDER', 3, 9, 1, 0, 'calling', 2, 10.0, 11.0, 12.0, 'prov', 'pmid', "
+                "'an error', 'marketing', 'ref-1', 13.0, 'owner', 14.0, 1, 1)")
+        await store.write(write)
+        names = {"message_id": "mail_message_id", "reply_to": "mail_reply_to", "subject": "mail_summary"}
+        for select in (JOB_SELECT, THREAD_SELECT):
+            row = await store.read(lambda c, select=select: c.execute(f"{select} WHERE j.id=42").fetchone())
+            job = job_of(row)
+            for field in dataclasses.fields(Job):
+                column = names.get(field.name, field.name)
+                expected = row[column] if column in row.keys() else None
+                if field.name in ("unicode", "low_cost"):
+                    expected = bool(expected)
+                elif field.name == "state":
+                    expected = JobState(expected)
+                assert getattr(job, field.name) == expected, field.name
+            assert job.subject == ("acct@***|+33612345678" if select is THREAD_SELECT else None)
+            assert (job.unicode, job.low_cost, job.state) == (True, False, JobState.CALLING)
+    finally:
+        await store.close()

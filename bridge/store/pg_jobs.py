@@ -20,7 +20,7 @@ from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, IllegalTransition, Job, JobState as S, Settlement, check_transition
 from bridge.store.pg_sql import Params, log, move, queue_reply, transition
 from bridge.store.protocol import CallPlan
-from bridge.store.sql import job_of
+from bridge.store.sql import JOB_COLUMNS, job_of
 
 
 _FREE = ", lease_owner=NULL, lease_until=NULL"
@@ -68,7 +68,7 @@ async def _claim(conn: asyncpg.Connection, owner: str, now: float, limit: int, l
         f"taken AS (UPDATE jobs j SET state = {p(S.CLAIMED.value)}, updated_at = {p(now)}::float8, "
         f"lease_owner = {p(owner)}, lease_until = {p(lease_until)}::float8 FROM picked "
         f"WHERE j.id = picked.id AND j.state = ANY({p(sorted(x.value for x in sources))}::text[]) RETURNING j.*) "
-        "SELECT t.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to, "
+        f"SELECT {JOB_COLUMNS.format(j='t')}, NULL AS mail_summary, "
         "ARRAY(SELECT o.sender FROM optouts o WHERE o.number = t.number) AS optout_senders "
         "FROM taken t JOIN messages m ON m.id = t.message ORDER BY t.next_attempt_at, t.id", *p.args)
     # Opt-outs since intake come with the claim (same statement), not one more round trip per call.

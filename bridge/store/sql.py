@@ -13,49 +13,29 @@ from bridge.status_mail import reply_cap_keys
 
 log = structlog.get_logger("bridge.store")
 
-JOB_SELECT = (
-    "SELECT j.*, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to "
-    "FROM jobs j JOIN messages m ON m.id = j.message"
+#: A job with its mail's Message-ID and reply address, the jobs table as ``{j}`` and its
+#: mail as ``m``: the columns in ``Job``'s field order up to ``called_at`` (``job_of`` reads
+#: them by position: a lookup by name scans every column's name), then the mail's id and
+#: ``updated_at`` for the history; a query may add the mail's subject as column 23.
+JOB_COLUMNS = (
+    "{j}.id, {j}.login, {j}.number, {j}.text, {j}.sender, {j}.parts, {j}.cost, {j}.unicode, {j}.low_cost, "
+    "{j}.state, {j}.attempts, {j}.created_at, {j}.next_attempt_at, {j}.provider, {j}.provider_message_id, "
+    "{j}.last_error, m.message_id AS mail_message_id, m.reply_to AS mail_reply_to, {j}.category, "
+    "{j}.client_ref, {j}.called_at, {j}.message, {j}.updated_at"
 )
+JOB_SELECT = f"SELECT {JOB_COLUMNS.format(j='j')} FROM jobs j JOIN messages m ON m.id = j.message"
 #: ``JOB_SELECT`` with the mail's (redacted) subject, for mails in the thread (webhooks);
 #: claims do not read it.
 THREAD_SELECT = JOB_SELECT.replace(" FROM jobs", ", m.summary AS mail_summary FROM jobs", 1)
+_SUBJECT = 23  # where THREAD_SELECT puts it
+_STATES = {state.value: state for state in JobState}
 
 
 def job_of(row: sqlite3.Row) -> Job:
-    """A ``Job`` from a ``JOB_SELECT`` row."""
-    return Job(
-        id=row["id"],
-        login=row["login"],
-        number=row["number"],
-        text=row["text"],
-        sender=row["sender"],
-        parts=row["parts"],
-        cost=row["cost"],
-        unicode=bool(row["unicode"]),
-        low_cost=bool(row["low_cost"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        next_attempt_at=row["next_attempt_at"],
-        provider=row["provider"],
-        provider_message_id=row["provider_message_id"],
-        last_error=row["last_error"],
-        message_id=row["mail_message_id"],
-        reply_to=row["mail_reply_to"],
-        category=row["category"],
-        client_ref=row["client_ref"],
-        called_at=row["called_at"],
-        subject=_optional(row, "mail_summary"),
-    )
-
-
-def _optional(row: Any, column: str) -> Any:
-    """``row[column]``, or None when the query did not select it (claims do not)."""
-    try:
-        return row[column]
-    except (IndexError, KeyError):
-        return None
+    """A ``Job`` from a row of ``JOB_COLUMNS`` (``JOB_SELECT``, ``THREAD_SELECT``), SQLite's or
+    PostgreSQL's."""
+    return Job(*row[:7], bool(row[7]), bool(row[8]), _STATES[row[9]], *row[10:21],
+               subject=row[_SUBJECT] if len(row) > _SUBJECT else None)
 
 
 def marks(values: Sequence[Any]) -> str:

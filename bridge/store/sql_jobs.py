@@ -39,21 +39,19 @@ def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: S
         "ORDER BY j.next_attempt_at, j.id LIMIT ?",
         (now, *only, limit),
     ).fetchall()
-    taken = transition(conn, [r["id"] for r in rows], S.CLAIMED, S.QUEUED, now,
+    taken = transition(conn, [r[0] for r in rows], S.CLAIMED, S.QUEUED, now,
                        sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
-    if not taken:
+    jobs = [job_of(row) for row in rows if row[0] in taken]
+    if not jobs:
         return []
     # Opt-outs since intake, read here rather than with one more round trip per call.
-    numbers = sorted({r["number"] for r in rows if r["id"] in taken})
+    numbers = sorted({job.number for job in jobs})
     optouts = frozenset((n, s) for n, s in conn.execute(
         f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)})", numbers))
-    jobs = []
-    for row in rows:
-        if row["id"] in taken:
-            reason = rules.optout_reason(optouts, row["number"], row["sender"]) if optouts else None
-            job = job_of(row)
-            jobs.append(dataclasses.replace(job, suppressed=reason) if reason else job)
-    return jobs
+    if not optouts:
+        return jobs
+    reasons = [rules.optout_reason(optouts, job.number, job.sender) for job in jobs]
+    return [dataclasses.replace(job, suppressed=reason) if reason else job for job, reason in zip(jobs, reasons)]
 
 
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
