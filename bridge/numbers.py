@@ -96,49 +96,65 @@ def _french_mobile(compact: str, region: str) -> str | None:
     found = _FRENCH.fullmatch(compact)
     if found is None or not (region == "FR" or compact.startswith("+")):
         return None
-    return f"+33{found[1]}" if _sms_type("FR")(found[1]) else None
+    return f"+33{found[1]}" if _sms_type("FR", 9)(found[1]) else None
 
 
 @lru_cache(maxsize=None)
-def _sms_type(region: str) -> Callable[[str], bool]:
-    """Whether a national significant number of ``region`` is of an SMS type, answered as
-    ``phonenumbers.number_type`` would (``_number_type_helper``: the same patterns, lengths
-    and order, from the same metadata), with each pattern compiled once. ``number_type``
-    finds every pattern again by its text, a dozen per number: four fifths of the cost of
-    a French number not seen before. ``tests/test_numbers.py`` holds the two together."""
+def _sms_type(region: str, length: int) -> Callable[[str], bool]:
+    """Whether a national significant number of ``region``, ``length`` digits long, is of an
+    SMS type, answered as ``phonenumbers.number_type`` would (``_number_type_helper``: the
+    same patterns, lengths and order, from the same metadata), with the patterns compiled
+    once. ``number_type`` finds a dozen patterns again by their text for every number: four
+    fifths of the cost of a French number not seen before. The kinds a number of this
+    length cannot be are left out, and kinds in a row with the same answer are one pattern
+    (premium, toll free, shared cost, VoIP, personal: never SMS). ``tests/test_numbers.py``
+    holds the two together."""
     meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    general = _desc_test(meta.general_desc)
-    # the first of these that matches decides (premium, toll free... are never SMS)
-    ordered = [(test, answer) for test, answer in (
-        (_desc_test(meta.premium_rate), False), (_desc_test(meta.toll_free), False),
-        (_desc_test(meta.shared_cost), False), (_desc_test(meta.voip), False),
-        (_desc_test(meta.personal_number), False), (_desc_test(meta.pager), True),
-        (_desc_test(meta.uan), False), (_desc_test(meta.voicemail), False)) if test is not None]
-    fixed, mobile = _desc_test(meta.fixed_line), _desc_test(meta.mobile)
+
+    def pattern(desc: Any) -> str | None:
+        """The desc's pattern when a number of this length may match it, else None."""
+        if desc is None or not desc.national_number_pattern:
+            return None
+        if desc.possible_length and length not in desc.possible_length:
+            return None
+        return desc.national_number_pattern
+
+    general = pattern(meta.general_desc)
+    if general is None:
+        return lambda nsn: False  # UNKNOWN
+    steps: list[tuple[list[str], bool]] = []  # the first that matches decides
+    for desc, answer in ((meta.premium_rate, False), (meta.toll_free, False), (meta.shared_cost, False),
+                         (meta.voip, False), (meta.personal_number, False), (meta.pager, True),
+                         (meta.uan, False), (meta.voicemail, False)):
+        found = pattern(desc)
+        if found is not None and steps and steps[-1][1] is answer:
+            steps[-1][0].append(found)
+        elif found is not None:
+            steps.append(([found], answer))
+    in_order = [(_fullmatch(patterns), answer) for patterns, answer in steps]
+    general_match = _fullmatch([general])
+    fixed, mobile = pattern(meta.fixed_line), pattern(meta.mobile)
+    fixed_match = _fullmatch([fixed]) if fixed else None
+    mobile_match = _fullmatch([mobile]) if mobile else None
     same = bool(meta.same_mobile_and_fixed_line_pattern)
 
-    def matches(test: tuple[frozenset[int], Callable[[str], Any]] | None, nsn: str) -> bool:
-        return test is not None and (not test[0] or len(nsn) in test[0]) and test[1](nsn) is not None
-
     def is_sms(nsn: str) -> bool:
-        if not matches(general, nsn):
+        if general_match(nsn) is None:
             return False  # UNKNOWN
-        for test, answer in ordered:
-            if matches(test, nsn):
+        for match, answer in in_order:
+            if match(nsn) is not None:
                 return answer
-        if matches(fixed, nsn):  # FIXED_LINE_OR_MOBILE, else FIXED_LINE
-            return same or matches(mobile, nsn)
-        return not same and matches(mobile, nsn)  # MOBILE, else UNKNOWN
+        is_mobile = mobile_match is not None and mobile_match(nsn) is not None
+        if fixed_match is not None and fixed_match(nsn) is not None:
+            return same or is_mobile  # FIXED_LINE_OR_MOBILE, else FIXED_LINE
+        return not same and is_mobile  # MOBILE, else UNKNOWN
 
     return is_sms
 
 
-def _desc_test(desc: Any) -> tuple[frozenset[int], Callable[[str], Any]] | None:
-    """(possible lengths, the pattern's fullmatch) of a metadata ``PhoneNumberDesc``; None
-    when it matches nothing (absent, or an empty pattern)."""
-    if desc is None or not desc.national_number_pattern:
-        return None
-    return frozenset(desc.possible_length), re.compile(desc.national_number_pattern).fullmatch
+def _fullmatch(patterns: list[str]) -> Callable[[str], Any]:
+    """``fullmatch`` of any of ``patterns``."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns)).fullmatch
 
 
 def _parse(compact: str, region: str) -> tuple[phonenumbers.PhoneNumber, PhoneNumberType]:
