@@ -20,9 +20,10 @@ goes back to ``queued`` by itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 from bridge.errors import BridgeError
 
@@ -153,10 +154,24 @@ class Job:
     suppressed: str | None = None              # set at claim: why the number may not be texted now
     subject: str | None = None                 # the mail's subject, API key hidden (threaded mails)
 
+    @classmethod
+    def of(cls, values: Iterable[Any]) -> Job:
+        """The job of every field's value in field order, built without running ``__init__``:
+        a frozen dataclass sets each of its 23 fields through ``object.__setattr__`` (3.5 us
+        against 1.5 us), and a claim makes one or two jobs per row, hundreds for a bulk mail."""
+        job = object.__new__(cls)
+        job.__dict__.update(zip(_JOB_FIELDS, values, strict=True))
+        return job
+
     def calling(self, provider: str, client_ref: str) -> Job:
         """This job as its call was recorded (``claimed -> calling``): what ``dataclasses.replace``
-        gives, without its look at every field (a claim makes one per job)."""
-        return Job(**{**self.__dict__, "state": JobState.CALLING, "provider": provider, "client_ref": client_ref})
+        gives, built as ``of`` builds a job (a claim makes one per job called)."""
+        job = object.__new__(Job)
+        job.__dict__.update(self.__dict__, state=JobState.CALLING, provider=provider, client_ref=client_ref)
+        return job
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 @dataclass(frozen=True)

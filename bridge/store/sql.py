@@ -34,8 +34,8 @@ _STATES = {state.value: state for state in JobState}
 def job_of(row: sqlite3.Row) -> Job:
     """A ``Job`` from a row of ``JOB_COLUMNS`` (``JOB_SELECT``, ``THREAD_SELECT``), SQLite's or
     PostgreSQL's."""
-    return Job(*row[:7], bool(row[7]), bool(row[8]), _STATES[row[9]], *row[10:21],
-               subject=row[_SUBJECT] if len(row) > _SUBJECT else None)
+    return Job.of((*row[:7], bool(row[7]), bool(row[8]), _STATES[row[9]], *row[10:21],
+                   None, row[_SUBJECT] if len(row) > _SUBJECT else None))  # suppressed, subject
 
 
 def marks(values: Sequence[Any]) -> str:
