@@ -182,6 +182,9 @@ class Metrics:
         """
         by_id = {job.id: job for job in jobs}
         skipped = set(refused)
+        outcomes: dict[str, int] = {}
+        parts = 0
+        refunds: dict[str, int] = {}
         for item in items:
             job = by_id.get(item.job_id)
             if job is None or item.job_id in skipped:
@@ -191,11 +194,18 @@ class Metrics:
             outcome = _CALL_OUTCOME.get(item.state)
             if outcome is None:
                 continue
-            self._of(self.sms, provider or NO_PROVIDER, outcome).inc()
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if item.state is JobState.SENT and provider:
-                self._of(self.parts, provider).inc(job.parts)
+                parts += job.parts
             elif item.state is JobState.FAILED and job.cost:
-                self._of(self.refunded, job.login).inc(job.cost)
+                refunds[job.login] = refunds.get(job.login, 0) + job.cost
+        # added up first: a bulk call settles hundreds of jobs, each series moves once
+        for outcome, count in outcomes.items():
+            self._of(self.sms, provider or NO_PROVIDER, outcome).inc(count)
+        if parts:
+            self._of(self.parts, provider).inc(parts)
+        for login, cost in refunds.items():
+            self._of(self.refunded, login).inc(cost)
 
     def reply(self, result: str) -> None:
         """One status mail handed to the relay: ``sent``, ``retried`` (later) or ``failed``."""

@@ -160,3 +160,29 @@ async def _count_state(bridge, state: str, count: int) -> bool:
 async def _scraped_when(bridge, name: str, expected: float, **labels: str) -> dict | None:
     found = await scrape(bridge)
     return found if value(found, name, **labels) == expected else None
+
+
+class TestSettledCounts:
+    def test_a_bulk_call_counts_every_job(self):
+        """One call settling many jobs moves each series by the sum of its jobs: SMS per
+        outcome, parts sent, credits refunded per account; jobs another writer settled
+        (refused by the store) count nothing."""
+        from bridge.metrics import Metrics
+        from bridge.model import Job, JobState, Settlement
+
+        def job(i: int, login: str, parts: int, cost: int) -> Job:
+            return Job(i, login, f"+3361234567{i}", "t", None, parts, cost, False, False, JobState.CALLING, 1, 1.0, 1.0)
+
+        jobs = [job(1, "a", 2, 2), job(2, "a", 3, 3), job(3, "a", 1, 4), job(4, "a", 1, 5), job(5, "b", 1, 6),
+                job(6, "b", 9, 9)]
+        items = [Settlement(1, JobState.SENT), Settlement(2, JobState.SENT), Settlement(3, JobState.FAILED, "no"),
+                 Settlement(4, JobState.FAILED, "no"), Settlement(5, JobState.FAILED, "no"),
+                 Settlement(6, JobState.SENT)]
+        metrics = Metrics(["p"], ["a", "b"])
+        metrics.settled("p", jobs, items, refused=[6])
+        found = samples(metrics.render().decode())
+        assert value(found, "mail2sms_sms_total", provider="p", outcome="sent") == 2
+        assert value(found, "mail2sms_sms_total", provider="p", outcome="failed") == 3
+        assert value(found, "mail2sms_sms_parts_total", provider="p") == 5
+        assert value(found, "mail2sms_credits_refunded_total", account="a") == 9
+        assert value(found, "mail2sms_credits_refunded_total", account="b") == 6
