@@ -147,7 +147,8 @@ def _single_part(raw: bytes) -> _IndexedMessage | None:
     Same text, same steps: decoded as ASCII with surrogate escapes, each field as
     compat32's ``header_source_parse`` reads its lines (the name up to the first ":", the
     value's leading blanks and trailing line end dropped, folds kept), added as
-    ``set_raw`` adds it, the rest after the blank line as the payload. ``tests/test_mime.py`` checks both ways agree.
+    ``set_raw`` adds it, the rest after the blank line as the payload.
+    ``tests/test_mime.py`` checks both ways agree.
     """
     text = raw.decode("ascii", "surrogateescape")
     ends = [i for i in (text.find("\n\n"), text.find("\n\r\n")) if i >= 0]
