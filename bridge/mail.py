@@ -119,17 +119,14 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> ParsedMail:
     )
 
 
-def bounce_reason(message: email.message.Message, headers: Mapping[str, tuple[str, str]] | None = None
-                  ) -> str | None:
+def bounce_reason(message: email.message.Message, headers: Mapping[str, tuple[str, str]]) -> str | None:
     """Why ``message`` looks like a bounce or a delivery report (never answer one), or None.
 
     RFC 3464 delivery reports are ``multipart/report``; bounces carry ``Return-Path: <>``
     (the null sender, as seen after delivery, e.g. in an IMAP mailbox) or Exim's
     ``X-Failed-Recipients``, or come from ``MAILER-DAEMON@`` / ``postmaster@``. ``headers``:
-    its ``first_values`` when the caller has them.
+    the message's ``first_values``.
     """
-    if headers is None:
-        headers = {name.lower(): (name, value) for name, value in reversed(message.items())}
     if _safely(message.get_content_type, "") == "multipart/report":
         return "multipart/report"
     if (_header(headers, "return-path") or "x").strip() in ("<>", ""):
