@@ -455,6 +455,30 @@ class TestStateMachine:
         assert (await store.job(a)).provider_message_id == "M1"
         assert (await store.balances())["a"] == 8
 
+    async def test_each_job_of_a_bulk_call_keeps_its_own_outcome(self, store):
+        """A bulk call's jobs sharing the call's one id, jobs with ids and errors of their own,
+        and a job of another call in the same settle: each ends with its own columns."""
+        numbers = tuple(f"+3361212150{k}" for k in range(7))
+        ids = (await store.commit(plan("k", numbers=numbers), 1)).job_ids
+        await store.claim("me", 2, 10, 60)
+        await store.start_call("me", ids[:6], "p", "r", 3, 60)
+        await store.start_call("me", ids[6:], "p", "other", 3, 60)
+        assert await store.settle_call("r", [Settlement(i, S.SENT, provider_message_id="CALL") for i in ids[:2]],
+                                       4, 60) == []
+        refused = await store.settle_call("r", [
+            Settlement(ids[2], S.SENT, provider_message_id="M2"),
+            Settlement(ids[3], S.SENT, provider_message_id="M3"),
+            Settlement(ids[4], S.FAILED, "invalid number"),
+            Settlement(ids[5], S.FAILED, "blacklisted"),
+            Settlement(ids[6], S.SENT, provider_message_id="M6"),   # called as "other": refused
+        ], 5, 60)
+        assert refused == [ids[6]]
+        got = {i: await store.job(i) for i in ids}
+        assert [(got[i].state, got[i].provider_message_id, got[i].last_error) for i in ids] == [
+            (S.SENT, "CALL", None), (S.SENT, "CALL", None), (S.SENT, "M2", None), (S.SENT, "M3", None),
+            (S.FAILED, None, "invalid number"), (S.FAILED, None, "blacklisted"), (S.CALLING, None, None)]
+        assert await store.lease_owners() == ["me"]   # the refused job's lease only
+
     async def test_a_job_that_may_be_out_never_goes_back_to_the_queue(self, store):
         """Settling a calling or unknown job as queued from the wrong state is refused by the CAS."""
         job = await one_job(store)

@@ -87,20 +87,20 @@ def _settle(conn, group: Sequence[Settlement], sources, now: float, lease_until:
     """Move ``group`` (one target state) from ``sources`` with the columns that go with that
     state; refund and status mail for ``failed``. Returns the ids refused.
 
-    One job (the usual one-number call) is one ``UPDATE``; more are one ``UPDATE`` for the
-    states and one ``executemany`` for the columns (a bulk call settles hundreds of jobs).
+    Jobs whose columns take the same values (one job; a bulk call's, which share the call's
+    message id) are one ``UPDATE``; otherwise one ``UPDATE`` for the states and one
+    ``executemany`` for each job's columns (a bulk call settles hundreds of jobs).
     """
     state = group[0].state
-    if len(group) == 1:
-        sets, args = _columns(group[0], now, lease_until)
-        matched = transition(conn, [group[0].job_id], state, sources, now, where, where_args, sets, args)
+    sets, args = _columns(group[0], now, lease_until)
+    ids = [i.job_id for i in group]
+    values = [_columns(i, now, lease_until)[1] for i in group] if len(group) > 1 else [args]
+    if values.count(args) == len(values):
+        matched = transition(conn, ids, state, sources, now, where, where_args, sets, args)
     else:
-        matched = transition(conn, [i.job_id for i in group], state, sources, now, where, where_args)
-        done = [i for i in group if i.job_id in matched]
-        if done:
-            sets, _ = _columns(done[0], now, lease_until)
-            conn.executemany(f"UPDATE jobs SET {sets[2:]} WHERE id=?",
-                             [(*_columns(i, now, lease_until)[1], i.job_id) for i in done])
+        matched = transition(conn, ids, state, sources, now, where, where_args)
+        conn.executemany(f"UPDATE jobs SET {sets[2:]} WHERE id=?",
+                         [(*v, i) for i, v in zip(ids, values) if i in matched])
     if state is S.FAILED:
         charged = charges(conn, matched)
         for item in group:
