@@ -7,20 +7,18 @@ import time
 
 from bridge.model import JobState, Limits, NewJob, Plan, Settlement
 from bridge.store import SqliteStore
-from bridge.store.sql_intake import DAY_COUNT_SQL, DAY_SPEND_SQL, per_number_sql, reads_sql
+from bridge.store.sql_intake import DAY_COUNT_SQL, DAY_SPEND_SQL, reads_sql
 
 
 async def test_the_hourly_cap_is_read_by_number_not_by_account(tmp_path):
-    """With a large backlog for one account, the per-number cap query uses the number's
-    indexes (seeks), never the account's index (the whole backlog) nor a sort; so does the
-    one statement of the intake's reads that holds it, with the duplicate check and the
-    opt-outs on their keys."""
+    """With a large backlog for one account, the per-number cap in the one statement of the
+    intake's reads uses the number's indexes (seeks), never the account's index (the whole
+    backlog) nor a sort; so do the duplicate check and the opt-outs, on their keys."""
     store = await SqliteStore.open(tmp_path / "s.db")
     try:
         now, numbers = time.time(), [f"+3361{i:07d}" for i in range(100)]
-        for sql, args in ((per_number_sql(len(numbers)), (now - 3600, "a", *numbers)),
-                          (reads_sql(len(numbers), 1, True, False, False),
-                           ("a", now - 86400, now - 3600, "", *numbers, "key"))):
+        for sql, args in ((reads_sql(len(numbers), 1, True, False, False),
+                           ("a", now - 86400, now - 3600, "", *numbers, "key")),):
             plan = await store.read(lambda c, sql=sql, args=args: c.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall())
             details = " ".join(row[3] for row in plan)
             assert "COVERING INDEX jobs_number_seq" in details and "COVERING INDEX jobs_number_created" in details
@@ -53,8 +51,8 @@ async def test_the_caps_count_as_cheaply_for_2000_sms_in_the_window_as_for_20(tm
         await store.claim("me", now, 10, 60, only=[failed])
         assert await store.settle_claimed("me", [Settlement(failed, JobState.FAILED, "refused")], now) == []
 
-        async def steps(sql: str, args: tuple) -> tuple[int, int]:
-            def run(conn) -> tuple[int, int]:
+        async def steps(sql: str, args: tuple, column: int) -> tuple[object, int]:
+            def run(conn) -> tuple[object, int]:
                 counted = [0]
 
                 def step() -> int:
@@ -66,16 +64,20 @@ async def test_the_caps_count_as_cheaply_for_2000_sms_in_the_window_as_for_20(tm
                     row = conn.execute(sql, args).fetchone()
                 finally:
                     conn.set_progress_handler(None, 1)
-                return row[-1], counted[0]
+                return row[column], counted[0]
             return await store.read(run)
 
         hour, day = now - 3600, now - 86400
-        for sql, busy_args, calm_args, expected in (
-            (per_number_sql(1), (hour, "a", "+33612120001"), (hour, "a", "+33612120002"), (2_000, 20)),
-            (DAY_COUNT_SQL, ("a", day), ("b", day), (2_020, 20)),
-            (DAY_SPEND_SQL, ("a", day), ("b", day), (2_020, 20)),
+        per_number = reads_sql(1, 0, True, False, False)
+        for sql, busy_args, calm_args, column, expected in (
+            # number:top:first:dropped (the hour's count: top - first + 1 - dropped)
+            (per_number, ("a", day, hour, "", "+33612120001"), ("a", day, hour, "", "+33612120002"), 4,
+             ("+33612120001:2005:6:0", "+33612120002:20:1:0")),
+            (DAY_COUNT_SQL, ("a", day), ("b", day), 0, (2_020, 20)),
+            (DAY_SPEND_SQL, ("a", day), ("b", day), 0, (2_020, 20)),
         ):
-            (busy, busy_steps), (calm, calm_steps) = await steps(sql, busy_args), await steps(sql, calm_args)
+            (busy, busy_steps) = await steps(sql, busy_args, column)
+            (calm, calm_steps) = await steps(sql, calm_args, column)
             assert (busy, calm) == expected, sql
             assert busy_steps < 2 * calm_steps, (sql, busy_steps, calm_steps)
         capped = await store.commit(_plan("over", "+33612120001", 2_000), now)
@@ -144,5 +146,43 @@ async def test_jobs_read_by_position_are_the_jobs_read_by_name(tmp_path):
                 assert getattr(job, field.name) == expected, field.name
             assert job.subject == ("acct@***|+33612345678" if select is THREAD_SELECT else None)
             assert (job.unicode, job.low_cost, job.state) == (True, False, JobState.CALLING)
+    finally:
+        await store.close()
+
+
+async def test_a_mail_of_many_numbers_takes_consecutive_ranks_and_running_spend(tmp_path):
+    """A mail's jobs and debits go in as multi-row inserts, split where SQLite's limit on
+    parameters says (lowered here to two jobs a statement): every job gets the next rank of
+    its number and of its account, the same number twice in a mail included, every debit
+    the next running spend, and the hourly cap counts them all."""
+    import sqlite3
+
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        await store.open_accounts({"a": 100, "b": 100}, 1)
+        a, b, c, d = (f"+3361212000{k}" for k in range(4))
+        await store.commit(_plan("first", a, None), 2)
+        await store.commit(_plan("other account", b, None, login="b"), 2)
+        await store.write(lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40))
+        jobs = tuple(NewJob(number=n, text="hi", sender=None, parts=1, cost=2) for n in (a, b, a, c, a, b, d))
+        result = await store.commit(Plan(key="many", login="a", message_id=None, reply_to=None, summary="s",
+                                         jobs=jobs), 3)
+        assert len(result.job_ids) == 7 and result.used == 14
+
+        def rows(conn):
+            ranks = conn.execute(f"SELECT number, nseq, lseq FROM jobs WHERE id IN ({','.join('?' * 7)}) "
+                                 "ORDER BY id", result.job_ids).fetchall()
+            debits = conn.execute("SELECT job, amount, spent FROM ledger WHERE login='a' AND reason='debit' "
+                                  "ORDER BY id").fetchall()
+            return [tuple(r) for r in ranks], [tuple(r) for r in debits]
+
+        ranks, debits = await store.read(rows)
+        assert ranks == [(a, 2, 2), (b, 1, 3), (a, 3, 4), (c, 1, 5), (a, 4, 6), (b, 2, 7), (d, 1, 8)]
+        assert [(job, amount) for job, amount, _ in debits[1:]] == [(i, -2) for i in result.job_ids]
+        assert [spent for _, _, spent in debits] == [1, 3, 5, 7, 9, 11, 13, 15]
+        assert (await store.balances())["a"] == 100 - 1 - 14
+        capped = await store.commit(_plan("capped", a, 4), 4)
+        assert capped.job_ids == () and [r.code for r in capped.refused] == [127]
+        assert len((await store.commit(_plan("under", c, 4), 4)).job_ids) == 1
     finally:
         await store.close()

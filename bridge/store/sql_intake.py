@@ -4,36 +4,40 @@ The counts the rules need are read here, inside the transaction, so two mails ra
 the last credits or the last SMS of a cap cannot both pass; the decision itself is
 ``rules.screen`` (pure). Everything the commit reads (is the mail a duplicate, the
 account's balance, the opt-outs and hourly counts of all the mail's numbers, the daily
-counts) is one statement (``reads_sql``): less SQL and Python per commit than a statement
-each, and fewer times the writer thread lets go of the GIL and waits for the event loop to
-give it back (sqlite3 lets go at every statement step).
+counts, the ranks and running spend the new rows continue) is one statement
+(``reads_sql``): less SQL and Python per commit than a statement each, and fewer times the
+writer thread lets go of the GIL and waits for the event loop to give it back (sqlite3
+lets go at every statement step). The jobs and debits it writes are one statement each.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from functools import lru_cache
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, Plan
-from bridge.store.sql import ADD_TO_BALANCE, INSERT_LEDGER, SPENT_SO_FAR, queue_reply
+from bridge.store.sql import ADD_TO_BALANCE, SPENT_SO_FAR, queue_reply
 
 
-#: A job takes the next rank among the jobs of its (number, account) and of its account:
-#: what the caps count by (``per_number_sql``, ``DAY_COUNT_SQL``).
-_INSERT_JOB = (
-    "INSERT INTO jobs (message, login, number, text, sender, parts, cost, unicode, low_cost, "
-    "state, created_at, next_attempt_at, updated_at, category, nseq, lseq) "
-    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, "
-    "(SELECT COALESCE(MAX(nseq), 0) + 1 FROM jobs WHERE number=?3 AND login=?2), "
-    "(SELECT COALESCE(MAX(lseq), 0) + 1 FROM jobs WHERE login=?2))"
-)
+#: The columns of a new job, in the order ``_insert_jobs`` gives them. A job takes the next
+#: rank among the jobs of its (number, account) and of its account (``nseq``, ``lseq``: what
+#: the caps count by, see ``reads_sql``); the ranks come from the commit's reads, so the
+#: jobs of a mail are one multi-row ``INSERT`` (a statement per row ran SQLite's program,
+#: its twelve cursors and two rank lookups again for each), and so are their debits.
+_JOB_COLUMNS = ("message, login, number, text, sender, parts, cost, unicode, low_cost, state, created_at, "
+                "next_attempt_at, updated_at, category, nseq, lseq")
+_JOB_VALUES = "(?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?)"
+_LEDGER_VALUES = "(?,?,'debit',?,?,?)"
+#: Rows per multi-row ``INSERT`` (fewer when SQLite's limit on parameters is lower).
+_ROWS_PER_INSERT = 500
 
 
 def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
     """Apply intake's ``plan``; return what was done."""
     keys = [k for k in (plan.key, *plan.extra_keys) if k]
-    duplicate, available, counts = _read(conn, plan, keys, now)
+    duplicate, available, counts, ranks = _read(conn, plan, keys, now)
     if duplicate:
         return Acceptance("duplicate")
     kept, refused = rules.screen(plan.jobs, plan.sender, plan.limits, counts)
@@ -53,14 +57,13 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
         conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
     ids: tuple[int, ...] = ()
     if kept:
-        rows = [(message, plan.login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
-                 now, j.send_at if j.send_at is not None else now, now, j.category) for j in kept]
-        if len(rows) == 1:  # the usual mail: its id comes with the insert
-            ids = (conn.execute(_INSERT_JOB, rows[0]).lastrowid,)
-        else:
-            conn.executemany(_INSERT_JOB, rows)
-            ids = tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
-        conn.executemany(INSERT_LEDGER, [(plan.login, -job.cost, "debit", job_id, now) for job, job_id in zip(kept, ids)])
+        ids = _insert_jobs(conn, message, plan.login, kept, ranks, now)
+        spent, debits = ranks.spent, []
+        for job, job_id in zip(kept, ids):
+            spent += job.cost
+            debits += (plan.login, -job.cost, job_id, now, spent)
+        _insert_rows(conn, "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES ",
+                     _LEDGER_VALUES, 5, debits)
         conn.execute(ADD_TO_BALANCE, (plan.login, -used, -used))
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
@@ -68,32 +71,40 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
     return acceptance
 
 
-def per_number_sql(count: int) -> str:
-    """Jobs per number of the last hour, for ``count`` numbers (not failed nor cancelled);
-    parameters: since, login, then the numbers. A number without a job this hour counts NULL.
+@dataclass(frozen=True)
+class Ranks:
+    """What a commit's new jobs and debits continue from, read with the rest (``reads_sql``):
+    the newest rank of each number (of the account) that has jobs, the account's newest
+    rank, and its running spend."""
 
-    Every job has its rank (``nseq``) among the jobs of its (number, account), given at
-    insert, so the hour's count is the newest job's rank less the rank of the hour's first
-    job, plus one: two index seeks (``jobs_number_seq``, ``jobs_number_created``), however
-    many SMS the number had this hour. The failed and cancelled ones of the hour are taken
-    off through their partial index. ``+login`` keeps SQLite on the number's index, not the
-    account's (the whole backlog).
-    """
-    return _per_number(count, since="?1", login="?2", first=3)
+    number: dict[str, int]
+    login: int
+    spent: int
 
 
-def _per_number(count: int, since: str, login: str, first: int) -> str:
-    """``per_number_sql`` with its parameters where the caller has them: the window's
-    start ``since``, the ``login`` and the numbers from ``?first`` on."""
-    numbers = ", ".join(f"(?{i + first})" for i in range(count))
-    return (
-        f"WITH n(number) AS (VALUES {numbers}) SELECT n.number AS number, "
-        f"(SELECT MAX(nseq) FROM jobs WHERE number=n.number AND login={login}) - "
-        f"(SELECT nseq FROM jobs WHERE number=n.number AND created_at>={since} AND +login={login} "
-        "ORDER BY created_at LIMIT 1) "
-        f"+ 1 - (SELECT COUNT(*) FROM jobs d WHERE d.number=n.number AND d.created_at>={since} "
-        f"AND +d.login={login} AND d.state IN ('failed', 'cancelled')) AS count FROM n"
-    )
+def _insert_jobs(conn: sqlite3.Connection, message: int, login: str, kept, ranks: Ranks, now: float) -> tuple[int, ...]:
+    """Insert ``kept`` with the next ranks; their ids, in order."""
+    seq, lseq, rows = dict(ranks.number), ranks.login, []
+    for j in kept:
+        seq[j.number] = nseq = seq.get(j.number, 0) + 1
+        lseq += 1
+        rows += (message, login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
+                 now, j.send_at if j.send_at is not None else now, now, j.category, nseq, lseq)
+    last = _insert_rows(conn, f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ", _JOB_VALUES, 15, rows)
+    if len(kept) == 1:  # the usual mail: its id comes with the insert
+        return (last,)
+    return tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, values: str, width: int, flat: list) -> int:
+    """``insert`` + ``values`` once per ``width`` items of ``flat``, in as few statements as
+    SQLite's limit on parameters allows; the rowid of the last row."""
+    per = max(1, min(_ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    step, last = per * width, 0
+    for at in range(0, len(flat), step):
+        chunk = flat[at:at + step]
+        last = conn.execute(insert + ",".join([values] * (len(chunk) // width)), chunk).lastrowid
+    return last
 
 
 #: Jobs of the last 24 hours of an account (not failed nor cancelled); parameters: login,
@@ -115,8 +126,19 @@ DAY_SPEND_SQL = (
 @lru_cache(maxsize=256)
 def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spend_per_day: bool) -> str:
     """Everything an intake commit reads, as one row: duplicate (0/1), balance, the numbers
-    opted out of all senders and of this sender (comma-separated), the hourly count of each
-    number with a job this hour (``number:count``, comma-separated), the day's SMS and spend.
+    opted out of all senders and of this sender (comma-separated), the numbers' ranks, the
+    day's SMS and spend, the account's newest rank and its running spend.
+
+    The numbers' ranks are ``number:top`` for each number that has jobs of the account
+    (``top``: its newest rank, ``nseq``), comma-separated; with ``per_number`` each is
+    ``number:top:first:dropped``, what the hour's count is made of. Every job has its rank
+    among the jobs of its (number, account), given at insert, so the hour's count is
+    ``top`` less the rank of the hour's first job (``first``, empty when the number had no
+    job this hour), plus one, less the failed and cancelled jobs of the hour (``dropped``,
+    through their partial index): a few index seeks, however many SMS the number had this
+    hour. ``+login`` keeps SQLite on the number's index, not the account's (the whole
+    backlog). Each part is worked out once (the count is made in Python): an expression
+    used twice would run its subqueries twice.
 
     Parameters: ``?1`` login, ``?2`` the day's start, ``?3`` the hour's start, ``?4`` the
     sender (lowercase, or ""), the ``numbers`` from ``?5`` on, then the ``keys``. E.164
@@ -130,25 +152,30 @@ def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spen
         "COALESCE((SELECT balance FROM balances WHERE login=?1), 0)",
     ]
     if numbers:
+        hour = (" || ':' || COALESCE((SELECT nseq FROM jobs WHERE number=n.number AND created_at>=?3 "
+                "AND +login=?1 ORDER BY created_at LIMIT 1), '') || ':' || (SELECT COUNT(*) FROM jobs d "
+                "WHERE d.number=n.number AND d.created_at>=?3 AND +d.login=?1 "
+                "AND d.state IN ('failed', 'cancelled'))") if per_number else ""
         parts += [
             f"(SELECT group_concat(number) FROM optouts WHERE number IN ({in_numbers}) AND sender='')",
             f"(SELECT group_concat(number) FROM optouts WHERE number IN ({in_numbers}) AND sender=?4 AND ?4<>'')",
+            f"(WITH n(number) AS (VALUES {', '.join(f'(?{5 + i})' for i in range(numbers))}) "
+            "SELECT group_concat(n.number || ':' || (SELECT MAX(nseq) FROM jobs WHERE number=n.number "
+            f"AND login=?1){hour}) FROM n)",
         ]
     else:
-        parts += ["NULL", "NULL"]
-    parts.append(
-        # ``count`` once: a second use would evaluate its subqueries again (NULL: no job)
-        f"(SELECT group_concat(number || ':' || count) FROM ({_per_number(numbers, '?3', '?1', 5)}))"
-        if numbers and per_number else "NULL")
+        parts += ["NULL", "NULL", "NULL"]
     parts.append(f"({DAY_COUNT_SQL})" if sms_per_day else "0")
     parts.append(f"({DAY_SPEND_SQL})" if spend_per_day else "0")
+    parts.append("COALESCE((SELECT MAX(lseq) FROM jobs WHERE login=?1), 0)" if numbers else "0")
+    parts.append(SPENT_SO_FAR if numbers else "0")
     return "SELECT " + ", ".join(parts)
 
 
-def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> tuple[bool, int, Counts]:
+def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> tuple[bool, int, Counts, Ranks]:
     """Whether the mail is a duplicate, the account's balance (0 without an account: no row
-    matches a NULL login) and what the rules need to know about its numbers and account:
-    one statement."""
+    matches a NULL login), what the rules need to know about its numbers and account, and
+    the ranks its jobs continue from: one statement."""
     limits, login = plan.limits, plan.login
     numbers = sorted({job.number for job in plan.jobs})
     sender = (plan.sender or "").lower()
@@ -156,15 +183,18 @@ def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> 
                     bool(numbers and limits.sms_per_day), bool(numbers and limits.spend_per_day))
     # SQLite counts the parameters up to the highest one used: without numbers nor keys, ?1
     args = (login, now - 86400, now - 3600, sender, *numbers, *keys) if numbers or keys else (login,)
-    duplicate, available, opted_out, opted_out_sender, hourly, sms_today, spent_today = conn.execute(
+    duplicate, available, opted_out, opted_out_sender, seen, sms_today, spent_today, lseq, spent = conn.execute(
         sql, args).fetchone()
     optouts = frozenset(
         [(number, "") for number in (opted_out.split(",") if opted_out else ())]
         + [(number, sender) for number in (opted_out_sender.split(",") if opted_out_sender else ())])
-    per_number = {}
-    for item in hourly.split(",") if hourly else ():
-        number, _, count = item.partition(":")
-        if int(count):
-            per_number[number] = int(count)
+    tops, per_number = {}, {}
+    for item in seen.split(",") if seen else ():
+        number, top, *hour = item.split(":")
+        tops[number] = int(top)
+        if hour and hour[0]:
+            count = int(top) - int(hour[0]) + 1 - int(hour[1])
+            if count:
+                per_number[number] = count
     counts = Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
-    return bool(duplicate), available, counts
+    return bool(duplicate), available, counts, Ranks(tops, lseq, spent)
