@@ -26,6 +26,7 @@ Needs valgrind (Debian package ``valgrind``); exits with a message when it is mi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import subprocess
@@ -34,17 +35,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import intake_backlog as ib
 import run
 import smtp_throughput as st
 
 ROOT = st.ROOT
 RESULTS = ROOT / "bench" / "results" / "instructions.json"
 WARMUP = 300
+BULK_WARMUP = 10
 START_TIMEOUT = 300.0   # a Python daemon under callgrind takes 20-60 s to start
 
 
-def counted(command: list[str], workdir: Path, root: Path, port: int, n: int, outbox: Path | None) -> dict:
-    """Run ``command`` under callgrind in ``workdir``; count N mails after the warm-up."""
+def counted(command: list[str], workdir: Path, root: Path, port: int, n: int, outbox: Path | None,
+            bulk: bool = False) -> dict:
+    """Run ``command`` under callgrind in ``workdir``; count N mails after the warm-up (with
+    ``bulk``, N mails of 100 numbers, ``intake_backlog.py``'s, over 8 connections)."""
     out = workdir / "callgrind.out"
     log = workdir / "server.log"
     grind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
@@ -56,13 +61,21 @@ def counted(command: list[str], workdir: Path, root: Path, port: int, n: int, ou
         st.wait_for_port(port, proc, "server under callgrind", log, timeout=START_TIMEOUT)
         st.load(port, range(10**6, 10**6 + WARMUP), 16, "w")
         expected = WARMUP
+        if bulk:
+            _bulk(port, range(10**4, 10**4 + BULK_WARMUP))
+            expected += BULK_WARMUP * ib.NUMBERS_PER_MAIL
         _wait_outbox(outbox, expected)
         _control("-i", "on", proc.pid)
         began = time.monotonic()
-        result = st.load(port, range(n), 16, "m")
-        if result.errors:
-            raise RuntimeError(f"{result.errors} mails were not accepted")
-        _wait_outbox(outbox, expected + n)
+        if bulk:
+            _bulk(port, range(n))
+            expected += n * ib.NUMBERS_PER_MAIL
+        else:
+            result = st.load(port, range(n), 16, "m")
+            if result.errors:
+                raise RuntimeError(f"{result.errors} mails were not accepted")
+            expected += n
+        _wait_outbox(outbox, expected)
         _control("-i", "off", proc.pid)
         _control("-d", None, proc.pid)
         elapsed = time.monotonic() - began
@@ -83,6 +96,12 @@ def counted(command: list[str], workdir: Path, root: Path, port: int, n: int, ou
     per_thread = {t: count / n for t, count in sorted(threads.items())}
     return {"mails": n, "instructions_per_mail": sum(per_thread.values()), "per_thread": per_thread,
             "seconds_under_valgrind": round(elapsed, 1)}
+
+
+def _bulk(port: int, serials: range) -> None:
+    load = asyncio.run(ib.send_all(port, serials, 8, None))
+    if load.errors:
+        raise RuntimeError(f"{load.errors} mails were not accepted")
 
 
 def _control(option: str, value: str | None, pid: int) -> None:
@@ -110,7 +129,7 @@ def bare(n: int) -> dict:
     return counted(command, workdir, ROOT, port, n, None)
 
 
-def bridge(root: Path, n: int) -> dict:
+def bridge(root: Path, n: int, bulk: bool = False) -> dict:
     """The bridge of checkout ``root``, as ``run.py``'s intake rows run it (``file`` provider)."""
     workdir = Path(tempfile.mkdtemp(prefix="instr-bridge-"))
     port = st.free_port()
@@ -118,7 +137,7 @@ def bridge(root: Path, n: int) -> dict:
     config["providers"]["gateway"] = {"type": "file", "path": "outbox.jsonl"}
     (workdir / "bridge.yaml").write_text(json.dumps(config, indent=2))
     command = [sys.executable, "-m", "bridge", "run", "--config", str(workdir / "bridge.yaml")]
-    result = counted(command, workdir, root, port, n, workdir / "outbox.jsonl")
+    result = counted(command, workdir, root, port, n, workdir / "outbox.jsonl", bulk)
     shutil.rmtree(workdir, ignore_errors=True)
     return result
 
@@ -128,27 +147,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mails", "-n", type=int, default=1000, help="counted mails per server (1000)")
     parser.add_argument("--before", type=Path, action="append", default=[], metavar="CHECKOUT",
                         help="also count the bridge of this checkout (repeatable)")
+    parser.add_argument("--bulk", type=int, default=0, metavar="N",
+                        help="count N mails of 100 numbers end to end instead, per SMS (no bare server)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian package 'valgrind'): nothing to count", file=sys.stderr)
         return 2
     results: dict[str, dict] = {}
-    print(f"bare aiosmtpd ({args.mails} mails)...", flush=True)
-    results["bare aiosmtpd"] = bare(args.mails)
-    for checkout in args.before:
-        name = f"before ({checkout.resolve().name})"
-        print(f"{name} ({args.mails} mails)...", flush=True)
-        results[name] = bridge(checkout.resolve(), args.mails)
-    print(f"bridge ({ROOT.name}) ({args.mails} mails)...", flush=True)
-    results["bridge"] = bridge(ROOT, args.mails)
-    base = results["bare aiosmtpd"]["instructions_per_mail"]
-    print("\n| server | instructions per mail | by thread | ratio to bare |\n|---|---:|---|---:|")
-    for name, result in results.items():
-        threads = " + ".join(f"{count / 1000:,.0f}k" for count in result["per_thread"].values() if count >= 1000)
-        print(f"| {name} | {result['instructions_per_mail']:,.0f} | {threads} | "
-              f"{result['instructions_per_mail'] / base:.2f}x |")
+    if args.bulk:
+        for name, root in [*((f"before ({c.resolve().name})", c.resolve()) for c in args.before),
+                           (f"bridge ({ROOT.name})", ROOT)]:
+            print(f"{name} ({args.bulk} mails of {ib.NUMBERS_PER_MAIL} numbers)...", flush=True)
+            results[name] = bridge(root, args.bulk, bulk=True)
+        print("\n| server | instructions per SMS | by thread |\n|---|---:|---|")
+        for name, result in results.items():
+            per_sms = {t: count / ib.NUMBERS_PER_MAIL for t, count in result["per_thread"].items()}
+            threads = " + ".join(f"{count / 1000:,.0f}k" for count in per_sms.values() if count >= 1000)
+            print(f"| {name} | {result['instructions_per_mail'] / ib.NUMBERS_PER_MAIL:,.0f} | {threads} |")
+    else:
+        print(f"bare aiosmtpd ({args.mails} mails)...", flush=True)
+        results["bare aiosmtpd"] = bare(args.mails)
+        for checkout in args.before:
+            name = f"before ({checkout.resolve().name})"
+            print(f"{name} ({args.mails} mails)...", flush=True)
+            results[name] = bridge(checkout.resolve(), args.mails)
+        print(f"bridge ({ROOT.name}) ({args.mails} mails)...", flush=True)
+        results["bridge"] = bridge(ROOT, args.mails)
+        base = results["bare aiosmtpd"]["instructions_per_mail"]
+        print("\n| server | instructions per mail | by thread | ratio to bare |\n|---|---:|---|---:|")
+        for name, result in results.items():
+            threads = " + ".join(f"{count / 1000:,.0f}k" for count in result["per_thread"].values() if count >= 1000)
+            print(f"| {name} | {result['instructions_per_mail']:,.0f} | {threads} | "
+                  f"{result['instructions_per_mail'] / base:.2f}x |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"mails": args.mails, "results": results}, indent=2))
+    RESULTS.write_text(json.dumps({"mails": args.bulk or args.mails, "bulk": bool(args.bulk), "results": results},
+                                  indent=2))
     print(f"\nresults written to {RESULTS.relative_to(ROOT)}")
     return 0
 
