@@ -364,6 +364,23 @@ class TestClaimRecordsCalls:
         assert refused == [] and sorted(j.state.value for j in await store.jobs()) == ["claimed", "sent", "sent"]
 
 
+    async def test_a_call_recorded_in_the_claim_holds_the_claims_lease(self, store):
+        """The jobs a claim calls and the ones it only claims carry the owner and the lease's
+        end: a sweep when the lease ends, or when the owner is dead, marks the first unknown
+        and puts the others back."""
+        numbers = ("+33612121515", "+33612121516", "+33612121517")
+        for key, at, dead in (("k1", 2, ()), ("k2", 100, ("me",))):
+            ids = (await store.commit(plan(key, numbers=numbers), at - 1)).job_ids
+            jobs = await store.claim("me", at, 10, 60, ids, plan=lambda jobs, ids=ids: [([ids[0], ids[2]], "p", key)])
+            assert sorted(j.id for j in jobs) == sorted(ids)
+            assert await store.lease_owners() == ["me"]
+            assert await store.sweep(at + 59, ["other"]) == ([], [])
+            assert await store.sweep(at + 1 if dead else at + 61, dead) == ([ids[1]], [ids[0], ids[2]])
+            stored = {j.id: j for j in await store.jobs()}
+            assert [(stored[i].state, stored[i].attempts, stored[i].called_at) for i in ids] == [
+                (S.UNKNOWN, 1, at), (S.QUEUED, 0, None), (S.UNKNOWN, 1, at)]
+
+
 class TestJobs:
     async def test_duplicate_key_is_dropped(self, store):
         """The same idempotency key commits only once, even within one group commit."""

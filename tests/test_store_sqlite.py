@@ -186,3 +186,30 @@ async def test_a_mail_of_many_numbers_takes_consecutive_ranks_and_running_spend(
         assert len((await store.commit(_plan("under", c, 4), 4)).job_ids) == 1
     finally:
         await store.close()
+
+
+async def test_two_moves_in_one_write_are_both_checked_against_the_table(tmp_path):
+    """``transition`` with ``via`` (a claim that records its call) makes queued -> claimed ->
+    calling one compare-and-set on queued; a pair with a move the table lacks raises and
+    changes nothing, and so does the direct queued -> calling."""
+    import pytest
+
+    from bridge.model import IllegalTransition
+    from bridge.store.sql import transition
+
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        await store.open_accounts({"a": 10}, 1)
+        [job] = (await store.commit(_plan("k", "+33612120001", None), 1)).job_ids
+        for target, via in ((JobState.CALLING, None), (JobState.SENT, JobState.CLAIMED),
+                            (JobState.CALLING, JobState.SENT)):
+            with pytest.raises(IllegalTransition):
+                await store.write(lambda c, t=target, v=via: transition(c, [job], t, JobState.QUEUED, 2, via=v))
+            assert (await store.job(job)).state is JobState.QUEUED
+        moved = await store.write(lambda c: transition(c, [job], JobState.CALLING, JobState.QUEUED, 2,
+                                                        via=JobState.CLAIMED))
+        assert moved == {job} and (await store.job(job)).state is JobState.CALLING
+        assert await store.write(lambda c: transition(c, [job], JobState.CALLING, JobState.QUEUED, 3,
+                                                      via=JobState.CLAIMED)) == set()  # no longer queued
+    finally:
+        await store.close()

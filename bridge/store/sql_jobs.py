@@ -20,31 +20,40 @@ from bridge.store.sql import JOB_SELECT, charges, job_of, marks, move, queue_rep
 
 def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int],
           plan: CallPlan | None = None) -> list[Job]:
-    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``), then record
-    the calls ``plan`` names for them (``claimed -> calling``) in the same transaction."""
-    jobs = _claim(conn, owner, now, limit, lease_until, only)
-    if not (plan and jobs):
-        return jobs
-    called: dict[int, tuple[str, str]] = {}
-    for ids, name, ref in plan(jobs):
-        called.update((i, (name, ref)) for i in start_call(conn, owner, ids, name, ref, now, lease_until))
-    # attempts as claimed, as for any claimed job (start_call counted this one in the row)
-    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs]
+    """Take up to ``limit`` due queued jobs under a lease (``queued -> claimed``) and record
+    the calls ``plan`` names for them (``claimed -> calling``), in the same transaction.
 
-
-def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Sequence[int]) -> list[Job]:
+    A job the plan calls makes both moves in one compare-and-set on ``queued`` (``transition``
+    with ``via``): the ``claimed`` it passes through would never be committed, and a second
+    ``UPDATE`` of the same rows only rewrote their index entries again. The plan sees the jobs
+    as read, with the opt-outs recorded since intake (``Job.suppressed``).
+    """
     among = f" AND j.id IN ({marks(only)})" if only else ""
     rows = conn.execute(
         f"{JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
         "ORDER BY j.next_attempt_at, j.id LIMIT ?",
         (now, *only, limit),
     ).fetchall()
-    taken = transition(conn, [r[0] for r in rows], S.CLAIMED, S.QUEUED, now,
-                       sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
-    jobs = [job_of(row) for row in rows if row[0] in taken]
-    if not jobs:
+    if not rows:
         return []
-    # Opt-outs since intake, read here rather than with one more round trip per call.
+    jobs = _with_optouts(conn, [job_of(row) for row in rows])
+    calls = plan(jobs) if plan else []
+    planned = {i for ids, _, _ in calls for i in ids}
+    taken = transition(conn, [j.id for j in jobs if j.id not in planned], S.CLAIMED, S.QUEUED, now,
+                       sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
+    called: dict[int, tuple[str, str]] = {}
+    for ids, name, ref in calls:
+        got = transition(conn, ids, S.CALLING, S.QUEUED, now, sets=", lease_owner=?" + _CALL_SETS,
+                         set_args=(owner, name, ref, now, lease_until), via=S.CLAIMED)
+        called.update((i, (name, ref)) for i in got)
+        taken |= got
+    # attempts as claimed, as for any claimed job (the row counts the call)
+    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs if j.id in taken]
+
+
+def _with_optouts(conn, jobs: list[Job]) -> list[Job]:
+    """``jobs`` with the opt-outs recorded since intake (read here rather than with one more
+    round trip per call)."""
     numbers = sorted({job.number for job in jobs})
     optouts = frozenset((n, s) for n, s in conn.execute(
         f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)})", numbers))
@@ -54,12 +63,15 @@ def _claim(conn, owner: str, now: float, limit: int, lease_until: float, only: S
     return [dataclasses.replace(job, suppressed=reason) if reason else job for job, reason in zip(jobs, reasons)]
 
 
+#: What recording a call writes (provider, reference, time, lease end).
+_CALL_SETS = ", provider=?, client_ref=?, called_at=?, attempts=attempts+1, lease_until=?"
+
+
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                lease_until: float) -> list[int]:
     """Record the call before it is made (``claimed -> calling``); the ids still ours."""
     taken = transition(conn, ids, S.CALLING, S.CLAIMED, now, " AND lease_owner=?", (owner,),
-                       ", provider=?, client_ref=?, called_at=?, attempts=attempts+1, lease_until=?",
-                       (provider, ref, now, lease_until))
+                       _CALL_SETS, (provider, ref, now, lease_until))
     return sorted(taken)
 
 
