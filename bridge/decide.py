@@ -220,22 +220,18 @@ def plan_jobs(
     if release is not None:
         due = release
     seg = request.segmentation
+    text, parts, unicode, low_cost, category = request.text, seg.count, seg.unicode, request.low_cost, request.category
+    prices: dict[str | None, int | None] = {}  # by region: the price of a part, None if not allowed
     jobs = []
     for number in request.numbers:
-        if not rules.allowed_country(account.allowed_countries, number):
-            refused.append(Refusal(number, 126, f"country {region_of(number)} not allowed"))
+        region = region_of(number)
+        price = prices.get(region, -1)
+        if price == -1:  # the country rules and prices depend on the region only: once each
+            price = prices[region] = (price_per_part(account, config.pricing, number)
+                                      if rules.allowed_country(account.allowed_countries, number) else None)
+        if price is None:
+            refused.append(Refusal(number, 126, f"country {region} not allowed"))
             continue
-        jobs.append(
-            NewJob(
-                number=number,
-                text=request.text,
-                sender=request.sender_for(number),
-                parts=seg.count,
-                cost=seg.count * price_per_part(account, config.pricing, number),
-                unicode=seg.unicode,
-                low_cost=request.low_cost,
-                send_at=due,
-                category=request.category,
-            )
-        )
+        jobs.append(NewJob(number, text, request.sender_for(number), parts, parts * price, unicode, low_cost, due,
+                           category))
     return jobs, refused

@@ -389,9 +389,7 @@ class Dispatcher:
             await self.store.settle_claimed(self.owner, [
                 Settlement(j.id, JobState.QUEUED, f"{name}: rate limit", retry_at=slot) for j in chunk], self.clock())
             return []
-        slot = limiter.take(self.clock())
-        for _ in chunk[1:]:
-            limiter.take(self.clock())  # a bulk call counts every number
+        slot = limiter.take(self.clock(), len(chunk))  # a bulk call counts every number
         if slot > self.clock():
             await self.sleep(slot - self.clock())
         if ref is None:

@@ -42,12 +42,13 @@ class RateLimiter:
         """When the next send may go (``now`` if it may go at once)."""
         return max(now, self._slot(self._taken))
 
-    def take(self, now: float) -> float:
-        """Reserve the next slot; return its time (the caller waits until then)."""
+    def take(self, now: float, count: int = 1) -> float:
+        """Reserve the next ``count`` slots (a bulk call counts every number); return the
+        first one's time (the caller waits until then)."""
         if self._slot(self._taken) <= now:
             self._start, self._taken = now, 0  # idle time is not banked: a new spell
         slot = self._slot(self._taken)
-        self._taken += 1
+        self._taken += count
         return slot
 
 

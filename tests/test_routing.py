@@ -130,6 +130,15 @@ class TestRateLimiter:
         assert limiter.take(100.0) == pytest.approx(100.1)
 
 
+    def test_a_bulk_call_takes_a_slot_per_number(self):
+        """Taking three slots at once leaves the limiter where three takes leave it: the
+        call goes at the first slot, the next send three slots later."""
+        limiter = RateLimiter(10)
+        assert limiter.take(5.0, 3) == 5.0
+        assert limiter.next_free(5.0) == pytest.approx(5.3)
+        assert limiter.take(5.0) == pytest.approx(5.3)
+
+
 class TestSlidingWindow:
     def test_limit_then_room_again(self):
         """Three per minute: the fourth waits until the first is a minute old."""
