@@ -4,6 +4,7 @@ Run from the repository root::
 
     python bench/instructions.py                        # 1,000 mails each (about 3 minutes)
     python bench/instructions.py --before ../old-checkout   # that checkout's bridge too (+2 minutes)
+    python bench/instructions.py --bulk 30 --before ../old-checkout   # 100-number mails, per SMS
 
 CPU time on a shared machine moves with its neighbours (here the same ten million Python
 additions took 0.86 to 1.94 s in three runs a minute apart); the number of instructions a
@@ -12,6 +13,10 @@ the client (``smtp_throughput.py``'s, 16 persistent connections) sends 300 warm-
 counting is switched on (``callgrind_control -i on``), N mails are sent and, for a bridge,
 every one of them is waited for in the ``file`` provider's outbox (so the dispatcher's and
 the store's work for them is in); then counting stops and the counts are dumped.
+
+With ``--bulk N`` it counts N mails of 100 numbers each (``intake_backlog.py``'s, 8
+connections, 10 more as warm-up) through each bridge instead, every SMS waited for in the
+outbox, and prints instructions per SMS by thread; there is no bare server to compare with.
 
 Printed per server: user-space instructions per mail over all its threads (the kernel's
 work is not in: system calls, TCP, fsync), the bridge's split by thread (event loop, store
