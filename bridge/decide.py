@@ -225,10 +225,10 @@ def plan_jobs(
     jobs = []
     for number in request.numbers:
         region = region_of(number)
-        price = prices.get(region, -1)
-        if price == -1:  # the country rules and prices depend on the region only: once each
-            price = prices[region] = (price_per_part(account, config.pricing, number)
-                                      if rules.allowed_country(account.allowed_countries, number) else None)
+        if region not in prices:  # the country rules and prices depend on the region only: once each
+            prices[region] = (price_per_part(account, config.pricing, number)
+                              if rules.allowed_country(account.allowed_countries, number) else None)
+        price = prices[region]
         if price is None:
             refused.append(Refusal(number, 126, f"country {region} not allowed"))
             continue

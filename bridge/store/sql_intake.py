@@ -13,11 +13,12 @@ lets go at every statement step). The jobs and debits it writes are one statemen
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from bridge import rules, status_mail
-from bridge.model import Acceptance, Counts, Plan
+from bridge.model import Acceptance, Counts, NewJob, Plan
 from bridge.store.sql import ADD_TO_BALANCE, SPENT_SO_FAR, queue_reply
 
 
@@ -82,7 +83,8 @@ class Ranks:
     spent: int
 
 
-def _insert_jobs(conn: sqlite3.Connection, message: int, login: str, kept, ranks: Ranks, now: float) -> tuple[int, ...]:
+def _insert_jobs(conn: sqlite3.Connection, message: int, login: str, kept: Sequence[NewJob], ranks: Ranks,
+                 now: float) -> tuple[int, ...]:
     """Insert ``kept`` with the next ranks; their ids, in order."""
     seq, lseq, rows = dict(ranks.number), ranks.login, []
     for j in kept:
