@@ -106,8 +106,8 @@ def _settle(conn, group: Sequence[Settlement], sources, now: float, lease_until:
     state = group[0].state
     sets, args = _columns(group[0], now, lease_until)
     ids = [i.job_id for i in group]
-    values = [_columns(i, now, lease_until)[1] for i in group] if len(group) > 1 else [args]
-    if values.count(args) == len(values):
+    values = [_columns(i, now, lease_until)[1] for i in group]
+    if all(v == args for v in values):
         matched = transition(conn, ids, state, sources, now, where, where_args, sets, args)
     else:
         matched = transition(conn, ids, state, sources, now, where, where_args)
