@@ -195,7 +195,7 @@ def _imap(data: Any, errors: list[ConfigError]) -> dict[str, ImapConfig]:
     return mailboxes
 
 
-def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
+def _http(data: Any, providers: Any, imap: Mapping[str, ImapConfig], errors: list[ConfigError]) -> HttpConfig:
     """``http``: the listener, and ``callbacks.<provider>`` for providers whose webhooks are read."""
     from bridge.providers.registry import PROVIDER_TYPES, provider_class
     callbacks = {}
@@ -220,6 +220,9 @@ def _http(data: Any, providers: Any, errors: list[ConfigError]) -> HttpConfig:
         callbacks[str(name)] = config
     if callbacks and _sub(data, "listen") is None:
         errors.append(ConfigError("http.callbacks", "webhooks need the HTTP listener: set http.listen"))
+    for name, mailbox in imap.items():
+        if mailbox.push_secret is not None and _sub(data, "listen") is None:
+            errors.append(ConfigError(f"imap.{name}.push_secret", "a push needs the HTTP listener: set http.listen"))
     return read(HttpConfig, data, "http", errors, callbacks=MappingProxyType(callbacks))
 
 
@@ -236,6 +239,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     accounts = {str(login): _account(str(login), section, tz, data.get("providers") or {}, errors)
                 for login, section in _named(data.get("accounts"), "accounts", errors).items()}
     _orange_france(accounts, typed, errors)
+    imap = _imap(data.get("imap"), errors)
     config = read(
         Config, data, "", errors,
         path=path,
@@ -247,8 +251,8 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         provider_settings=MappingProxyType(typed),
         quiet_hours=_quiet_hours(data.get("quiet_hours"), "quiet_hours", tz, errors),
         accounts=MappingProxyType(accounts),
-        imap=MappingProxyType(_imap(data.get("imap"), errors)),
-        http=_http(data.get("http"), data.get("providers"), errors),
+        imap=MappingProxyType(imap),
+        http=_http(data.get("http"), data.get("providers"), imap, errors),
     )
     config = dataclasses.replace(config, pricing=MappingProxyType({"*": 1, **(config.pricing or {})}))
     if errors:

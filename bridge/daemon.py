@@ -61,6 +61,7 @@ class Bridge:
         self.servers: list[asyncio.AbstractServer] = []
         self.metrics = Metrics(config.providers, config.accounts)
         self.web: HttpListener | None = None
+        self.pollers: dict[str, MailboxPoller] = {}     # by imap.<name>
         self._http: httpx.AsyncClient | None = None
         self._watch: asyncio.Task | None = None
 
@@ -98,7 +99,7 @@ class Bridge:
         run.every("replies", 1.0, patient(replies.send_due))
         run.start("store_listen", lambda: self.store.listen(dispatcher.wake, self.stopping))  # other instances' jobs
         for name, mailbox in config.imap.items():
-            poller = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)
+            poller = self.pollers[name] = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)
             run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))
         self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
         self.servers = await start_smtp(config.smtp, self.intake)

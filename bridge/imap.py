@@ -61,6 +61,7 @@ _UID = re.compile(rb"\bUID (\d+)", re.I)
 _DELIMITER = re.compile(rb'\([^)]*\) (?:"((?:\\.|[^"\\])*)"|NIL)', re.I)
 _RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<([^<>\r\n]*)>", re.I | re.M)
 _SETTING = -1.0   # _call's timeout: use the mailbox's ``timeout`` setting
+_RUNG = object()     # _report_or_ring: a push rang before the server reported anything
 STANDBY_RETRY = 5.0  # seconds between tries for a mailbox another bridge polls
 RESELECT_AFTER = 60.0  # polling (no IDLE): a quiet mailbox is SELECTed again this often
 
@@ -107,6 +108,19 @@ class MailboxPoller:
         self._last_uid = 0
         self._folders: dict[str, str] = {}
         self._lock_lost = asyncio.Event()     # set if the mailbox lock goes away mid-session
+        self._doorbell = asyncio.Event()      # set by wake(): a push says mail came
+        self.active = False                   # logged in, mailbox selected, lock held
+
+    def wake(self) -> bool:
+        """A push from the server (``/imap/<name>/<secret>``): look at the mailbox now, not
+        when IDLE reports the mail (Dovecot: 0.5 s later) or at the next poll.
+
+        Returns whether this bridge is polling the mailbox now; when it is not (another
+        instance holds the mailbox, or it is reconnecting), the session that does poll it
+        looks at everything when it starts or is told by its own IDLE.
+        """
+        self._doorbell.set()
+        return self.active
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -133,6 +147,7 @@ class MailboxPoller:
                 delay = self._failed()
                 self.log.warning("imap_error", error=_describe(exc), host=self.settings.host, retry_in=delay)
             finally:
+                self.active = False
                 await self._close()
             await _sleep(stop, delay)
         self.log.info("imap_stopped")
@@ -152,6 +167,7 @@ class MailboxPoller:
             "imap_connected", host=self.settings.host, mailbox=self.settings.mailbox,
             uidvalidity=self._uidvalidity, last_uid=self._last_uid, idle=self._use_idle(),
         )
+        self.active = True
         news = True
         while not stop.is_set():
             if news:
@@ -322,14 +338,22 @@ class MailboxPoller:
         short ``poll_interval`` is affordable where IDLE is slow to report (Dovecot: 0.5 s).
         """
         await self._pause(self.settings.poll_interval)
+        if self._doorbell.is_set():
+            return True
         response = await self._call(self._imap.protocol.simple_command("NOOP"), "NOOP")
         _check(response, "NOOP")
         return _idle_news(response.lines)
 
     async def _pause(self, seconds: float) -> bool:
-        """Wait between polls (no IDLE); end early if the link drops or the bridge stops."""
+        """Wait between polls (no IDLE); end early if the link drops, the bridge stops or a
+        push rings."""
         stop_waiter, lost_waiter = self._watch[:2]
-        await asyncio.wait({stop_waiter, lost_waiter}, timeout=seconds)
+        ring = asyncio.ensure_future(self._doorbell.wait())
+        try:
+            await asyncio.wait({stop_waiter, lost_waiter, ring}, timeout=seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ring.cancel()
         if stop_waiter.done():
             raise _Stopped
         if lost_waiter.done():
@@ -340,7 +364,10 @@ class MailboxPoller:
         return self.settings.idle and self._imap is not None and "IDLE" in self._imap.protocol.capabilities
 
     async def _idle(self, stop: asyncio.Event) -> bool:
-        """IDLE until the server reports a change (True), ``idle_renew`` passes (False), or we stop."""
+        """IDLE until the server reports a change or a push rings (True), ``idle_renew``
+        passes (False), or we stop."""
+        if self._doorbell.is_set():          # rung since the last search began
+            return True
         imap = self._imap
         queue = imap.protocol.idle_queue
         while not queue.empty():     # leftovers from the last IDLE: the catch-up saw them
@@ -350,7 +377,10 @@ class MailboxPoller:
         deadline = time.monotonic() + renew + self.settings.timeout
         try:
             while True:
-                push = await self._call(queue.get(), "IDLE push", timeout=max(0.0, deadline - time.monotonic()))
+                push = await self._call(self._report_or_ring(queue), "IDLE push",
+                                        timeout=max(0.0, deadline - time.monotonic()))
+                if push is _RUNG:
+                    return True
                 if push is aioimaplib.STOP_WAIT_SERVER_PUSH:
                     return False
                 if _idle_news(push):
@@ -359,6 +389,17 @@ class MailboxPoller:
             if not self._lost.is_set():
                 imap.idle_done()
                 await self._call(idle, "IDLE DONE", interruptible=False)
+
+    async def _report_or_ring(self, queue: asyncio.Queue[Any]) -> Any:
+        """The server's next IDLE report, or ``_RUNG`` if a push rings first."""
+        report = asyncio.ensure_future(queue.get())
+        ring = asyncio.ensure_future(self._doorbell.wait())
+        try:
+            await asyncio.wait({report, ring}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            report.cancel()   # a report not yet taken stays in the queue
+            ring.cancel()
+        return report.result() if report.done() and not report.cancelled() else _RUNG
 
     # --- messages -----------------------------------------------------------------------
 
@@ -388,6 +429,7 @@ class MailboxPoller:
         """
         if self.before_search is not None:
             await self.before_search()
+        self._doorbell.clear()               # this search sees what a push announced
         first = self._last_uid + 1
         protocol = self._imap.protocol
         search = protocol.search("UID", f"{first}:*", charset=None, by_uid=True)

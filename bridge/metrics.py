@@ -29,6 +29,8 @@ replies_queued                   -                        status mails waiting i
 delivery_reports_total           provider, result         delivered, undelivered, ignored (intermediate
                                                           status), not_applied (already final),
                                                           unknown_message, malformed, forbidden
+imap_pushes_total                mailbox, result          pushes from the IMAP server: woken, standby
+                                                          (another bridge polls it), forbidden
 loop_beat_age_seconds            loop                     seconds since a supervised loop made progress
 ready                            -                        1 when ``/readyz`` would answer 200
 ===============================  =======================  ==================================
@@ -111,6 +113,8 @@ class Metrics:
                                ["provider", "result"], registry=r)
         self.inbound = Counter("mail2sms_inbound_sms", "SMS received from phones (replies, STOP, START), by kind.",
                                ["provider", "kind"], registry=r)
+        self.imap_pushes = Counter("mail2sms_imap_pushes", "Pushes from the IMAP server, by result.",
+                                   ["mailbox", "result"], registry=r)
         self.loop_age = Gauge("mail2sms_loop_beat_age_seconds", "Seconds since a supervised loop made progress.",
                               ["loop"], registry=r)
         self.ready = Gauge("mail2sms_ready", "1 when the bridge is ready (as /readyz).", registry=r)
@@ -218,6 +222,10 @@ class Metrics:
     def inbound_sms(self, provider: str, kind: str) -> None:
         """One SMS received from a phone through ``provider`` (see ``INBOUND_KINDS``)."""
         self._of(self.inbound, provider, kind).inc()
+
+    def imap_push(self, mailbox: str, result: str) -> None:
+        """One push from the IMAP server for ``imap.<mailbox>``: woken, standby or forbidden."""
+        self._of(self.imap_pushes, mailbox, result).inc()
 
     # --- scrape time -------------------------------------------------------------------
 

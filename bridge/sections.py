@@ -8,6 +8,7 @@ key path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from bridge.settings import (
     BOOL, DURATION, REQUIRED, SECRET, SECTION, TEXT, URL, Kind, SubError, choice, duration,
     integer, list_of, number, setting,
 )
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")   # RFC 3986 unreserved: a path segment as written
 
 
 @dataclass(frozen=True)
@@ -338,11 +341,18 @@ class ImapConfig:
     idle_renew: float = setting(540.0, "re-issue IDLE this often (below 29m)", SECONDS)
     batch: int = setting(50, "UIDs handled per search", integer(1))
     timeout: float = setting(30.0, "longest wait for any one server answer", SECONDS)
+    push_secret: str | None = setting(None, "last segment of /imap/<name>/<secret>, which a push from the server "
+                                            "(Dovecot's push_notification) calls to wake the poller at once; "
+                                            "16 characters or more; none: no push", SECRET)
 
     def problems(self) -> Iterator[tuple[str, str]]:
-        """IDLE renewal and distinct folders."""
+        """IDLE renewal, distinct folders, a guessable push secret."""
         if not self.idle_renew < 29 * 60:
             yield "idle_renew", "must be above 0 and below 29m (servers may drop IDLE at 30 minutes)"
+        if self.push_secret is not None and len(self.push_secret) < 16:
+            yield "push_secret", "at least 16 characters (anyone who knows it can wake the poller)"
+        elif self.push_secret is not None and not _URL_SAFE.fullmatch(self.push_secret):
+            yield "push_secret", "only letters, digits and - . _ ~ (it is part of a URL path)"
         folders = [str(f).lower() for f in (self.mailbox, self.processed, self.failed)]
         if len(set(folders)) < 3:
             yield "", "mailbox, processed and failed must be three different folders"

@@ -8,6 +8,11 @@ thread, no second loop, no signal handlers of its own). Routes:
 - ``GET /metrics``: Prometheus text format (see ``bridge.metrics``).
 - ``GET|POST /dlr/<provider>/<secret>`` and ``/inbound/<provider>/<secret>``: delivery
   reports and SMS replies of the providers in ``http.callbacks`` (see ``bridge.callbacks``).
+- ``PUT|POST /imap/<name>/<secret>``: a push from the IMAP server (Dovecot's
+  ``push_notification``) for a mailbox with ``push_secret``: its poller looks now. The
+  body is not read (any push means "look"). 200 ``woken``, or ``standby`` when another
+  bridge polls that mailbox (or this one is reconnecting); 403 for a wrong secret, 404
+  for a mailbox without ``push_secret``.
 
 Anything else is 404 (405 for a known path with another method). Every answer is a short
 JSON body (``/metrics`` aside): never a traceback, never a listing. A request declaring
@@ -21,6 +26,7 @@ bounds clients that send their headers a byte at a time.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -58,6 +64,8 @@ class HttpListener:
             hooks = Webhooks(bridge.config, lambda: bridge.providers, lambda: bridge.store, bridge.metrics,
                              bridge.clock)
             self.routes += hooks.routes()
+        if any(mailbox.push_secret for mailbox in bridge.config.imap.values()):
+            self.routes += [method("/imap/{name}/{secret}", self.imap_push) for method in (web.put, web.post)]
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -133,6 +141,22 @@ class HttpListener:
         breakers = bridge.dispatcher.breakers if bridge.dispatcher is not None else {}
         await bridge.metrics.refresh(bridge.store, breakers, verdict.loops, verdict.ready, bridge.clock())
         return web.Response(body=bridge.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+    async def imap_push(self, request: web.Request) -> web.Response:
+        """Wake the poller of ``imap.<name>`` (see the module docstring)."""
+        name = request.match_info["name"]
+        mailbox = self.bridge.config.imap.get(name)
+        if mailbox is None or mailbox.push_secret is None:
+            raise web.HTTPNotFound()
+        if not hmac.compare_digest(request.match_info["secret"].encode(), mailbox.push_secret.encode()):
+            log.warning("imap_push_forbidden", imap=name, peer=request.remote)
+            self.bridge.metrics.imap_push(name, "forbidden")
+            return _error(403, "forbidden")
+        poller = self.bridge.pollers.get(name)
+        result = "woken" if poller is not None and poller.wake() else "standby"
+        self.bridge.metrics.imap_push(name, result)
+        return web.json_response({"result": result})
 
 
 async def _plain_server_header(request: web.Request, response: web.StreamResponse) -> None:

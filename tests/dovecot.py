@@ -32,6 +32,8 @@ MISSING = "dovecot-imapd is required: apt-get install dovecot-imapd (make test i
 PASSWORD = "s3cret-pass"
 ACCOUNTS = 32          # mail accounts per server, one per test
 _UIDS = re.compile(rb"APPENDUID (\d+) (\d+)")
+LDA = "/usr/lib/dovecot/dovecot-lda"                       # Debian's dovecot-core
+PUSH_ENTRY = "/private/vendor/vendor.dovecot/http-notify"  # read by the ox push driver
 _counter = itertools.count()
 
 
@@ -53,7 +55,7 @@ def free_port() -> int:
 class Dovecot:
     """One private Dovecot instance; ``add_user()`` gives each test its own mail account."""
 
-    def __init__(self, root: Path, port: int | None = None, tls: bool = False) -> None:
+    def __init__(self, root: Path, port: int | None = None, tls: bool = False, push_url: str | None = None) -> None:
         self.binary = dovecot_binary()
         self.root = root
         self.port = port or free_port()
@@ -79,6 +81,19 @@ class Dovecot:
             listeners += f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {self.tls_port}\n  }}\n"
         else:
             listeners += "  inet_listener imaps {\n    port = 0\n  }\n"
+        # Push (push_notification, ox driver): on each mail delivered to an INBOX (LDA or
+        # LMTP, not APPEND), an HTTP PUT to push_url, for the users who enabled it with the
+        # METADATA entry that enable_push() sets.
+        push = "" if push_url is None else f"""
+mail_plugins = $mail_plugins notify push_notification
+mail_attribute_dict = file:%h/dovecot-attributes
+protocol imap {{
+  imap_metadata = yes
+}}
+plugin {{
+  push_notification_driver = ox:url={push_url}
+}}
+"""
         # auth_failure_delay and the anvil penalty listener off: a test of a wrong password
         # must not slow down every later login from 127.0.0.1.
         self.conf.write_text(
@@ -117,7 +132,7 @@ service anvil {{
 service pop3-login {{
   chroot =
 }}
-"""
+{push}"""
         )
 
     def add_user(self) -> MailUser:
@@ -291,6 +306,24 @@ class MailUser:
         match = _UIDS.search(data[0] or b"")
         return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
+    def enable_push(self) -> None:
+        """Ask the server to push this account's new mail: the ox driver's METADATA entry,
+        set with the command the README gives."""
+        done = subprocess.run(
+            ["doveadm", "-c", str(self.server.conf), "mailbox", "metadata", "set", "-u", self.user, "-s", "",
+             PUSH_ENTRY, "user=mail2sms"], capture_output=True, timeout=30,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+
+    def deliver_lda(self, raw: bytes) -> None:
+        """Deliver one message as Postfix's mailbox_command would: ``dovecot-lda`` into INBOX
+        (unlike APPEND, a delivery is what Dovecot's push reports)."""
+        found = subprocess.run(
+            [LDA, "-c", str(self.server.conf), "-d", self.user, "-f", "sender@example.org"],
+            input=raw.replace(b"\r\n", b"\n"), capture_output=True, timeout=30,
+        )
+        assert found.returncode == 0, found.stderr.decode(errors="replace")
+
     def deliver(self, raws: Iterable[bytes], folder: str = "INBOX") -> int:
         """Write messages straight into the Maildir ``new/`` folder (fast bulk load)."""
         base = self.maildir if folder == "INBOX" else self.maildir / f".{folder.replace('/', '.')}"
@@ -378,14 +411,14 @@ def _user_name() -> str:
 
 
 @contextmanager
-def running_dovecot(tls: bool = False) -> Iterator[Dovecot]:
+def running_dovecot(tls: bool = False, push_url: str | None = None) -> Iterator[Dovecot]:
     """Start a private Dovecot in a fresh temporary folder; stop it and clean up after."""
     dovecot_binary()
     # Not under pytest's tmp_path: its parents are mode 0700, which the mail user
     # (nobody) could not traverse to reach its home.
     root = Path(tempfile.mkdtemp(prefix="mail2sms-dovecot-"))
     root.chmod(0o755)
-    server = Dovecot(root, tls=tls)
+    server = Dovecot(root, tls=tls, push_url=push_url)
     server.start()
     try:
         yield server

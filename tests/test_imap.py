@@ -16,10 +16,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pg import pg_url  # noqa: F401 - fixture
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send, wait_until
 from dovecot import MailUser, dovecot, dovecot_server, dovecot_tls, dovecot_tls_server  # noqa: F401 - fixtures
+from dovecot import free_port, running_dovecot
 from structlog.testing import capture_logs
 
 from bridge.config import Config
@@ -190,6 +192,100 @@ class TestIdle:
         assert not [e for e in logs if e["event"] in ("imap_error", "imap_store_failed")]
 
 
+PUSH_SECRET = "push-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def push_server():
+    """A private Dovecot that pushes each delivered mail to ``/imap/work/<secret>`` on the
+    port it names (the test's bridge listens there)."""
+    port = free_port()
+    with running_dovecot(push_url=f"http://127.0.0.1:{port}/imap/work/{PUSH_SECRET}") as server:
+        server.push_port = port
+        yield server
+
+
+@pytest.fixture
+def pushing(push_server) -> MailUser:
+    """A fresh account on ``push_server``, its pushes turned on."""
+    account = push_server.add_user()
+    account.enable_push()
+    return account
+
+
+def push_config(tmp_path: Path, relay_port: int, account: MailUser, **imap: Any) -> Config:
+    """``config_for`` with the mailbox's ``push_secret`` and the HTTP listener Dovecot calls."""
+    settings = base_settings(
+        tmp_path, relay_port, accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 1000, "route": ["outbox"]}},
+        imap={"work": imap_settings(account, push_secret=PUSH_SECRET, **imap)},
+        http={"listen": f"127.0.0.1:{account.server.push_port}"},
+    )
+    return make_config(tmp_path, settings)
+
+
+class TestPush:
+    async def test_a_delivery_push_brings_mail_a_poll_would_find_in_an_hour(self, tmp_path, sink, pushing,
+                                                                            run_bridge):
+        """Polling once an hour (no IDLE), each mail Dovecot delivers is sent on its push alone."""
+        _, relay_port = sink
+        bridge = await run_bridge(push_config(tmp_path, relay_port, pushing, idle=False, poll_interval=3600))
+        poller = bridge.pollers["work"]
+        await wait_until(lambda: poller.active, what="the poller connected")
+        with capture_logs() as logs:
+            for i in range(3):
+                await asyncio.to_thread(pushing.deliver_lda, alert(i))
+                await wait_until(lambda: len(outbox(tmp_path)) == i + 1, what=f"SMS {i} brought by its push")
+            assert await wait_folder(pushing, PROCESSED, 3) == [f"<alert-{i}@example.org>" for i in range(3)]
+        assert [line["to"] for line in outbox(tmp_path)] == [f"+336{10000000 + i:08d}" for i in range(3)]
+        assert bridge.metrics.imap_pushes.labels("work", "woken")._value.get() == 3
+        assert not [e for e in logs if e["event"] in ("imap_connected", "imap_error")]   # one session
+
+    async def test_a_push_during_idle_ends_it_and_the_session_goes_on(self, tmp_path, sink, pushing, run_bridge):
+        """With IDLE, a push (even with nothing new) makes the poller look and IDLE again on
+        the same connection; later mail still comes in."""
+        _, relay_port = sink
+        bridge = await run_bridge(push_config(tmp_path, relay_port, pushing, idle_renew=1680))
+        poller = bridge.pollers["work"]
+
+        def idling() -> bool:
+            return poller._imap is not None and poller._imap.has_pending_idle()
+
+        url = f"http://127.0.0.1:{bridge.web.port}/imap/work/{PUSH_SECRET}"
+        await wait_until(idling, what="the poller in IDLE")
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(timeout=10) as client:
+                for _ in range(3):
+                    await wait_until(idling, what="the poller in IDLE")
+                    answer = await client.put(url, json={"event": "messageNew"})
+                    assert answer.status_code == 200 and answer.json() == {"result": "woken"}
+                    await wait_until(lambda: not poller._doorbell.is_set(), what="the push answered by a search")
+            await asyncio.to_thread(pushing.deliver_lda, alert(7))
+            await wait_until(lambda: len(outbox(tmp_path)) == 1, what="the SMS of a mail delivered later")
+        assert not [e for e in logs if e["event"] in ("imap_connected", "imap_error")]
+
+    async def test_push_answers(self, tmp_path, sink, start_bridge):
+        """A wrong secret is 403 and counted; a mailbox without push is 404; GET is 405; a
+        mailbox this bridge is not polling now (its server down) is ``standby``."""
+        _, relay_port = sink
+        down = {"host": "127.0.0.1", "port": free_port(), "tls": "none", "user": "u", "password": "p"}
+        settings = base_settings(tmp_path, relay_port, http={"listen": "127.0.0.1:0"},
+                                 imap={"work": {**down, "push_secret": PUSH_SECRET}, "other": down})
+        bridge = await start_bridge(make_config(tmp_path, settings))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+            with capture_logs() as logs:
+                wrong = await client.post(f"/imap/work/{PUSH_SECRET[:-1]}x")
+            assert wrong.status_code == 403 and wrong.json() == {"error": "forbidden"}
+            assert [e["event"] for e in logs if e["event"].startswith("imap_push")] == ["imap_push_forbidden"]
+            assert PUSH_SECRET not in str(logs)
+            assert (await client.post(f"/imap/other/{PUSH_SECRET}")).status_code == 404
+            assert (await client.post(f"/imap/nowhere/{PUSH_SECRET}")).status_code == 404
+            assert (await client.get(f"/imap/work/{PUSH_SECRET}")).status_code == 405
+            standby = await client.post(f"/imap/work/{PUSH_SECRET}", content=b"anything")
+            assert standby.status_code == 200 and standby.json() == {"result": "standby"}
+        counted = {r: bridge.metrics.imap_pushes.labels("work", r)._value.get() for r in ("forbidden", "standby")}
+        assert counted == {"forbidden": 1, "standby": 1}
+
+
 class TestCrashes:
     async def test_crash_between_commit_and_move_sends_nothing_twice(self, tmp_path, sink, dovecot, start_bridge):
         """Killed after the commit but before the move: the restart sends nothing again and moves it."""
@@ -342,6 +438,17 @@ class TestFailures:
         assert time.monotonic() - started < 2
         assert any(e["event"] == "imap_stopped" for e in logs)
 
+    async def test_stop_ends_the_wait_between_polls(self, tmp_path, sink, dovecot, run_bridge):
+        """Polling once an hour, stopping the bridge ends the poller's wait: it says it
+        stopped, rather than being cancelled when the grace period is over."""
+        _, relay_port = sink
+        with capture_logs() as logs:
+            bridge = await run_bridge(config_for(tmp_path, relay_port, dovecot, idle=False, poll_interval=3600))
+            await wait_until(lambda: any(e["event"] == "imap_connected" for e in logs), what="connected")
+            await asyncio.sleep(0.3)
+            await bridge.stop()
+        assert any(e["event"] == "imap_stopped" for e in logs)
+
     async def test_polls_without_idle(self, tmp_path, sink, dovecot, run_bridge):
         """With ``idle: false`` new mail is found by polling every ``poll_interval``."""
         _, relay_port = sink
@@ -437,6 +544,9 @@ class TestConfig:
             ({"colour": "red"}, "imap.work.colour"),
             ({"failed": "mail2sms/processed"}, "imap.work"),
             ({"host": None}, "imap.work.host"),
+            ({"push_secret": "short"}, "imap.work.push_secret"),
+            ({"push_secret": "a/b?c=0123456789abcdef"}, "imap.work.push_secret"),
+            ({"push_secret": "0123456789abcdef"}, "imap.work.push_secret"),   # no http.listen
         ],
     )
     def test_bad_values_name_their_key(self, tmp_path, extra, path):
