@@ -2,7 +2,7 @@
 
 Run from the repository root (defaults: 20 mails)::
 
-    python bench/imap_latency.py [--mails N] [--pause SECONDS] [--poll SECONDS]
+    python bench/imap_latency.py [--mails N] [--pause SECONDS] [--poll SECONDS | --push]
 
 What runs:
 
@@ -28,6 +28,17 @@ Per mail, from the tagged ``OK`` to the APPEND (the mail is in the mailbox):
 - ``APPEND -> provider call``: the bridge (the figure the issue measures);
 - ``bridge share``: the difference of their p50s (wake-up, FETCH, intake commit,
   dispatcher, HTTP call).
+
+With ``--push`` the mails are delivered, not APPENDed: ``dovecot-lda`` puts each in the
+bridge's INBOX, as Postfix would, and Dovecot's ``push_notification`` (ox driver) calls
+the bridge's ``/imap/work/<push_secret>`` (the bridge keeps IDLE on as well) and, as the
+baseline, a bare HTTP listener in this process, for the same mail. Per mail, from just
+before ``dovecot-lda`` starts:
+
+- ``delivery -> push``: when Dovecot's call reached the bare listener (the server's share,
+  the LDA process's start included);
+- ``delivery -> provider call``: the bridge;
+- ``delivery -> LDA exit``: when the delivery program was done.
 
 Then, with nothing arriving for ``QUIET`` (10) seconds, what waiting costs: the CPU time of
 the bridge process and of Dovecot (its master and every child, the bare client's session
@@ -61,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "imap_latency.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dovecot import Dovecot, MailUser, running_dovecot  # noqa: E402 - tests/ is put on the path above
+from dovecot import Dovecot, MailUser, free_port, running_dovecot  # noqa: E402 - tests/ is put on the path above
 from smtp_throughput import process_cpu  # noqa: E402 - bench/ is the script's own folder
 
 WARMUP = 2
@@ -98,8 +109,14 @@ imap:
     idle: {idle}
     poll_interval: {poll}
     timeout: 10s
-logging:
+{push}logging:
   level: warning
+"""
+PUSH_SECRET = "bench-push-0123456789"
+PUSH_CONFIG = """\
+    push_secret: {secret}
+http:
+  listen: 127.0.0.1:{port}
 """
 
 
@@ -213,11 +230,13 @@ class IdleWatcher(threading.Thread):
 # --- the bridge ----------------------------------------------------------------------------
 
 
-def start_bridge(workdir: Path, account: MailUser, gateway_port: int, poll: float | None) -> subprocess.Popen:
+def start_bridge(workdir: Path, account: MailUser, gateway_port: int, poll: float | None,
+                 push_port: int | None = None) -> subprocess.Popen:
     config = workdir / "bridge.yaml"
     config.write_text(BRIDGE_CONFIG.format(
         gateway_port=gateway_port, imap_port=account.port, user=account.user, password=account.password,
         idle="true" if poll is None else "false", poll="1h" if poll is None else poll,
+        push="" if push_port is None else PUSH_CONFIG.format(secret=PUSH_SECRET, port=push_port),
     ))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     log = open(workdir / "bridge.log", "wb")
@@ -326,6 +345,80 @@ async def measure(server: Dovecot, workdir: Path, mails: int, pause: float,
     return rows, quiet
 
 
+class PushWatcher:
+    """A bare HTTP listener that answers every request 200 and notes when each arrived."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pushes: list[float] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                self.pushes.append(time.monotonic())
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def measure_push(server: Dovecot, workdir: Path, mails: int, pause: float, bridge_port: int,
+                       watcher_port: int) -> tuple[list[dict], dict]:
+    """``--push``: for ``WARMUP + mails`` rounds, one mail delivered by ``dovecot-lda`` to the
+    bridge's INBOX; Dovecot pushes it to the bridge and to the bare listener."""
+    bridged = server.add_user()
+    bridged.enable_push()
+    gateway, watcher = Gateway(), PushWatcher(watcher_port)
+    await gateway.start()
+    await watcher.start()
+    proc = start_bridge(workdir, bridged, gateway.port, None, push_port=bridge_port)
+    rows = []
+    try:
+        await asyncio.sleep(2.0)                      # connected, caught up, in IDLE
+        for i in range(WARMUP + mails):
+            pushed_before = len(watcher.pushes)
+            started = time.monotonic()
+            await asyncio.to_thread(bridged.deliver_lda, mail(i))
+            delivered = time.monotonic()
+            try:
+                await asyncio.wait_for(gateway.arrived(i).wait(), 15)
+            except asyncio.TimeoutError:
+                tail = (workdir / "bridge.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"mail {i}: no provider call within 15 s\n{tail}") from None
+            deadline = time.monotonic() + 15
+            while len(watcher.pushes) == pushed_before:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mail {i}: Dovecot pushed nothing to the bare listener within 15 s")
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(pause)
+            if i >= WARMUP:
+                rows.append({
+                    "mail": i - WARMUP,
+                    "push_ms": (watcher.pushes[pushed_before] - started) * 1000,
+                    "call_ms": (gateway.called[i] - started) * 1000,
+                    "lda_ms": (delivered - started) * 1000,
+                })
+        quiet = await quiet_cost(proc.pid, server)
+    finally:
+        stop_bridge(proc)
+        await watcher.close()
+        await gateway.close()
+    return rows, quiet
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -364,9 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mails", "-n", type=int, default=20, help="mails measured (default 20)")
     parser.add_argument("--pause", type=float, default=1.0,
-                        help="seconds after each provider call before the next APPEND (default 1)")
-    parser.add_argument("--poll", type=float, metavar="SECONDS",
-                        help="the bridge polls without IDLE, a NOOP every SECONDS (default: IDLE)")
+                        help="seconds after each provider call before the next mail (default 1)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--poll", type=float, metavar="SECONDS",
+                     help="the bridge polls without IDLE, a NOOP every SECONDS (default: IDLE)")
+    how.add_argument("--push", action="store_true",
+                     help="deliver with dovecot-lda; Dovecot pushes each mail to the bridge (IDLE kept on)")
     args = parser.parse_args(argv)
     if args.mails < 1 or args.pause < 0 or (args.poll is not None and args.poll <= 0):
         parser.error("--mails must be positive, --pause not negative and --poll above 0")
@@ -374,31 +470,44 @@ def main(argv: list[str] | None = None) -> int:
     about = machine()
     workdir = Path(tempfile.mkdtemp(prefix="mail2sms-imap-bench-"))
     try:
-        with running_dovecot() as server:
-            rows, quiet = asyncio.run(measure(server, workdir, args.mails, args.pause, args.poll))
+        if args.push:
+            bridge_port, watcher_port = free_port(), free_port()
+            urls = [f"http://127.0.0.1:{bridge_port}/imap/work/{PUSH_SECRET}", f"http://127.0.0.1:{watcher_port}/"]
+            with running_dovecot(push_urls=urls) as server:
+                rows, quiet = asyncio.run(measure_push(server, workdir, args.mails, args.pause, bridge_port,
+                                                       watcher_port))
+        else:
+            with running_dovecot() as server:
+                rows, quiet = asyncio.run(measure(server, workdir, args.mails, args.pause, args.poll))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     calls = [r["call_ms"] for r in rows]
     pushes = [r["push_ms"] for r in rows]
+    came = "delivery" if args.push else "append"
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": about,
         "mails": args.mails,
         "pause_s": args.pause,
-        "waiting": "IDLE" if args.poll is None else f"NOOP every {args.poll:g} s",
+        "waiting": ("IDLE + Dovecot push" if args.push else "IDLE") if args.poll is None
+        else f"NOOP every {args.poll:g} s",
         "quiet_cost": quiet,
-        "append_to_provider_call": summary(calls),
-        "append_to_server_push": summary(pushes),
+        f"{came}_to_provider_call": summary(calls),
+        f"{came}_to_server_push": summary(pushes),
         "bridge_share_p50_ms": round(percentile(calls, 50) - percentile(pushes, 50), 1) if args.poll is None else None,
         "rows": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
     }
+    lines = [(f"APPEND -> provider call (bridge, {result['waiting']})", "append_to_provider_call"),
+             ("APPEND -> EXISTS push (bare IDLE client)", "append_to_server_push")]
+    if args.push:
+        result["delivery_to_lda_exit"] = summary([r["lda_ms"] for r in rows])
+        lines = [(f"delivery -> provider call (bridge, {result['waiting']})", "delivery_to_provider_call"),
+                 ("delivery -> push (bare HTTP listener)", "delivery_to_server_push"),
+                 ("delivery -> dovecot-lda exit", "delivery_to_lda_exit")]
     print(f"{about['dovecot'] and 'Dovecot ' + about['dovecot']}, {about['nproc']} CPU ({about['cpu']}), "
           f"load before {about['loadavg_before']}; {args.mails} mails, one at a time")
-    for label, key in (
-        (f"APPEND -> provider call (bridge, {result['waiting']})", "append_to_provider_call"),
-        ("APPEND -> EXISTS push (bare IDLE client)", "append_to_server_push"),
-    ):
+    for label, key in lines:
         figures = result[key]
         print(f"  {label:50s} p50 {figures['p50_ms']:7.1f} ms   max {figures['max_ms']:7.1f} ms   "
               f"min {figures['min_ms']:7.1f} ms")

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -55,7 +55,7 @@ def free_port() -> int:
 class Dovecot:
     """One private Dovecot instance; ``add_user()`` gives each test its own mail account."""
 
-    def __init__(self, root: Path, port: int | None = None, tls: bool = False, push_url: str | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, tls: bool = False, push_urls: Sequence[str] = ()) -> None:
         self.binary = dovecot_binary()
         self.root = root
         self.port = port or free_port()
@@ -82,17 +82,18 @@ class Dovecot:
         else:
             listeners += "  inet_listener imaps {\n    port = 0\n  }\n"
         # Push (push_notification, ox driver): on each mail delivered to an INBOX (LDA or
-        # LMTP, not APPEND), an HTTP PUT to push_url, for the users who enabled it with the
-        # METADATA entry that enable_push() sets.
-        push = "" if push_url is None else f"""
+        # LMTP, not APPEND), an HTTP PUT to each of push_urls, for the users who enabled it
+        # with the METADATA entry that enable_push() sets.
+        drivers = "".join(f"  push_notification_driver{n or ''} = ox:url={url}\n"
+                          for n, url in zip((0, *range(2, 10)), push_urls))
+        push = "" if not push_urls else f"""
 mail_plugins = $mail_plugins notify push_notification
 mail_attribute_dict = file:%h/dovecot-attributes
 protocol imap {{
   imap_metadata = yes
 }}
 plugin {{
-  push_notification_driver = ox:url={push_url}
-}}
+{drivers}}}
 """
         # auth_failure_delay and the anvil penalty listener off: a test of a wrong password
         # must not slow down every later login from 127.0.0.1.
@@ -411,14 +412,14 @@ def _user_name() -> str:
 
 
 @contextmanager
-def running_dovecot(tls: bool = False, push_url: str | None = None) -> Iterator[Dovecot]:
+def running_dovecot(tls: bool = False, push_urls: Sequence[str] = ()) -> Iterator[Dovecot]:
     """Start a private Dovecot in a fresh temporary folder; stop it and clean up after."""
     dovecot_binary()
     # Not under pytest's tmp_path: its parents are mode 0700, which the mail user
     # (nobody) could not traverse to reach its home.
     root = Path(tempfile.mkdtemp(prefix="mail2sms-dovecot-"))
     root.chmod(0o755)
-    server = Dovecot(root, tls=tls, push_url=push_url)
+    server = Dovecot(root, tls=tls, push_urls=push_urls)
     server.start()
     try:
         yield server

@@ -200,7 +200,7 @@ def push_server():
     """A private Dovecot that pushes each delivered mail to ``/imap/work/<secret>`` on the
     port it names (the test's bridge listens there)."""
     port = free_port()
-    with running_dovecot(push_url=f"http://127.0.0.1:{port}/imap/work/{PUSH_SECRET}") as server:
+    with running_dovecot(push_urls=[f"http://127.0.0.1:{port}/imap/work/{PUSH_SECRET}"]) as server:
         server.push_port = port
         yield server
 
