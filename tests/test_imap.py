@@ -263,6 +263,34 @@ class TestPush:
             await wait_until(lambda: len(outbox(tmp_path)) == 1, what="the SMS of a mail delivered later")
         assert not [e for e in logs if e["event"] in ("imap_connected", "imap_error")]
 
+    async def test_pushes_during_a_search_count_once(self, tmp_path, sink, pushing, run_bridge):
+        """Five pushes while the poller is about to search make that one search, not five."""
+        _, relay_port = sink
+        bridge = await run_bridge(push_config(tmp_path, relay_port, pushing, idle_renew=1680))
+        poller = bridge.pollers["work"]
+
+        def idling() -> bool:
+            return poller._imap is not None and poller._imap.has_pending_idle()
+
+        await wait_until(idling, what="the poller in IDLE")
+        searches, held = [], asyncio.Event()
+
+        async def hold() -> None:
+            searches.append(1)
+            await held.wait()
+
+        poller.before_search = hold
+        url = f"http://127.0.0.1:{bridge.web.port}/imap/work/{PUSH_SECRET}"
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.post(url)
+            await wait_until(lambda: searches, what="the search the first push started")
+            for _ in range(4):
+                assert (await client.post(url)).json() == {"result": "woken"}
+        held.set()
+        await wait_until(idling, what="the poller back in IDLE")
+        await asyncio.sleep(0.3)
+        assert len(searches) == 1 and idling()
+
     async def test_push_answers(self, tmp_path, sink, start_bridge):
         """A wrong secret is 403 and counted; a mailbox without push is 404; GET is 405; a
         mailbox this bridge is not polling now (its server down) is ``standby``."""
