@@ -142,7 +142,6 @@ class HttpListener:
         await bridge.metrics.refresh(bridge.store, breakers, verdict.loops, verdict.ready, bridge.clock())
         return web.Response(body=bridge.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-
     async def imap_push(self, request: web.Request) -> web.Response:
         """Wake the poller of ``imap.<name>`` (see the module docstring)."""
         name = request.match_info["name"]

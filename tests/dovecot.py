@@ -319,11 +319,11 @@ class MailUser:
     def deliver_lda(self, raw: bytes) -> None:
         """Deliver one message as Postfix's mailbox_command would: ``dovecot-lda`` into INBOX
         (unlike APPEND, a delivery is what Dovecot's push reports)."""
-        found = subprocess.run(
+        done = subprocess.run(
             [LDA, "-c", str(self.server.conf), "-d", self.user, "-f", "sender@example.org"],
             input=raw.replace(b"\r\n", b"\n"), capture_output=True, timeout=30,
         )
-        assert found.returncode == 0, found.stderr.decode(errors="replace")
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
 
     def deliver(self, raws: Iterable[bytes], folder: str = "INBOX") -> int:
         """Write messages straight into the Maildir ``new/`` folder (fast bulk load)."""
