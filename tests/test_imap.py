@@ -639,3 +639,33 @@ class TestTwoBridgesOnePostgres:
         assert sorted(line["text"] for line in outbox(tmp_path)) == sorted({line["text"] for line in outbox(tmp_path)})
         assert await wait_folder(dovecot, PROCESSED, 4) == [f"<alert-{i}@example.org>" for i in range(4)]
         await second.stop()
+
+    async def test_a_push_to_each_bridge_wakes_the_one_polling(self, tmp_path, sink, pg_url, run_bridge):
+        """Dovecot pushes to both bridges (a driver each, as the README says): the one that
+        holds the mailbox brings each mail in at once (it polls once an hour), the other
+        answers ``standby``; each SMS is sent once."""
+        _, relay_port = sink
+        ports = [free_port(), free_port()]
+        with running_dovecot(push_urls=[f"http://127.0.0.1:{p}/imap/work/{PUSH_SECRET}" for p in ports]) as server:
+            account = server.add_user()
+            account.enable_push()
+            bridges = []
+            for port in ports:
+                settings = base_settings(
+                    tmp_path, relay_port, accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 1000, "route": ["outbox"]}},
+                    imap={"work": imap_settings(account, push_secret=PUSH_SECRET, idle=False, poll_interval=3600)},
+                    http={"listen": f"127.0.0.1:{port}"},
+                )
+                bridges.append(await run_bridge(dataclasses.replace(make_config(tmp_path, settings), store=pg_url)))
+            await wait_until(lambda: any(b.pollers["work"].active for b in bridges), what="a bridge polling")
+            for i in range(3):
+                await asyncio.to_thread(account.deliver_lda, alert(i))
+                await wait_until(lambda: len(outbox(tmp_path)) == i + 1, what=f"SMS {i} brought by a push")
+            await asyncio.sleep(0.3)
+            counts = sorted(
+                ({r: b.metrics.imap_pushes.labels("work", r)._value.get() for r in ("woken", "standby")}
+                 for b in bridges), key=lambda c: c["woken"])
+            for bridge in bridges:
+                await bridge.stop()
+        assert counts == [{"woken": 0, "standby": 3}, {"woken": 3, "standby": 0}]
+        assert sorted(line["to"] for line in outbox(tmp_path)) == [f"+336{10000000 + i:08d}" for i in range(3)]
