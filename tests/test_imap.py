@@ -64,10 +64,12 @@ def imap_settings(account: MailUser, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def config_for(tmp_path: Path, relay_port: int, account: MailUser | None, credits: int = 1000, **imap: Any) -> Config:
+def config_for(tmp_path: Path, relay_port: int, account: MailUser | None, credits: int = 1000,
+               http: dict[str, Any] | None = None, **imap: Any) -> Config:
     settings = base_settings(
         tmp_path, relay_port,
         accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": credits, "route": ["outbox"]}},
+        **({"http": http} if http else {}),
     )
     if account is not None:
         settings["imap"] = {"work": imap_settings(account, **imap)}
@@ -213,14 +215,11 @@ def pushing(push_server) -> MailUser:
     return account
 
 
-def push_config(tmp_path: Path, relay_port: int, account: MailUser, **imap: Any) -> Config:
-    """``config_for`` with the mailbox's ``push_secret`` and the HTTP listener Dovecot calls."""
-    settings = base_settings(
-        tmp_path, relay_port, accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 1000, "route": ["outbox"]}},
-        imap={"work": imap_settings(account, push_secret=PUSH_SECRET, **imap)},
-        http={"listen": f"127.0.0.1:{account.server.push_port}"},
-    )
-    return make_config(tmp_path, settings)
+def push_config(tmp_path: Path, relay_port: int, account: MailUser, port: int | None = None, **imap: Any) -> Config:
+    """``config_for`` with the mailbox's ``push_secret`` and the HTTP listener Dovecot calls
+    (on ``port``, default the push server's ``push_port``)."""
+    listen = f"127.0.0.1:{port or account.server.push_port}"
+    return config_for(tmp_path, relay_port, account, http={"listen": listen}, push_secret=PUSH_SECRET, **imap)
 
 
 class TestPush:
@@ -651,12 +650,8 @@ class TestTwoBridgesOnePostgres:
             account.enable_push()
             bridges = []
             for port in ports:
-                settings = base_settings(
-                    tmp_path, relay_port, accounts={"arthur45": {"api_key": ACCOUNT_KEY, "credits": 1000, "route": ["outbox"]}},
-                    imap={"work": imap_settings(account, push_secret=PUSH_SECRET, idle=False, poll_interval=3600)},
-                    http={"listen": f"127.0.0.1:{port}"},
-                )
-                bridges.append(await run_bridge(dataclasses.replace(make_config(tmp_path, settings), store=pg_url)))
+                config = push_config(tmp_path, relay_port, account, port, idle=False, poll_interval=3600)
+                bridges.append(await run_bridge(dataclasses.replace(config, store=pg_url)))
             await wait_until(lambda: any(b.pollers["work"].active for b in bridges), what="a bridge polling")
             for i in range(3):
                 await asyncio.to_thread(account.deliver_lda, alert(i))

@@ -129,7 +129,6 @@ class TestRateLimiter:
         assert limiter.take(100.0) == 100.0
         assert limiter.take(100.0) == pytest.approx(100.1)
 
-
     def test_a_bulk_call_takes_a_slot_per_number(self):
         """Taking three slots at once leaves the limiter where three takes leave it: the
         call goes at the first slot, the next send three slots later."""

@@ -363,7 +363,6 @@ class TestClaimRecordsCalls:
         refused = await store.settle_call("m2s-ref-1", [Settlement(j.id, S.SENT, None, "id") for j in called], 3)
         assert refused == [] and sorted(j.state.value for j in await store.jobs()) == ["claimed", "sent", "sent"]
 
-
     async def test_a_call_recorded_in_the_claim_holds_the_claims_lease(self, store):
         """The jobs a claim calls and the ones it only claims carry the owner and the lease's
         end: a sweep when the lease ends, or when the owner is dead, marks the first unknown
