@@ -87,7 +87,7 @@ class Bridge:
                             metrics=self.metrics)
         await recovery.sweep()  # leases of a dead predecessor on this host end now
         await dispatcher.load_windows()
-        self.intake = Intake(config, self.store, self.clock, on_commit=dispatcher.wake, metrics=self.metrics)
+        self.intake = Intake(config, self.store, self.clock, commit=dispatcher.commit, metrics=self.metrics)
         replies = ReplySender(config.replies, self.store, self.clock, metrics=self.metrics)
         run = self.supervisor
         settings = config.dispatcher

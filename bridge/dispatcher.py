@@ -9,6 +9,9 @@ the route. Before each call one write records the provider and a client referenc
 outcomes are written in one more write. What each outcome means is
 ``outcomes.after_call`` / ``after_route`` (pure).
 
+A mail's jobs may also skip the claim: while a call slot is free, the intake commit records
+their call itself (``commit``, ``store.Handoff``) and the call is made once it is on disk.
+
 A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
 during a call marks it ``unknown`` at once, and ``recovery.Recovery`` asks the provider
 about it. A crash leaves leases that its sweep ends.
@@ -38,12 +41,12 @@ from bridge.errors import ProviderError, RecipientRefused, TransientError
 from bridge.leases import new_owner
 from bridge.limits import BreakerState, Throttles
 from bridge.metrics import Metrics
-from bridge.model import Job, JobState, Settlement
+from bridge.model import Acceptance, Job, JobState, Plan, Settlement
 from bridge.outcomes import Next, RetryPolicy, after_call, after_route
 from bridge.providers.base import Provider, Receipt, Sms, can_reconcile
 from bridge.routing import Route, choose_route
 from bridge.store import Store
-from bridge.store.protocol import CallPlan
+from bridge.store.protocol import CallPlan, Handoff
 from bridge.supervise import first_of
 
 log = structlog.get_logger("bridge.dispatcher")
@@ -92,6 +95,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._inflight: set[asyncio.Task] = set()
+        self._handoffs: dict[asyncio.Task, int] = {}  # intake commits offered a handoff -> their numbers
+        self.closing = False                  # shutdown began: no more handoffs
         self._calls: dict[int, str] = {}      # job id -> reference of the call on the wire
         self._recorded: dict[int, str] = {}   # job id -> reference recorded by the claim, not yet on the wire
         self._open_logged: dict[tuple[str, ...], float] = {}
@@ -107,13 +112,64 @@ class Dispatcher:
         """New work was committed: look for due jobs now rather than at the next poll."""
         self._wake.set()
 
+    # --- jobs straight from intake ------------------------------------------------------
+
+    async def commit(self, plan: Plan, now: float) -> Acceptance:
+        """Commit a mail's plan (``Intake``'s commit in the daemon), handing its due jobs
+        straight to this dispatcher while a call slot is free.
+
+        The commit then records their call as a claim's plan would (``store.Handoff``): the
+        call is made as soon as the commit is on disk, without a wake-up, a claim and its
+        commit in between. Jobs the handoff leaves queued (no free slot, a rate window,
+        quiet hours, a later ``date=``, an open circuit...) wake the loop, which claims them
+        as before. The commit goes on if the caller is cancelled, and its jobs are taken
+        all the same.
+        """
+        handoff = self._handoff(now)
+        if handoff is None:
+            result = await self.store.commit(plan, now)
+        else:
+            task = asyncio.ensure_future(self.store.commit(plan, now, handoff))
+            self._handoffs[task] = len(plan.jobs)  # a slot, and room at the providers' rates, held
+            task.add_done_callback(self._adopt)
+            result = await asyncio.shield(task)
+        if len(result.calling) < len(result.job_ids):
+            self.wake()
+        return result
+
+    def _handoff(self, now: float) -> Handoff | None:
+        """An offer of one call (one slot held until the commit is done), or None when no
+        slot is free or the dispatcher is stopping."""
+        if self.closing or len(self._inflight) + len(self._handoffs) >= self.settings.concurrency:
+            return None
+        return Handoff(self.owner, self.settings.lease, self._plan(now, 1))
+
+    def _adopt(self, commit: asyncio.Task) -> None:
+        """A commit offered a handoff is done: call what it recorded, give its slot back."""
+        del self._handoffs[commit]
+        self._slot.set()
+        if commit.cancelled() or commit.exception() is not None:
+            return  # nothing was committed
+        calls: dict[str | None, list[Job]] = {}
+        for job in commit.result().calling:
+            calls.setdefault(job.client_ref, []).append(job)
+            self._recorded[job.id] = job.client_ref
+        for group in calls.values():
+            self._start(group)
+
+    def _start(self, group: list[Job]) -> None:
+        """Process ``group`` in a task of its own, counted in flight."""
+        task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set. Errors propagate to the supervisor."""
         while not stop.is_set():
             self.passes += 1
-            if len(self._inflight) >= self.settings.concurrency:
+            if len(self._inflight) + len(self._handoffs) >= self.settings.concurrency:
                 self._slot.clear()
                 await first_of(stop.wait(), self._slot.wait())
                 continue
@@ -122,7 +178,7 @@ class Dispatcher:
                 await first_of(stop.wait(), timeout=max(0.0, paused - self.clock()))
                 continue
             self._wake.clear()
-            free = self.settings.concurrency - len(self._inflight)
+            free = self.settings.concurrency - len(self._inflight) - len(self._handoffs)
             wanted = free * self._per_group
             jobs = await self._claim(wanted, free)
             called: dict[str | None, list[Job]] = {}  # recorded by the claim: one call each
@@ -139,9 +195,7 @@ class Dispatcher:
             if groups:  # claim as many jobs per call as the last claim grouped, up to bulk size
                 self._per_group = max(1, min(self._max_batch, -(-len(jobs) // len(groups))))
             for group in groups:
-                task = asyncio.create_task(self.process(group), name=f"job-{group[0].id}")
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
+                self._start(group)
             if len(jobs) < wanted and not self._wake.is_set():  # everything due is taken, and no
                 timeout = await self._next_wait()                 # mail came since: sleep until woken or due
                 await first_of(stop.wait(), self._wake.wait(), timeout=timeout)
@@ -179,10 +233,14 @@ class Dispatcher:
         it); never a job that ``_screen`` could hold back (quiet hours, an opt-out since intake,
         an account with its own rate windows). Other claimed jobs take the usual way. The plan
         runs inside the claim's transaction (SQLite: on the writer thread), so it reads only
-        the config, the providers' capabilities and this snapshot.
+        the config, the providers' capabilities and this snapshot. The room that intake commits
+        under way with a handoff (``commit``) may take, as many numbers as each mail has, is
+        not given twice.
         """
-        room = {name: max(1, int(self.limiters[name].rate * _PLAN_AHEAD)) for name in self.providers
+        held = sum(self._handoffs.values())
+        room = {name: max(1, int(self.limiters[name].rate * _PLAN_AHEAD)) - held for name in self.providers
                 if self.breakers[name].state(now) is BreakerState.CLOSED and self.limiters[name].next_free(now) <= now}
+        room = {name: left for name, left in room.items() if left > 0}
         windowed = frozenset(login for login, windows in self.throttles.windows.items() if windows)
 
         def plan(jobs: list[Job]) -> list[tuple[list[int], str, str]]:
@@ -190,7 +248,7 @@ class Dispatcher:
             for group in self._groups(jobs):
                 routes: dict[tuple[str, ...], list[Job]] = {}
                 for job in group:
-                    if self._plain(job, now, windowed):
+                    if job.next_attempt_at <= now and self._plain(job, now, windowed):
                         names = self._route(job).names
                         if names and names[0] in room:
                             routes.setdefault(names, []).append(job)
@@ -225,7 +283,11 @@ class Dispatcher:
         return min(self.settings.poll_interval, max(0.0, due - self.clock()))
 
     async def shutdown(self) -> None:
-        """Wait ``grace_period`` for in-flight jobs, then cancel them (calls -> unknown)."""
+        """Take no more handoffs and adopt those under way; wait ``grace_period`` for in-flight
+        jobs, then cancel them (calls -> unknown)."""
+        self.closing = True
+        if self._handoffs:
+            await asyncio.wait(list(self._handoffs), timeout=self.settings.grace_period)
         if not self._inflight:
             return
         done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.grace_period)

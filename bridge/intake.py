@@ -1,6 +1,8 @@
 """Intake: one raw mail -> a plan (``decide``, pure) -> one commit in the store.
 
-Shared by the SMTP listener, the IMAP poller and ``mail2sms send``. The ingress adapter
+Shared by the SMTP listener, the IMAP poller and ``mail2sms send``. In the daemon the
+commit goes through the dispatcher (``Dispatcher.commit``), which may take the mail's jobs
+straight from it. The ingress adapter
 turns the ``Outcome`` into its own answer (an SMTP reply, an IMAP move). ``submit`` raises
 ``StoreError`` when nothing was committed (SMTP then answers 451 and the sending MTA keeps
 the mail), including while the daemon refuses mail because a background loop died.
@@ -9,7 +11,7 @@ the mail), including while the daemon refuses mail because a background loop die
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -19,7 +21,7 @@ from bridge.decide import Decision, Envelope, decide
 from bridge.errors import StoreError
 from bridge.mail import parse_mail
 from bridge.metrics import Metrics
-from bridge.model import Acceptance
+from bridge.model import Acceptance, Plan
 from bridge.statuses import status_text
 from bridge.store import Store
 
@@ -57,13 +59,14 @@ class Intake:
         config: Config,
         store: Store,
         clock: Callable[[], float] = time.time,
-        on_commit: Callable[[], None] | None = None,
+        commit: Callable[[Plan, float], Awaitable[Acceptance]] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
-        self.on_commit = on_commit  # wakes the dispatcher when jobs were committed
+        # The daemon's: the dispatcher's, which takes the jobs (``Dispatcher.commit``).
+        self.commit = commit or store.commit
         self.refusing: str | None = None
         self.metrics = metrics or Metrics()
 
@@ -82,9 +85,7 @@ class Intake:
             raise Unavailable(self.refusing)
         now = self.clock()
         decision = decide(parse_mail(raw, envelope.mail_from or None), envelope, self.config, now, inline)
-        result = await self.store.commit(decision.plan, now)
-        if result.job_ids and self.on_commit is not None:
-            self.on_commit()
+        result = await self.commit(decision.plan, now)
         outcome = _report(decision, envelope, result)
         self.metrics.mail(envelope.source, outcome, decision.plan.login, result.used)
         return outcome

@@ -241,6 +241,7 @@ class Acceptance:
     refused: tuple[Refusal, ...] = ()
     status: int = 0                            # the status told (100, 101, 113, 125...)
     note: str = ""
+    calling: tuple[Job, ...] = ()              # jobs whose call the commit recorded (a handoff)
 
 
 @dataclass(frozen=True)

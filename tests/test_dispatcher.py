@@ -695,3 +695,115 @@ class TestCallRecordedByTheClaim:
         await asyncio.gather(runner, return_exceptions=True)
         job = await store.job(1)
         assert job.state.value == "queued" and recorder.calls == []
+
+
+def handing_off(dispatcher, store: Store, clock) -> Intake:
+    """An intake that commits through the dispatcher, as the daemon's does."""
+    return Intake(dispatcher.config, store, clock.time, commit=dispatcher.commit)
+
+
+class TestHandoffFromIntake:
+    async def test_a_mail_goes_out_from_its_commit_without_a_claim(self, tmp_path, world):
+        """With a call slot free, the intake commit records the call ('calling', provider and
+        reference on disk before the request) and the SMS goes out with the dispatcher's loop
+        never running: no wake-up, no claim."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        settings["providers"]["outbox"]["rate"] = 1000  # room for a call of two numbers now
+        await open_accounts(settings)
+        checker = ChecksTheStore("outbox", store)
+        dispatcher, _ = make(settings, {"outbox": checker})
+        await submit(handing_off(dispatcher, store, clock), "0612121515;0612121516", text="Straight out")
+        await wait_until(lambda: len(checker.seen) == 2, what="the call")
+        await dispatcher.shutdown()
+        assert checker.seen == [("calling", "outbox", "m2s-1-1", "m2s-1-1")] * 2  # one bulk call
+        assert await states(store) == ["sent", "sent"]
+        assert dispatcher.passes == 0 and not dispatcher._wake.is_set()
+
+    async def test_without_a_free_slot_the_job_waits_for_the_claim(self, tmp_path, world):
+        """Every call slot busy: the mail's job is committed 'queued' and the loop is woken to
+        claim it once a slot frees, as without the handoff."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"concurrency": 1, "grace_period": 0.1})
+        await open_accounts(settings)
+        hanging = Hanging("outbox")
+        dispatcher, _ = make(settings, {"outbox": hanging})
+        intake = handing_off(dispatcher, store, clock)
+        await submit(intake, "0612121515", text="First")
+        await asyncio.wait_for(hanging.called.wait(), 5)
+        await submit(intake, "0612121516", text="Second")
+        assert await states(store) == ["calling", "queued"] and dispatcher._wake.is_set()
+        await dispatcher.shutdown()
+        assert await states(store) == ["unknown", "queued"]
+
+    async def test_jobs_due_later_or_held_are_left_to_the_loop(self, tmp_path, world):
+        """A later ``date=`` and marketing in quiet hours are never handed off: committed
+        'queued', the loop woken (it works out when they are due)."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, _ = make(settings, {"outbox": recorder})
+        intake = handing_off(dispatcher, store, clock)
+        later = datetime.fromtimestamp(clock.time() + 7200, timezone.utc).astimezone()
+        await submit(intake, "0612121515", extra=f"|date={later:%Y-%m-%d %H:%M:%S}")
+        assert await states(store) == ["queued"] and dispatcher._wake.is_set()
+        dispatcher._wake.clear()
+        clock.now = datetime(2026, 5, 3, 12, 0, tzinfo=timezone.utc).timestamp()  # a Sunday
+        await submit(intake, "0612121516", extra="|type=marketing")
+        assert await states(store) == ["queued", "queued"] and dispatcher._wake.is_set()
+        await asyncio.sleep(0.05)
+        assert recorder.calls == []
+
+    async def test_a_sender_gone_during_the_commit_still_gets_its_sms_out_once(self, tmp_path, world):
+        """The SMTP session that submitted the mail is cancelled while its commit is written:
+        the commit goes on and its recorded call is made, once."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, _ = make(settings, {"outbox": recorder})
+        session = asyncio.create_task(submit(handing_off(dispatcher, store, clock), "0612121515"))
+        await asyncio.sleep(0)  # in the commit
+        session.cancel()
+        await asyncio.gather(session, return_exceptions=True)
+        assert session.cancelled()
+        await wait_until(lambda: recorder.calls, what="the call")
+        await dispatcher.shutdown()
+        assert len(recorder.calls) == 1 and await states(store) == ["sent"]
+
+    async def test_shutdown_takes_the_handoffs_under_way_and_no_more(self, tmp_path, world):
+        """A commit under way when shutdown begins is adopted and its SMS sent before the
+        dispatcher stops (never left 'calling' for a restart to call unknown); a mail
+        committed after that is only queued."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, _ = make(settings, {"outbox": recorder})
+        intake = handing_off(dispatcher, store, clock)
+        session = asyncio.create_task(submit(intake, "0612121515"))
+        await asyncio.sleep(0)
+        await dispatcher.shutdown()
+        assert len(recorder.calls) == 1 and await states(store) == ["sent"]
+        await session
+        clock.now += 60  # the provider's rate would allow another call at once
+        await submit(intake, "0612121516")
+        await asyncio.sleep(0.05)
+        assert await states(store) == ["sent", "queued"] and len(recorder.calls) == 1
+
+    async def test_concurrent_handoffs_do_not_overrun_a_providers_rate(self, tmp_path, world):
+        """At one SMS a second, of two mails committed together only one is handed off; the
+        other is queued for the loop, which paces it (no call recorded to wait in 'calling')."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        settings["providers"]["outbox"]["rate"] = 1
+        await open_accounts(settings)
+        checker = ChecksTheStore("outbox", store)
+        dispatcher, _ = make(settings, {"outbox": checker})
+        intake = handing_off(dispatcher, store, clock)
+        await asyncio.gather(submit(intake, "0612121515", text="One"), submit(intake, "0612121516", text="Two"))
+        await wait_until(lambda: checker.seen, what="the first call")
+        await dispatcher.shutdown()
+        assert sorted(await states(store)) == ["queued", "sent"]
+        assert len(checker.seen) == 1

@@ -22,6 +22,7 @@ import pytest
 from bridge.errors import StoreError
 from bridge.model import IllegalTransition, JobState, Limits, NewJob, NewReply, Plan, Settlement
 from bridge.store import SqliteStore, Store, open_url
+from bridge.store.protocol import Handoff
 from bridge.store.pg_schema import MIGRATIONS as PG_MIGRATIONS, SCHEMA_VERSION as PG_SCHEMA_VERSION
 from bridge.store.pg_schema import migrate as pg_migrate
 from bridge.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
@@ -378,6 +379,55 @@ class TestClaimRecordsCalls:
             stored = {j.id: j for j in await store.jobs()}
             assert [(stored[i].state, stored[i].attempts, stored[i].called_at) for i in ids] == [
                 (S.UNKNOWN, 1, at), (S.QUEUED, 0, None), (S.UNKNOWN, 1, at)]
+
+
+class TestCommitHandsOff:
+    async def test_the_handoff_records_the_calls_of_the_new_due_jobs(self, store):
+        """The handoff's plan sees the mail's due jobs as a claim would (ids, text, the mail's
+        Message-ID and Reply-To); the calls it names are 'calling' in the same commit, leased
+        to its owner, counted as an attempt; a job it leaves out, and one due later
+        (``date=``), stay queued."""
+        numbers = ("+33612121515", "+33612121516", "+33612121517")
+        jobs = tuple(NewJob(number=n, text="hi", sender=None, parts=1, cost=1) for n in numbers) + (
+            NewJob(number="+33612121518", text="hi", sender=None, parts=1, cost=1, send_at=500),)
+        seen = []
+
+        def plan_calls(due):
+            seen.extend(due)
+            return [([due[0].id, due[1].id], "p", "m2s-ref-1")]
+
+        mail = dataclasses.replace(plan("k"), jobs=jobs, message_id="<m@t>")
+        done = await store.commit(mail, 10, Handoff("me", 60, plan_calls))
+        ids = done.job_ids
+        assert [(j.id, j.number, j.text, j.state, j.message_id, j.reply_to) for j in seen] == [
+            (i, n, "hi", S.QUEUED, "<m@t>", "alice@example.org") for i, n in zip(ids, numbers)]
+        assert [(j.id, j.state, j.provider, j.client_ref) for j in done.calling] == [
+            (i, S.CALLING, "p", "m2s-ref-1") for i in ids[:2]]
+        stored = {j.id: j for j in await store.jobs()}
+        assert [(stored[i].state, stored[i].attempts, stored[i].called_at, stored[i].client_ref) for i in ids] == [
+            (S.CALLING, 1, 10, "m2s-ref-1"), (S.CALLING, 1, 10, "m2s-ref-1"),
+            (S.QUEUED, 0, None, None), (S.QUEUED, 0, None, None)]
+        assert await store.lease_owners() == ["me"]
+        assert await store.sweep(69, ["other"]) == ([], [])
+        assert await store.sweep(71) == ([], list(ids[:2]))  # the lease ended during the call: unknown
+        assert (await store.settle_call("m2s-ref-1", [Settlement(i, S.SENT, None, "x") for i in ids[:2]], 72)) == []
+        assert [j.state for j in await store.jobs()] == [S.QUEUED, S.QUEUED, S.SENT, S.SENT]
+
+    async def test_no_handoff_for_a_mail_that_is_not_accepted(self, store):
+        """A plan that names no call leaves the jobs queued; a duplicate, or a mail refused for
+        want of credit, offers the plan nothing."""
+        offered = []
+
+        def plan_calls(due):
+            offered.append([j.id for j in due])
+            return []
+
+        first = await store.commit(plan("k"), 1, Handoff("me", 60, plan_calls))
+        assert (first.outcome, first.calling, offered) == ("accepted", (), [list(first.job_ids)])
+        assert [j.state for j in await store.jobs()] == [S.QUEUED]
+        assert (await store.commit(plan("k"), 2, Handoff("me", 60, plan_calls))).outcome == "duplicate"
+        poor = await store.commit(plan("k2", cost=10**9), 3, Handoff("me", 60, plan_calls))
+        assert (poor.outcome, poor.calling, len(offered)) == ("insufficient_credit", (), 1)
 
 
 class TestJobs:

@@ -27,15 +27,21 @@ import asyncpg
 
 from bridge import rules, status_mail
 from bridge.model import Acceptance, Counts, NewJob, Plan
+from bridge.store.pg_jobs import hand_off
 from bridge.store.pg_sql import Params, queue_reply, spent_so_far
+from bridge.store.protocol import Handoff
+from bridge.store.sql import due_jobs
 
 
 class Duplicate(Exception):
     """Raised inside the transaction to roll back a mail whose key was already taken."""
 
 
-async def commit(conn: asyncpg.Connection, plan: Plan, now: float, channel: str) -> Acceptance:
+async def commit(conn: asyncpg.Connection, plan: Plan, now: float, channel: str,
+                 handoff: Handoff | None = None) -> Acceptance:
     """Apply intake's ``plan`` in the caller's transaction; raises ``Duplicate`` to roll it back.
+    With ``handoff``, the calls it plans for the new due jobs are recorded too (one more
+    statement per call; ``Acceptance.calling``).
 
     Four statements besides ``BEGIN`` and ``COMMIT`` (each is a round trip, and every
     commit of one account waits for the previous one to finish): the keys, the lock, the
@@ -63,7 +69,8 @@ async def commit(conn: asyncpg.Connection, plan: Plan, now: float, channel: str)
     evaluated = bool(plan.jobs or plan.refused)
     status, note = rules.status_of(refused, kept) if evaluated else (0, "")
     ids = await _write(conn, message, plan, outcome, kept, used, now, channel)
-    acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
+    calling = await hand_off(conn, due_jobs(plan, kept, ids, now), handoff, now) if handoff and ids else ()
+    acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note, calling)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
         await queue_reply(conn, reply, now)
     return acceptance

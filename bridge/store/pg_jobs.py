@@ -19,7 +19,7 @@ from bridge import rules
 
 from bridge.model import CALL_OUTCOME_SOURCES, IllegalTransition, Job, JobState as S, Settlement, check_transition
 from bridge.store.pg_sql import Params, log, move, queue_reply, transition
-from bridge.store.protocol import CallPlan
+from bridge.store.protocol import CallPlan, Handoff
 from bridge.store.sql import JOB_COLUMNS, job_of
 
 
@@ -80,10 +80,28 @@ async def start_call(conn: asyncpg.Connection, owner: str, ids: Sequence[int], p
                      now: float, lease_until: float) -> list[int]:
     """Record the call before it is made (``claimed -> calling``); the ids still ours."""
     p = Params()
-    sets = (f", provider={p(provider)}, client_ref={p(ref)}, called_at={p(now)}::float8, "
-            f"attempts=attempts+1, lease_until={p(lease_until)}::float8")
-    taken = await transition(conn, ids, S.CALLING, S.CLAIMED, now, {"lease_owner": owner}, sets, p)
+    taken = await transition(conn, ids, S.CALLING, S.CLAIMED, now, {"lease_owner": owner},
+                             _call_sets(p, provider, ref, now, lease_until), p)
     return sorted(taken)
+
+
+def _call_sets(p: Params, provider: str, ref: str, now: float, lease_until: float) -> str:
+    """What recording a call writes (provider, reference, time, lease end)."""
+    return (f", provider={p(provider)}, client_ref={p(ref)}, called_at={p(now)}::float8, "
+            f"attempts=attempts+1, lease_until={p(lease_until)}::float8")
+
+
+async def hand_off(conn: asyncpg.Connection, jobs: list[Job], handoff: Handoff, now: float) -> tuple[Job, ...]:
+    """Record the calls ``handoff`` plans for ``jobs``, just written by an intake commit, in
+    its transaction (``queued -> claimed -> calling``, one statement a call); the jobs
+    called, as ``calling``."""
+    called: dict[int, tuple[str, str]] = {}
+    for ids, name, ref in handoff.plan(jobs):
+        p = Params()
+        sets = f", lease_owner={p(handoff.owner)}" + _call_sets(p, name, ref, now, now + handoff.lease)
+        got = await transition(conn, ids, S.CALLING, S.QUEUED, now, None, sets, p, via=S.CLAIMED)
+        called.update((i, (name, ref)) for i in got)
+    return tuple(j.calling(*called[j.id]) for j in jobs if j.id in called)
 
 
 async def settle_call(conn: asyncpg.Connection, ref: str, items: Sequence[Settlement], now: float,

@@ -60,17 +60,24 @@ async def transition(
     where: dict[str, Any] | None = None,
     sets: str = "",
     p: Params | None = None,
+    via: JobState | None = None,
 ) -> dict[int, asyncpg.Record]:
     """Compare-and-set: move the jobs of ``ids`` (every job if None) that are in ``sources``
     and whose columns equal ``where`` to ``target``; return their (id, login, cost, provider).
 
     ``sets`` adds assignments to the same ``UPDATE`` (its placeholders come from ``p``).
     Raises ``IllegalTransition`` (and changes nothing) when a source -> target is not in
-    the table. Jobs that did not match are left alone for the caller to report.
+    the table. Jobs that did not match are left alone for the caller to report. With
+    ``via``, two moves in one write, source -> ``via`` -> target, both checked (as SQLite's
+    ``transition``).
     """
     id_list = None if ids is None else list(ids)
     try:
-        sources = check_transition(sources, target)
+        if via is not None:
+            sources = check_transition(sources, via)
+            check_transition(via, target)
+        else:
+            sources = check_transition(sources, target)
     except IllegalTransition as exc:
         log.error("illegal_transition", error=str(exc), job_ids=(id_list or [])[:20])
         raise

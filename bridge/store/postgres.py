@@ -29,7 +29,7 @@ from bridge.store import pg_history, pg_instances, pg_intake, pg_jobs, pg_twoway
 from bridge.store.pg_schema import migrate
 from bridge.store.pg_sql import (ACQUIRE_TIMEOUT, COMMAND_TIMEOUT, CONNECT_TIMEOUT, DRIVER_ERRORS, JOB_SELECT,
                                  POOL_SIZE, describe as _describe, move, queue_reply)
-from bridge.store.protocol import CallPlan, MailboxLock
+from bridge.store.protocol import CallPlan, Handoff, MailboxLock
 from bridge.store.sql import job_of
 
 log = structlog.get_logger("bridge.store")
@@ -175,10 +175,11 @@ class PostgresStore:
 
     # --- intake ----------------------------------------------------------------------------
 
-    async def commit(self, plan: Plan, now: float) -> Acceptance:
-        """Apply intake's plan: dedupe, rules, credit, jobs and debits, replies; one transaction."""
+    async def commit(self, plan: Plan, now: float, handoff: Handoff | None = None) -> Acceptance:
+        """Apply intake's plan: dedupe, rules, credit, jobs and debits, replies, and the calls
+        ``handoff`` plans; one transaction."""
         try:
-            return await self.write(lambda c: pg_intake.commit(c, plan, float(now), self.channel))
+            return await self.write(lambda c: pg_intake.commit(c, plan, float(now), self.channel, handoff))
         except pg_intake.Duplicate:
             return Acceptance("duplicate")
 

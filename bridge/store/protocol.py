@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settlement
@@ -19,6 +20,22 @@ from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settl
 #: (job ids, provider, client reference). Runs inside the claim's transaction (on
 #: SQLite's writer thread), so it must be pure: it may not touch the event loop.
 CallPlan = Callable[[list[Job]], list[tuple[list[int], str, str]]]
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The dispatcher's offer to take a mail's due jobs straight from its intake commit.
+
+    ``plan`` (a ``CallPlan``) is given the jobs the commit has just written, as a claim's
+    plan is given the jobs it took; the calls it names are recorded in the same transaction
+    (``queued -> claimed -> calling``, leased to ``owner`` for ``lease`` seconds, as a
+    claim records them) and come back in ``Acceptance.calling``: the dispatcher calls them
+    once the commit is on disk, with no claim in between.
+    """
+
+    owner: str
+    lease: float
+    plan: CallPlan
 
 
 class MailboxLock:
@@ -59,8 +76,9 @@ class Store(Protocol):
         """Every credit movement of an account."""
 
     # intake
-    async def commit(self, plan: Plan, now: float) -> Acceptance:
-        """Apply intake's plan in one transaction."""
+    async def commit(self, plan: Plan, now: float, handoff: Handoff | None = None) -> Acceptance:
+        """Apply intake's plan in one transaction; with ``handoff``, record the calls it plans
+        for the new due jobs in the same transaction (``Acceptance.calling``)."""
 
     # the job life cycle
     async def claim(self, owner: str, now: float, limit: int, lease: float, only: Sequence[int] = (),

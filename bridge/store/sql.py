@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from bridge.model import IllegalTransition, Job, JobState, NewReply, check_transition
+from bridge.model import IllegalTransition, Job, JobState, NewJob, NewReply, Plan, check_transition
 from bridge.status_mail import reply_cap_keys
 
 log = structlog.get_logger("bridge.store")
@@ -36,6 +36,15 @@ def job_of(row: sqlite3.Row) -> Job:
     PostgreSQL's."""
     return Job.of((*row[:7], bool(row[7]), bool(row[8]), _STATES[row[9]], *row[10:21],
                    None, row[_SUBJECT] if len(row) > _SUBJECT else None))  # suppressed, subject
+
+
+def due_jobs(plan: Plan, kept: Sequence[NewJob], ids: Sequence[int], now: float) -> list[Job]:
+    """The jobs an intake commit has just written (``kept``, with their ``ids``) that are due
+    now, as a claim would read them (SQLite's or PostgreSQL's): what a handoff is offered."""
+    return [Job.of((i, plan.login, j.number, j.text, j.sender, j.parts, j.cost, bool(j.unicode), bool(j.low_cost),
+                    JobState.QUEUED, 0, now, now, None, None, None, plan.message_id, plan.reply_to, j.category,
+                    None, None, None, None))
+            for j, i in zip(kept, ids) if j.send_at is None or j.send_at <= now]
 
 
 def marks(values: Sequence[Any]) -> str:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from bridge import rules, status_mail
-from bridge.model import Acceptance, Counts, NewJob, Plan
-from bridge.store.sql import ADD_TO_BALANCE, SPENT_SO_FAR, queue_reply
+from bridge.model import Acceptance, Counts, Job, NewJob, Plan
+from bridge.store.protocol import Handoff
+from bridge.store.sql import ADD_TO_BALANCE, SPENT_SO_FAR, due_jobs, queue_reply
+from bridge.store.sql_jobs import hand_off
 
 
 #: The columns of a new job, in the order ``_insert_jobs`` gives them. A job takes the next
@@ -35,8 +37,9 @@ _LEDGER_VALUES = "(?,?,'debit',?,?,?)"
 _ROWS_PER_INSERT = 500
 
 
-def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
-    """Apply intake's ``plan``; return what was done."""
+def commit(conn: sqlite3.Connection, plan: Plan, now: float, handoff: Handoff | None = None) -> Acceptance:
+    """Apply intake's ``plan``; return what was done. With ``handoff``, the calls it plans for
+    the new due jobs are recorded too (``Acceptance.calling``)."""
     keys = [k for k in (plan.key, *plan.extra_keys) if k]
     duplicate, available, counts, ranks = _read(conn, plan, keys, now)
     if duplicate:
@@ -57,6 +60,7 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
     if keys:
         conn.executemany("INSERT OR IGNORE INTO message_keys VALUES (?, ?)", [(k, message) for k in keys])
     ids: tuple[int, ...] = ()
+    calling: tuple[Job, ...] = ()
     if kept:
         ids = _insert_jobs(conn, message, plan.login, kept, ranks, now)
         spent, debits = ranks.spent, []
@@ -66,7 +70,9 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float) -> Acceptance:
         _insert_rows(conn, "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES ",
                      _LEDGER_VALUES, 5, debits)
         conn.execute(ADD_TO_BALANCE, (plan.login, -used, -used))
-    acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note)
+        if handoff is not None:
+            calling = hand_off(conn, due_jobs(plan, kept, ids, now), handoff, now)
+    acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note, calling)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
         queue_reply(conn, reply, now)
     return acceptance

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
-from bridge.store.protocol import CallPlan
+from bridge.store.protocol import CallPlan, Handoff
 from bridge.store.sql import JOB_SELECT, charges, job_of, marks, move, queue_reply, transition
 
 
@@ -41,14 +41,29 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     planned = {i for ids, _, _ in calls for i in ids}
     taken = transition(conn, [j.id for j in jobs if j.id not in planned], S.CLAIMED, S.QUEUED, now,
                        sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
+    called = record_calls(conn, calls, owner, now, lease_until)
+    taken |= called.keys()
+    # attempts as claimed, as for any claimed job (the row counts the call)
+    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs if j.id in taken]
+
+
+def record_calls(conn, calls: list[tuple[list[int], str, str]], owner: str, now: float,
+                 lease_until: float) -> dict[int, tuple[str, str]]:
+    """Record planned calls of queued jobs (``queued -> claimed -> calling`` in one
+    compare-and-set each, leased to ``owner``): (provider, reference) by job id recorded."""
     called: dict[int, tuple[str, str]] = {}
     for ids, name, ref in calls:
         got = transition(conn, ids, S.CALLING, S.QUEUED, now, sets=", lease_owner=?" + _CALL_SETS,
                          set_args=(owner, name, ref, now, lease_until), via=S.CLAIMED)
         called.update((i, (name, ref)) for i in got)
-        taken |= got
-    # attempts as claimed, as for any claimed job (the row counts the call)
-    return [j.calling(*called[j.id]) if j.id in called else j for j in jobs if j.id in taken]
+    return called
+
+
+def hand_off(conn, jobs: list[Job], handoff: Handoff, now: float) -> tuple[Job, ...]:
+    """Record the calls ``handoff`` plans for ``jobs``, just written by an intake commit, in
+    its transaction; the jobs called, as ``calling``."""
+    called = record_calls(conn, handoff.plan(jobs), handoff.owner, now, now + handoff.lease)
+    return tuple(j.calling(*called[j.id]) for j in jobs if j.id in called)
 
 
 def _with_optouts(conn, jobs: list[Job]) -> list[Job]:

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from bridge.errors import StoreError
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, ReplyState, Settlement
 from bridge.store import sql_history, sql_intake, sql_jobs, sql_twoway
-from bridge.store.protocol import CallPlan, MailboxLock
+from bridge.store.protocol import CallPlan, Handoff, MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
 from bridge.store.writer import Writer
@@ -148,9 +148,10 @@ class SqliteStore:
 
     # --- intake ------------------------------------------------------------------------
 
-    async def commit(self, plan: Plan, now: float) -> Acceptance:
-        """Apply intake's plan: dedupe, rules, credit, jobs and debits, replies; one transaction."""
-        return await self.write(lambda conn: sql_intake.commit(conn, plan, now))
+    async def commit(self, plan: Plan, now: float, handoff: Handoff | None = None) -> Acceptance:
+        """Apply intake's plan: dedupe, rules, credit, jobs and debits, replies, and the calls
+        ``handoff`` plans; one transaction."""
+        return await self.write(lambda conn: sql_intake.commit(conn, plan, now, handoff))
 
     # --- the job life cycle (see bridge.model) ----------------------------------------
 
