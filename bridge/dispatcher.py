@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from itertools import groupby
 
 import structlog
@@ -103,6 +104,7 @@ class Dispatcher:
         self.passes = 0                       # loop passes (a busy loop would show here)
         self._max_batch = max((p.capabilities.max_numbers for p in providers.values()), default=1)
         self._per_group = 1                   # jobs to claim per free slot (bulk mails: more)
+        self._windowed = frozenset(login for login, windows in self.throttles.windows.items() if windows)
 
     async def load_windows(self) -> None:
         """Rebuild the per-account windows from what the store says was sent lately."""
@@ -131,8 +133,9 @@ class Dispatcher:
         else:
             task = asyncio.ensure_future(self.store.commit(plan, now, handoff))
             self._handoffs[task] = len(plan.jobs)  # a slot, and room at the providers' rates, held
-            task.add_done_callback(self._adopt)
-            result = await asyncio.shield(task)
+            answer = asyncio.get_running_loop().create_future()  # what the caller awaits: as
+            task.add_done_callback(partial(self._adopt, answer))  # asyncio.shield, one hop less
+            result = await answer
         if len(result.calling) < len(result.job_ids):
             self.wake()
         return result
@@ -144,12 +147,21 @@ class Dispatcher:
             return None
         return Handoff(self.owner, self.settings.lease, self._plan(now, 1))
 
-    def _adopt(self, commit: asyncio.Task) -> None:
-        """A commit offered a handoff is done: call what it recorded, give its slot back."""
+    def _adopt(self, answer: asyncio.Future, commit: asyncio.Task) -> None:
+        """A commit offered a handoff is done: answer its caller if it still waits, call what
+        it recorded, give its slot back."""
         del self._handoffs[commit]
         self._slot.set()
         if commit.cancelled() or commit.exception() is not None:
+            if answer.done():
+                pass
+            elif commit.cancelled():
+                answer.cancel()
+            else:
+                answer.set_exception(commit.exception())
             return  # nothing was committed
+        if not answer.done():  # else the caller was cancelled: the jobs are taken all the same
+            answer.set_result(commit.result())
         calls: dict[str | None, list[Job]] = {}
         for job in commit.result().calling:
             calls.setdefault(job.client_ref, []).append(job)
@@ -241,7 +253,7 @@ class Dispatcher:
         room = {name: max(1, int(self.limiters[name].rate * _PLAN_AHEAD)) - held for name in self.providers
                 if self.breakers[name].state(now) is BreakerState.CLOSED and self.limiters[name].next_free(now) <= now}
         room = {name: left for name, left in room.items() if left > 0}
-        windowed = frozenset(login for login, windows in self.throttles.windows.items() if windows)
+        windowed = self._windowed
 
         def plan(jobs: list[Job]) -> list[tuple[list[int], str, str]]:
             out: list[tuple[list[int], str, str]] = []

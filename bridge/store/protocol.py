@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settlement
 
@@ -22,8 +21,7 @@ from bridge.model import Acceptance, Job, JobState, NewReply, Plan, Reply, Settl
 CallPlan = Callable[[list[Job]], list[tuple[list[int], str, str]]]
 
 
-@dataclass(frozen=True)
-class Handoff:
+class Handoff(NamedTuple):
     """The dispatcher's offer to take a mail's due jobs straight from its intake commit.
 
     ``plan`` (a ``CallPlan``) is given the jobs the commit has just written, as a claim's
