@@ -64,6 +64,11 @@ def _remember_missing_sniffio() -> None:
 
 _remember_missing_sniffio()
 _MAX_WAIT = 1.0  # seconds a job may wait in memory for a rate limit before being re-queued
+#: Mails are handed off (``commit``) while fewer calls than this are in flight or being handed
+#: off: a nearly idle dispatcher, which would otherwise claim each mail alone. Busier, mails
+#: come faster than calls end and one claim takes many, like texts of several mails in one
+#: bulk call: less work a mail than a handoff each (``bench/README.md``, eighth round).
+_HANDOFF_BELOW = 4
 _PLAN_AHEAD = 0.05  # seconds of a provider's rate one claim may commit to before the calls
 
 
@@ -122,7 +127,7 @@ class Dispatcher:
 
         The commit then records their call as a claim's plan would (``store.Handoff``): the
         call is made as soon as the commit is on disk, without a wake-up, a claim and its
-        commit in between. Jobs the handoff leaves queued (no free slot, a rate window,
+        commit in between. Jobs the handoff leaves queued (a busy dispatcher, a rate window,
         quiet hours, a later ``date=``, an open circuit...) wake the loop, which claims them
         as before. The commit goes on if the caller is cancelled, and its jobs are taken
         all the same.
@@ -141,9 +146,9 @@ class Dispatcher:
         return result
 
     def _handoff(self, now: float) -> Handoff | None:
-        """An offer of one call (one slot held until the commit is done), or None when no
-        slot is free or the dispatcher is stopping."""
-        if self.closing or len(self._inflight) + len(self._handoffs) >= self.settings.concurrency:
+        """An offer of one call (one slot held until the commit is done), or None when the
+        dispatcher is busy (``_HANDOFF_BELOW``), out of slots or stopping."""
+        if self.closing or len(self._inflight) + len(self._handoffs) >= min(_HANDOFF_BELOW, self.settings.concurrency):
             return None
         return Handoff(self.owner, self.settings.lease, self._plan(now, 1))
 

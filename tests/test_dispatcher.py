@@ -736,6 +736,25 @@ class TestHandoffFromIntake:
         await dispatcher.shutdown()
         assert await states(store) == ["unknown", "queued"]
 
+    async def test_a_busy_dispatcher_claims_the_new_mails_together(self, tmp_path, world):
+        """With four calls in flight, new mails are only queued (and the loop woken): a claim
+        then takes them together, the same text of several mails in one bulk call."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path, dispatcher={"grace_period": 0.1})
+        await open_accounts(settings)
+        hanging = Hanging("outbox")
+        dispatcher, _ = make(settings, {"outbox": hanging})
+        intake = handing_off(dispatcher, store, clock)
+        for i in range(4):
+            hanging.called.clear()
+            clock.now += 1  # the provider's rate allows the next call at once
+            await submit(intake, f"06121215{i:02d}", text=f"Alert {i}")
+            await asyncio.wait_for(hanging.called.wait(), 5)
+        clock.now += 1
+        await submit(intake, "0612121599", text="Alert 4")
+        assert await states(store) == ["calling"] * 4 + ["queued"] and dispatcher._wake.is_set()
+        await dispatcher.shutdown()
+
     async def test_jobs_due_later_or_held_are_left_to_the_loop(self, tmp_path, world):
         """A later ``date=`` and marketing in quiet hours are never handed off: committed
         'queued', the loop woken (it works out when they are due)."""
