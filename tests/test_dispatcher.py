@@ -702,6 +702,17 @@ def handing_off(dispatcher, store: Store, clock) -> Intake:
     return Intake(dispatcher.config, store, clock.time, commit=dispatcher.commit)
 
 
+async def recording(tmp_path, world):
+    """The world's clock and store, a dispatcher sending to a ``Recorder``, and an intake
+    that commits through it."""
+    clock, store, make, open_accounts = world
+    settings = base_settings(tmp_path)
+    await open_accounts(settings)
+    recorder = Recorder("outbox", clock)
+    dispatcher, _ = make(settings, {"outbox": recorder})
+    return clock, store, dispatcher, recorder, handing_off(dispatcher, store, clock)
+
+
 class TestHandoffFromIntake:
     async def test_a_mail_goes_out_from_its_commit_without_a_claim(self, tmp_path, world):
         """With a call slot free, the intake commit records the call ('calling', provider and
@@ -758,12 +769,7 @@ class TestHandoffFromIntake:
     async def test_jobs_due_later_or_held_are_left_to_the_loop(self, tmp_path, world):
         """A later ``date=`` and marketing in quiet hours are never handed off: committed
         'queued', the loop woken (it works out when they are due)."""
-        clock, store, make, open_accounts = world
-        settings = base_settings(tmp_path)
-        await open_accounts(settings)
-        recorder = Recorder("outbox", clock)
-        dispatcher, _ = make(settings, {"outbox": recorder})
-        intake = handing_off(dispatcher, store, clock)
+        clock, store, dispatcher, recorder, intake = await recording(tmp_path, world)
         later = datetime.fromtimestamp(clock.time() + 7200, timezone.utc).astimezone()
         await submit(intake, "0612121515", extra=f"|date={later:%Y-%m-%d %H:%M:%S}")
         assert await states(store) == ["queued"] and dispatcher._wake.is_set()
@@ -777,12 +783,8 @@ class TestHandoffFromIntake:
     async def test_a_sender_gone_during_the_commit_still_gets_its_sms_out_once(self, tmp_path, world):
         """The SMTP session that submitted the mail is cancelled while its commit is written:
         the commit goes on and its recorded call is made, once."""
-        clock, store, make, open_accounts = world
-        settings = base_settings(tmp_path)
-        await open_accounts(settings)
-        recorder = Recorder("outbox", clock)
-        dispatcher, _ = make(settings, {"outbox": recorder})
-        session = asyncio.create_task(submit(handing_off(dispatcher, store, clock), "0612121515"))
+        clock, store, dispatcher, recorder, intake = await recording(tmp_path, world)
+        session = asyncio.create_task(submit(intake, "0612121515"))
         await asyncio.sleep(0)  # in the commit
         session.cancel()
         await asyncio.gather(session, return_exceptions=True)
@@ -795,12 +797,7 @@ class TestHandoffFromIntake:
         """A commit under way when shutdown begins is adopted and its SMS sent before the
         dispatcher stops (never left 'calling' for a restart to call unknown); a mail
         committed after that is only queued."""
-        clock, store, make, open_accounts = world
-        settings = base_settings(tmp_path)
-        await open_accounts(settings)
-        recorder = Recorder("outbox", clock)
-        dispatcher, _ = make(settings, {"outbox": recorder})
-        intake = handing_off(dispatcher, store, clock)
+        clock, store, dispatcher, recorder, intake = await recording(tmp_path, world)
         session = asyncio.create_task(submit(intake, "0612121515"))
         await asyncio.sleep(0)
         await dispatcher.shutdown()
