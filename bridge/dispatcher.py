@@ -9,8 +9,9 @@ the route. Before each call one write records the provider and a client referenc
 outcomes are written in one more write. What each outcome means is
 ``outcomes.after_call`` / ``after_route`` (pure).
 
-A mail's jobs may also skip the claim: while a call slot is free, the intake commit records
-their call itself (``commit``, ``store.Handoff``) and the call is made once it is on disk.
+A mail's jobs may also skip the claim: while the dispatcher is nearly idle, the intake commit
+records their call itself (``commit``, ``store.Handoff``) and the call is made once it is on
+disk.
 
 A job whose call may have gone out is never put back in the queue: a cancel (shutdown)
 during a call marks it ``unknown`` at once, and ``recovery.Recovery`` asks the provider
@@ -123,7 +124,7 @@ class Dispatcher:
 
     async def commit(self, plan: Plan, now: float) -> Acceptance:
         """Commit a mail's plan (``Intake``'s commit in the daemon), handing its due jobs
-        straight to this dispatcher while a call slot is free.
+        straight to this dispatcher while it is nearly idle (``_HANDOFF_BELOW``).
 
         The commit then records their call as a claim's plan would (``store.Handoff``): the
         call is made as soon as the commit is on disk, without a wake-up, a claim and its
@@ -135,15 +136,14 @@ class Dispatcher:
         handoff = self._handoff(now)
         if handoff is None:
             result = await self.store.commit(plan, now)
-        else:
-            task = asyncio.ensure_future(self.store.commit(plan, now, handoff))
-            self._handoffs[task] = len(plan.jobs)  # a slot, and room at the providers' rates, held
-            answer = asyncio.get_running_loop().create_future()  # what the caller awaits: as
-            task.add_done_callback(partial(self._adopt, answer))  # asyncio.shield, one hop less
-            result = await answer
-        if len(result.calling) < len(result.job_ids):
-            self.wake()
-        return result
+            if result.job_ids:
+                self.wake()
+            return result
+        task = asyncio.ensure_future(self.store.commit(plan, now, handoff))
+        self._handoffs[task] = len(plan.jobs)  # a slot, and room at the providers' rates, held
+        answer = asyncio.get_running_loop().create_future()  # what the caller awaits: as
+        task.add_done_callback(partial(self._adopt, answer))  # asyncio.shield, one hop less
+        return await answer
 
     def _handoff(self, now: float) -> Handoff | None:
         """An offer of one call (one slot held until the commit is done), or None when the
@@ -157,18 +157,21 @@ class Dispatcher:
         it recorded, give its slot back."""
         del self._handoffs[commit]
         self._slot.set()
-        if commit.cancelled() or commit.exception() is not None:
+        if commit.cancelled() or commit.exception() is not None:  # nothing was committed
             if answer.done():
-                pass
-            elif commit.cancelled():
+                return
+            if commit.cancelled():
                 answer.cancel()
             else:
                 answer.set_exception(commit.exception())
-            return  # nothing was committed
+            return
+        result = commit.result()
         if not answer.done():  # else the caller was cancelled: the jobs are taken all the same
-            answer.set_result(commit.result())
+            answer.set_result(result)
+        if len(result.calling) < len(result.job_ids):
+            self.wake()  # what the commit did not call: the loop claims it
         calls: dict[str | None, list[Job]] = {}
-        for job in commit.result().calling:
+        for job in result.calling:
             calls.setdefault(job.client_ref, []).append(job)
             self._recorded[job.id] = job.client_ref
         for group in calls.values():

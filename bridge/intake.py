@@ -2,10 +2,10 @@
 
 Shared by the SMTP listener, the IMAP poller and ``mail2sms send``. In the daemon the
 commit goes through the dispatcher (``Dispatcher.commit``), which may take the mail's jobs
-straight from it. The ingress adapter
-turns the ``Outcome`` into its own answer (an SMTP reply, an IMAP move). ``submit`` raises
-``StoreError`` when nothing was committed (SMTP then answers 451 and the sending MTA keeps
-the mail), including while the daemon refuses mail because a background loop died.
+straight from it. The ingress adapter turns the ``Outcome`` into its own answer (an SMTP
+reply, an IMAP move). ``submit`` raises ``StoreError`` when nothing was committed (SMTP then
+answers 451 and the sending MTA keeps the mail), including while the daemon refuses mail
+because a background loop died.
 """
 
 from __future__ import annotations
