@@ -369,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                   "baseline (bare aiosmtpd)...", flush=True)
             (workdir / f"base{r}").mkdir()
             bases.append(measure_baseline(workdir / f"base{r}", args.mails, args.concurrency, args.smtp_source))
-            for i, (name, root) in enumerate(targets.items()):
-                print(f"round {r + 1}/{args.repeat}: {name} ({root})...", flush=True)
+            order = list(targets.items())
+            for i, (name, root) in enumerate(order if r % 2 == 0 else order[::-1]):  # turns at going last,
+                print(f"round {r + 1}/{args.repeat}: {name} ({root})...", flush=True)   # as the machine drifts
                 (workdir / f"{r}-{i}").mkdir()
                 runs[name].append(measure_bridge(workdir / f"{r}-{i}", root, args))
     finally:
