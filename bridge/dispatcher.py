@@ -32,7 +32,6 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import partial
 from itertools import groupby
 
 import structlog
@@ -141,9 +140,8 @@ class Dispatcher:
             return result
         task = asyncio.ensure_future(self.store.commit(plan, now, handoff))
         self._handoffs[task] = len(plan.jobs)  # a slot, and room at the providers' rates, held
-        answer = asyncio.get_running_loop().create_future()  # what the caller awaits: as
-        task.add_done_callback(partial(self._adopt, answer))  # asyncio.shield, one hop less
-        return await answer
+        task.add_done_callback(self._adopt)
+        return await asyncio.shield(task)
 
     def _handoff(self, now: float) -> Handoff | None:
         """An offer of one call (one slot held until the commit is done), or None when the
@@ -152,22 +150,14 @@ class Dispatcher:
             return None
         return Handoff(self.owner, self.settings.lease, self._plan(now, 1))
 
-    def _adopt(self, answer: asyncio.Future, commit: asyncio.Task) -> None:
-        """A commit offered a handoff is done: answer its caller if it still waits, call what
-        it recorded, give its slot back."""
+    def _adopt(self, commit: asyncio.Task) -> None:
+        """A commit offered a handoff is done (its caller may have been cancelled meanwhile):
+        call what it recorded, give its slot back."""
         del self._handoffs[commit]
         self._slot.set()
-        if commit.cancelled() or commit.exception() is not None:  # nothing was committed
-            if answer.done():
-                return
-            if commit.cancelled():
-                answer.cancel()
-            else:
-                answer.set_exception(commit.exception())
-            return
+        if commit.cancelled() or commit.exception() is not None:
+            return  # nothing was committed; the caller has the error
         result = commit.result()
-        if not answer.done():  # else the caller was cancelled: the jobs are taken all the same
-            answer.set_result(result)
         if len(result.calling) < len(result.job_ids):
             self.wake()  # what the commit did not call: the loop claims it
         calls: dict[str | None, list[Job]] = {}

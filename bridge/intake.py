@@ -63,7 +63,6 @@ class Intake:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
-        self.store = store
         self.clock = clock
         # The daemon's: the dispatcher's, which takes the jobs (``Dispatcher.commit``).
         self.commit = commit or store.commit

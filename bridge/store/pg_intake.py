@@ -69,7 +69,7 @@ async def commit(conn: asyncpg.Connection, plan: Plan, now: float, channel: str,
     evaluated = bool(plan.jobs or plan.refused)
     status, note = rules.status_of(refused, kept) if evaluated else (0, "")
     ids = await _write(conn, message, plan, outcome, kept, used, now, channel)
-    calling = await hand_off(conn, due_jobs(plan, kept, ids, now), handoff, now) if handoff and ids else ()
+    calling = await hand_off(conn, due_jobs(plan, kept, ids, now), handoff, now) if handoff is not None and ids else ()
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note, calling)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
         await queue_reply(conn, reply, now)
