@@ -4,6 +4,8 @@ server on loopback that counts its connections."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import re
 
 import httpx
@@ -16,7 +18,10 @@ _LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")
 
 class CountingServer:
     """HTTP/1.1 with keep-alive: answers ``ok``; ``/slow`` after 0.2 s; counts connections
-    and the most requests it had in progress at once."""
+    and the most requests it had in progress at once. The misbehaving paths: ``/hang`` never
+    answers, ``/drop`` closes without answering, ``/garbage`` answers something not HTTP,
+    ``/gzip`` answers gzip-encoded JSON, ``/echo`` answers the request it read (head and
+    body, as JSON), ``/close-idle`` answers and closes the kept-alive connection 20 ms later."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -34,16 +39,35 @@ class CountingServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = _LENGTH.search(head)
-                if length:
-                    await reader.readexactly(int(length[1]))
+                body = await reader.readexactly(int(length[1])) if length else b""
                 self.requests += 1
                 self.in_progress += 1
                 self.most_in_progress = max(self.most_in_progress, self.in_progress)
+                path = head.split(b"\r\n", 1)[0].split(b" ")[1].split(b"?")[0]
                 try:
-                    if b" /slow " in head.split(b"\r\n", 1)[0]:
+                    if path == b"/slow":
                         await asyncio.sleep(0.2)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    elif path == b"/hang":
+                        await asyncio.sleep(30)
+                    elif path == b"/drop":
+                        return
+                    elif path == b"/garbage":
+                        writer.write(b"this is not HTTP\r\n\r\n")
+                        await writer.drain()
+                        return
+                    if path == b"/gzip":
+                        payload = gzip.compress(json.dumps({"credits": 12}).encode())
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+                    elif path == b"/echo":
+                        payload = json.dumps({"head": head.decode(), "body": body.decode()}).encode()
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+                    else:
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     await writer.drain()
+                    if path == b"/close-idle":
+                        await asyncio.sleep(0.02)
+                        return
                 finally:
                     self.in_progress -= 1
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -133,3 +157,65 @@ async def test_the_daemons_client_takes_proxies_from_the_environment(server, mon
         with pytest.raises(httpx.ConnectError):
             await client.get("http://direct.invalid/fast")
     assert counting.requests == 1
+
+
+async def test_the_request_goes_out_as_httpx_built_it_and_the_answer_is_decoded_once(server):
+    """Method, path, the client's User-Agent, the Host, the JSON body and its length reach
+    the provider unchanged; a gzip-encoded answer reads as its JSON."""
+    counting, url = server
+    async with provider_client(per_origin=4) as client:
+        echoed = (await client.post(f"{url}/echo?key=a%2Fb", json={"to": "+33612345678", "text": "Café"})).json()
+        head = echoed["head"].split("\r\n")
+        assert head[0] == "POST /echo?key=a%2Fb HTTP/1.1"
+        fields = {name.lower(): value for name, _, value in (line.partition(": ") for line in head[1:] if line)}
+        assert fields["user-agent"] == "mail2sms-bridge"
+        assert fields["host"] == url.removeprefix("http://")
+        assert fields["content-type"] == "application/json"
+        assert json.loads(echoed["body"]) == {"to": "+33612345678", "text": "Café"}
+        assert int(fields["content-length"]) == len(echoed["body"].encode())
+        answer = await client.get(f"{url}/gzip")
+        assert answer.json() == {"credits": 12}
+
+
+@pytest.mark.parametrize(
+    ("path", "timeout", "error"),
+    [
+        pytest.param("/hang", 0.2, httpx.ReadTimeout, id="no-answer-in-time"),
+        pytest.param("/drop", 5.0, httpx.RemoteProtocolError, id="dropped-after-reading"),
+        pytest.param("/garbage", 5.0, httpx.RemoteProtocolError, id="not-http"),
+    ],
+)
+async def test_a_call_that_may_have_arrived_raises_what_httpx_would(server, path, timeout, error):
+    """The provider read the request, then gave no usable answer: httpx's errors for a call
+    that may have arrived (``calls.request`` makes them ambiguous), never a connect error."""
+    counting, url = server
+    async with provider_client(per_origin=4) as client:
+        with pytest.raises(error) as raised:
+            await client.post(f"{url}{path}", json={"n": 1}, timeout=timeout)
+        assert not isinstance(raised.value, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        assert counting.requests == 1
+        assert (await client.get(f"{url}/fast")).text == "ok"  # the connection was not reused
+
+
+async def test_no_free_connection_in_time_is_a_call_never_sent(server):
+    """With the origin's one connection busy, a call that cannot get it within its pool and
+    connect timeouts fails as not connected, and the provider never sees it."""
+    counting, url = server
+    async with httpx.AsyncClient(transport=ProviderTransport(per_origin=1)) as client:
+        slow = asyncio.ensure_future(client.get(f"{url}/slow"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.ConnectTimeout):
+            await client.post(f"{url}/fast", json={"n": 2}, timeout=httpx.Timeout(5.0, pool=0.02, connect=0.02))
+        assert (await slow).text == "ok"
+        assert counting.requests == 1
+
+
+async def test_a_connection_the_provider_closed_while_idle_is_not_used_again(server):
+    """A provider that closes kept-alive connections soon after answering: the next call
+    opens a new connection instead of failing on the closed one."""
+    counting, url = server
+    async with provider_client(per_origin=4) as client:
+        for _ in range(5):
+            assert (await client.post(f"{url}/close-idle", json={"n": 1})).text == "ok"
+            await asyncio.sleep(0.1)
+    assert counting.requests == 5 and counting.connections == 5

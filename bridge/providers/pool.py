@@ -1,30 +1,43 @@
-"""The daemon's HTTP connections to providers: per connection, a pool of one.
+"""The daemon's HTTP connections to providers: httpx's API, aiohttp's connections.
 
-httpcore's connection pool walks every one of its connections on each request and each
-response (twice per call), polling each idle socket and counting the idle connections
-once per connection, which grows with the square of the pool. With the dispatcher's
-16 calls in flight to one provider, that walk was two thirds of the daemon's CPU for
-one-number SMS (``bench/README.md``; upstream: encode/httpcore#1035).
+Providers build their requests and read their answers with httpx (``calls.request``; tests
+give them ``httpx.MockTransport``). On the wire, ``ProviderTransport`` hands each request to
+one ``aiohttp.ClientSession`` (aiohttp is already the daemon's web server): its connection
+pool and its HTTP/1.1 parser, written in C, cost about a fifth of the CPU that httpcore,
+anyio and h11 took per call (1.1 ms -> 0.2 ms on loopback, ``bench/README.md``, ninth
+round), and the provider call was half of the event loop's work when each mail is its own
+call.
 
-``ProviderTransport`` keeps, per origin (scheme, host, port), up to ``per_origin``
-httpx transports of one connection each, opened as calls need them, and hands each
-request to the one with the fewest requests in progress; a request counts until its
-response is closed. So each pool walks one connection. Everything else is httpx's own:
-HTTP/1.1, keep-alive and its expiry, timeouts (a request waiting for a busy connection
-ends in ``PoolTimeout``), TLS with one shared context. ``provider_client`` adds the proxies
-the environment names, as httpx reads them (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
-``NO_PROXY``; httpx itself skips them for a client given its own transport); calls through
-a proxy take httpx's stock transport.
+What the transport keeps from httpx's own: per provider origin at most ``per_origin``
+connections, opened as calls need them and kept alive 5 s; the request's headers and body
+as httpx built them (the ``User-Agent``, the ``Host``); the response's body as it came,
+decoded (gzip...) by httpx, once; TLS with one shared context; and httpx's exceptions, so
+that ``calls.request`` tells a call that never left from one that may have arrived:
+
+- the connection could not be made, or made in time, or no connection of the origin was
+  free in time (``pool`` + ``connect`` seconds): ``httpx.ConnectError`` /
+  ``httpx.ConnectTimeout``; nothing was sent;
+- no answer within ``read`` seconds: ``httpx.ReadTimeout``; it may have arrived;
+- the connection dropped, or the answer was not HTTP: ``httpx.RemoteProtocolError`` /
+  ``httpx.ReadError``; it may have arrived.
+
+aiohttp has no write timeout: a provider's request is a few hundred bytes, which the
+kernel takes at once. A POST is never sent twice by the transport (aiohttp retries only
+idempotent methods on a connection that closed under it).
+
+``provider_client`` adds the proxies the environment names, as httpx reads them
+(``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``; httpx itself skips them for a
+client given its own transport); calls through a proxy take httpx's stock transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
+import aiohttp
 import httpx
+import yarl
 from httpx._utils import get_environment_proxies  # httpx's own reading of *_PROXY (no public name)
 
-_ONE = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+_KEEP_ALIVE = 5.0  # seconds an idle connection is kept (httpx's default keep-alive expiry)
 
 
 def provider_client(per_origin: int) -> httpx.AsyncClient:
@@ -36,57 +49,57 @@ def provider_client(per_origin: int) -> httpx.AsyncClient:
 
 
 class ProviderTransport(httpx.AsyncBaseTransport):
-    """Up to ``per_origin`` one-connection transports per origin, least busy first."""
+    """httpx requests over one aiohttp session: ``per_origin`` connections per origin at most."""
 
     def __init__(self, per_origin: int) -> None:
         self.per_origin = max(1, per_origin)
         self.tls = httpx.create_ssl_context()
-        self._origins: dict[tuple[bytes, bytes, int | None], tuple[list[httpx.AsyncHTTPTransport], list[int]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, made on the first call (aiohttp wants the running loop)."""
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.per_origin, ssl=self.tls,
+                                         keepalive_timeout=_KEEP_ALIVE)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+        return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        transports, busy = self._origins.setdefault((url.raw_scheme, url.raw_host, url.port), ([], []))
-        if len(transports) < self.per_origin and (not busy or min(busy) > 0):
-            transports.append(httpx.AsyncHTTPTransport(verify=self.tls, limits=_ONE))
-            busy.append(0)
-            slot = len(transports) - 1
-        else:
-            slot = busy.index(min(busy))
-        busy[slot] += 1
-
-        def release() -> None:
-            busy[slot] -= 1
-
+        session = self._session or self._open()
+        timeout = request.extensions.get("timeout", {})
+        pool, connect = timeout.get("pool"), timeout.get("connect")
+        waits = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect, sock_read=timeout.get("read"),
+            connect=None if pool is None or connect is None else pool + connect)
+        body = await request.aread()
         try:
-            response = await transports[slot].handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        response.stream = _Releasing(response.stream, release)
-        return response
+            async with session.request(
+                request.method, yarl.URL(str(request.url), encoded=True), data=body or None,
+                headers=request.headers.multi_items(), timeout=waits, allow_redirects=False,
+            ) as answer:
+                content = await answer.read()
+                status, headers, reason = answer.status, answer.raw_headers, answer.reason or ""
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise httpx.ConnectTimeout(_text(exc), request=request) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise httpx.ConnectError(_text(exc), request=request) from exc
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise httpx.ReadTimeout(_text(exc), request=request) from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+            raise httpx.RemoteProtocolError(_text(exc), request=request) from exc
+        except aiohttp.InvalidURL as exc:
+            raise httpx.UnsupportedProtocol(_text(exc), request=request) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise httpx.ReadError(_text(exc), request=request) from exc
+        return httpx.Response(status, headers=list(headers), stream=httpx.ByteStream(content),
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason.encode()})
 
     async def aclose(self) -> None:
-        for transports, _ in self._origins.values():
-            for transport in transports:
-                await transport.aclose()
-        self._origins.clear()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
 
-class _Releasing(httpx.AsyncByteStream):
-    """A response body that frees its connection's slot once, when it is closed."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
