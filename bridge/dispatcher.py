@@ -9,7 +9,7 @@ the route. Before each call one write records the provider and a client referenc
 outcomes are written in one more write. What each outcome means is
 ``outcomes.after_call`` / ``after_route`` (pure).
 
-A mail's jobs may also skip the claim: while the dispatcher is nearly idle, the intake commit
+A mail's jobs may also skip the claim: while few calls are in flight, the intake commit
 records their call itself (``commit``, ``store.Handoff``) and the call is made once it is on
 disk.
 
@@ -64,10 +64,12 @@ def _remember_missing_sniffio() -> None:
 
 _remember_missing_sniffio()
 _MAX_WAIT = 1.0  # seconds a job may wait in memory for a rate limit before being re-queued
-#: Mails are handed off (``commit``) while fewer calls than this are in flight or being handed
-#: off: a nearly idle dispatcher, which would otherwise claim each mail alone. Busier, mails
-#: come faster than calls end and one claim takes many, like texts of several mails in one
-#: bulk call: less work a mail than a handoff each (``bench/README.md``, eighth round).
+#: Mails are handed off (``commit``) while fewer calls than this are in flight: a dispatcher
+#: that would otherwise claim each mail alone. Busier, mails come faster than calls end and
+#: one claim takes many, like texts of several mails in one bulk call: less work a mail than
+#: a handoff each. Intake commits under way are not counted: they come in bursts (one group
+#: commit ends many), and after a slow ``fsync`` the mails refused a handoff then waited one
+#: more writer round trip, which set the tail (``bench/README.md``, eighth and ninth rounds).
 _HANDOFF_BELOW = 4
 _PLAN_AHEAD = 0.05  # seconds of a provider's rate one claim may commit to before the calls
 
@@ -123,7 +125,7 @@ class Dispatcher:
 
     async def commit(self, plan: Plan, now: float) -> Acceptance:
         """Commit a mail's plan (``Intake``'s commit in the daemon), handing its due jobs
-        straight to this dispatcher while it is nearly idle (``_HANDOFF_BELOW``).
+        straight to this dispatcher while few calls are in flight (``_HANDOFF_BELOW``).
 
         The commit then records their call as a claim's plan would (``store.Handoff``): the
         call is made as soon as the commit is on disk, without a wake-up, a claim and its
@@ -145,8 +147,9 @@ class Dispatcher:
 
     def _handoff(self, now: float) -> Handoff | None:
         """An offer of one call (one slot held until the commit is done), or None when the
-        dispatcher is busy (``_HANDOFF_BELOW``), out of slots or stopping."""
-        if self.closing or len(self._inflight) + len(self._handoffs) >= min(_HANDOFF_BELOW, self.settings.concurrency):
+        dispatcher is busy (``_HANDOFF_BELOW`` calls in flight), out of slots or stopping."""
+        if (self.closing or len(self._inflight) >= _HANDOFF_BELOW
+                or len(self._inflight) + len(self._handoffs) >= self.settings.concurrency):
             return None
         return Handoff(self.owner, self.settings.lease, self._plan(now, 1))
 

@@ -766,6 +766,22 @@ class TestHandoffFromIntake:
         assert await states(store) == ["calling"] * 4 + ["queued"] and dispatcher._wake.is_set()
         await dispatcher.shutdown()
 
+    async def test_mails_committed_together_are_all_handed_off(self, tmp_path, world):
+        """Six mails committed at once (one group commit) with no call in flight: each commit
+        records its call, however many commits are under way; the loop is never woken."""
+        clock, store, make, open_accounts = world
+        settings = base_settings(tmp_path)
+        settings["providers"]["outbox"]["rate"] = 1000  # room for six calls now
+        await open_accounts(settings)
+        recorder = Recorder("outbox", clock)
+        dispatcher, _ = make(settings, {"outbox": recorder})
+        intake = handing_off(dispatcher, store, clock)
+        await asyncio.gather(*(submit(intake, f"06121215{i:02d}", text=f"Alert {i}") for i in range(6)))
+        await wait_until(lambda: len(recorder.calls) == 6, what="six calls")
+        await dispatcher.shutdown()
+        assert await states(store) == ["sent"] * 6
+        assert dispatcher.passes == 0 and not dispatcher._wake.is_set()
+
     async def test_jobs_due_later_or_held_are_left_to_the_loop(self, tmp_path, world):
         """A later ``date=`` and marketing in quiet hours are never handed off: committed
         'queued', the loop woken (it works out when they are due)."""
