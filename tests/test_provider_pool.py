@@ -175,6 +175,11 @@ async def test_the_request_goes_out_as_httpx_built_it_and_the_answer_is_decoded_
         assert int(fields["content-length"]) == len(echoed["body"].encode())
         answer = await client.get(f"{url}/gzip")
         assert answer.json() == {"credits": 12}
+        form = (await client.post(f"{url}/echo", data={"to": "+33612345678"})).json()
+        assert "content-type: application/x-www-form-urlencoded" in form["head"].lower()
+        assert form["body"] == "to=%2B33612345678"
+        raw = (await client.post(f"{url}/echo", content=b"raw")).json()  # no type given: none sent
+        assert "content-type" not in raw["head"].lower() and raw["body"] == "raw"
 
 
 @pytest.mark.parametrize(
