@@ -13,7 +13,8 @@ How the SMS text (the mail body) is found:
   to text. Attachments (images, PDFs, even text/plain files) are ignored, and forwarded
   mail (``message/rfc822`` parts) is not looked into: it is not the SMS.
 - The Content-Transfer-Encoding (quoted-printable, base64, 7bit, 8bit) is decoded, then the
-  declared charset (utf-8, iso-8859-1, iso-8859-15, windows-1252, anything Python knows).
+  declared charset (utf-8, iso-8859-1, iso-8859-15, windows-1252, any other charset Python
+  knows; not its codecs that act on text, such as ``unicode_escape``, which count as unknown).
   If the declared charset is unknown or does not fit the bytes: utf-8, then windows-1252
   (covers mislabelled iso-8859-1), then utf-8 with U+FFFD for undecodable bytes. A body
   declared ``iso-8859-1`` or ``us-ascii`` that holds bytes 0x80-0x9F is read as utf-8, else
@@ -224,12 +225,18 @@ def _decode(data: bytes, charset: str | None) -> str:
 
 
 def _codec(charset: str | None) -> str | None:
-    """Python's codec name for a MIME charset, or None if Python does not know it."""
+    """Python's codec name for a MIME charset, or None if Python does not know it as one
+    (``unicode_escape`` and the like decode escapes, not a charset's bytes)."""
     name = (charset or "").strip().strip("\"'").split("*")[0]  # RFC 2231: "utf-8*fr"
     try:
-        return codecs.lookup(name).name if name else None
+        codec = codecs.lookup(name).name if name else None
     except (LookupError, ValueError):
         return None
+    return None if codec in _NOT_CHARSETS else codec
+
+
+#: Python text codecs that are no MIME charset: they would act on the text (escapes, IDNA).
+_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "punycode", "idna", "charmap", "undefined"})
 
 
 def _part_text(part: email.message.Message) -> str:

@@ -278,6 +278,13 @@ BODY_CASES = [
     pytest.param(
         single("text/plain; charset=x-klingon", "Café".encode("utf-8")), "Café", "text/plain", id="unknown-charset"
     ),
+    pytest.param(
+        single("text/plain; charset=unicode_escape", b"Caf\\xe9 \\u20ac C:\\new"), "Caf\\xe9 \\u20ac C:\\new",
+        "text/plain", id="python-codec-not-a-charset",
+    ),
+    pytest.param(
+        single("text/plain; charset=punycode", b"Appel-moi"), "Appel-moi", "text/plain", id="punycode-not-a-charset"
+    ),
     pytest.param(single("text/plain", "Café".encode("cp1252")), "Café", "text/plain", id="no-charset-cp1252"),
     pytest.param(single("text/plain", "Café".encode("utf-8")), "Café", "text/plain", id="no-charset-utf-8"),
     pytest.param(
