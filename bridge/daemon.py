@@ -59,7 +59,8 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.intake: Intake | None = None
         self.servers: list[asyncio.AbstractServer] = []
-        self.metrics = Metrics(config.providers, config.accounts)
+        self.metrics = Metrics(config.providers, config.accounts,
+                               mailboxes=[name for name, box in config.imap.items() if box.push_secret])
         self.web: HttpListener | None = None
         self.pollers: dict[str, MailboxPoller] = {}     # by imap.<name>
         self._http: httpx.AsyncClient | None = None

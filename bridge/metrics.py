@@ -63,6 +63,7 @@ MAIL_OUTCOMES = ("accepted", "refused", "duplicate", "unavailable")
 SMS_OUTCOMES = ("sent", "not_delivered", "unknown", "failed")
 REPLY_RESULTS = ("sent", "retried", "failed")
 REPORT_RESULTS = ("delivered", "undelivered", "ignored", "not_applied", "unknown_message", "malformed", "forbidden")
+PUSH_RESULTS = ("woken", "standby", "forbidden")
 INBOUND_KINDS = ("reply", "stop", "start", "unmatched", "duplicate", "part", "malformed", "forbidden")
 NO_PROVIDER = "none"                      # jobs given up on without (or after) a call
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -86,6 +87,7 @@ class Metrics:
         accounts: Iterable[str] = (),
         cache: float = 2.0,
         clock=time.monotonic,
+        mailboxes: Iterable[str] = (),
     ) -> None:
         self.registry = r = CollectorRegistry()
         self.cache = cache
@@ -119,7 +121,7 @@ class Metrics:
                               ["loop"], registry=r)
         self.ready = Gauge("mail2sms_ready", "1 when the bridge is ready (as /readyz).", registry=r)
         self._children: dict[tuple, Any] = {}
-        self._zero(list(providers), list(accounts))
+        self._zero(list(providers), list(accounts), list(mailboxes))
 
     def _of(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once (prometheus_client takes a lock and
@@ -130,7 +132,7 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def _zero(self, providers: list[str], accounts: list[str]) -> None:
+    def _zero(self, providers: list[str], accounts: list[str], mailboxes: list[str]) -> None:
         """Create the known label sets at 0, so rates and dashboards work before the first event."""
         for ingress in INGRESSES:
             for outcome in MAIL_OUTCOMES:
@@ -154,6 +156,9 @@ class Metrics:
             self._of(self.replies, result)
         for state in JobState:
             self._of(self.jobs, state.value)
+        for mailbox in mailboxes:
+            for result in PUSH_RESULTS:
+                self._of(self.imap_pushes, mailbox, result)
 
     # --- events, one call each from the code that does the work ---------------------------
 

@@ -299,6 +299,10 @@ class TestPush:
                                  imap={"work": {**down, "push_secret": PUSH_SECRET}, "other": down})
         bridge = await start_bridge(make_config(tmp_path, settings))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.web.port}", timeout=10) as client:
+            before = (await client.get("/metrics")).text  # the pushable mailbox's series, at 0
+            for result in ("woken", "standby", "forbidden"):
+                assert f'mail2sms_imap_pushes_total{{mailbox="work",result="{result}"}} 0.0' in before
+            assert 'mailbox="other"' not in before
             with capture_logs() as logs:
                 wrong = await client.post(f"/imap/work/{PUSH_SECRET[:-1]}x")
             assert wrong.status_code == 403 and wrong.json() == {"error": "forbidden"}
