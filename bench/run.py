@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-mails", type=int, default=100, help="100-number mails (100)")
     parser.add_argument("--bulk-connections", type=int, default=8, help="connections for them (8)")
     parser.add_argument("--backlog-jobs", type=int, default=100_000, help="queued jobs (100000; 0: skip)")
-    parser.add_argument("--backlog-measure", type=int, default=50, help="100-number mails per backlog measure")
+    parser.add_argument("--backlog-measure", type=int, default=200, help="100-number mails per backlog measure (200)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle window on the backlog, s (10)")
     parser.add_argument("--no-smtp-source", dest="smtp_source", action="store_false",
                         help="skip the smtp-source rows even when it is installed")
