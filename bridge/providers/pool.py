@@ -11,9 +11,9 @@ of the event loop's work when each mail is its own call.
 What the transport keeps from httpx's own: per provider origin at most ``per_origin``
 connections, opened as calls need them and kept alive 5 s; the request's headers and body
 as httpx built them (the ``User-Agent``, the ``Host``, no ``Content-Type`` that httpx did
-not set); the response's body as it came,
-decoded (gzip...) by httpx, once; TLS with one shared context; and httpx's exceptions, so
-that ``calls.request`` tells a call that never left from one that may have arrived:
+not set) and its URL as httpx encoded it; the response's body as it came, decoded (gzip...)
+by httpx, once; TLS with one shared context; and httpx's exceptions, so that
+``calls.request`` tells a call that never left from one that may have arrived:
 
 - the connection could not be made, or made in time, or no connection of the origin was
   free in time (``pool`` + ``connect`` seconds): ``httpx.ConnectError`` /
@@ -63,7 +63,8 @@ class ProviderTransport(httpx.AsyncBaseTransport):
                                          keepalive_timeout=_KEEP_ALIVE)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+            timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
