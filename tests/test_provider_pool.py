@@ -7,6 +7,8 @@ import asyncio
 import gzip
 import json
 import re
+import ssl
+import subprocess
 
 import httpx
 import pytest
@@ -29,8 +31,8 @@ class CountingServer:
         self.most_in_progress = 0
         self.requests = 0
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+    async def start(self, tls: ssl.SSLContext | None = None) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0, ssl=tls)
         return self.server.sockets[0].getsockname()[1]
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -224,3 +226,39 @@ async def test_a_connection_the_provider_closed_while_idle_is_not_used_again(ser
             assert (await client.post(f"{url}/close-idle", json={"n": 1})).text == "ok"
             await asyncio.sleep(0.1)
     assert counting.requests == 5 and counting.connections == 5
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (in subjectAltName, as TLS clients check)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    except FileNotFoundError:
+        pytest.fail("openssl is needed for the TLS tests: apt-get install openssl")
+    return cert, key
+
+
+async def test_tls_is_verified_and_an_untrusted_provider_never_gets_the_call(certificate):
+    """Over HTTPS a certificate the daemon does not trust fails the call as not connected,
+    before any request is written; once trusted, the same server answers."""
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    counting = CountingServer()
+    url = f"https://127.0.0.1:{await counting.start(tls)}"
+    try:
+        async with httpx.AsyncClient(transport=ProviderTransport(per_origin=2)) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.post(f"{url}/echo", json={"n": 1})
+        assert counting.requests == 0
+        trusting = ProviderTransport(per_origin=2)
+        trusting.tls.load_verify_locations(cert)
+        async with httpx.AsyncClient(transport=trusting) as client:
+            assert json.loads((await client.post(f"{url}/echo", json={"n": 1})).json()["body"]) == {"n": 1}
+        assert counting.requests == 1
+    finally:
+        await counting.close()
