@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import smtplib
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
@@ -65,6 +66,21 @@ class SinkHandler:
             except asyncio.TimeoutError:
                 pass
         return self.messages
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (also in subjectAltName, which TLS clients
+    check) and its key, made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    except FileNotFoundError:
+        pytest.fail("openssl is needed for the TLS tests: apt-get install openssl")
+    return cert, key
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import gzip
 import json
 import re
 import ssl
-import subprocess
 
 import httpx
 import pytest
@@ -226,20 +225,6 @@ async def test_a_connection_the_provider_closed_while_idle_is_not_used_again(ser
             assert (await client.post(f"{url}/close-idle", json={"n": 1})).text == "ok"
             await asyncio.sleep(0.1)
     assert counting.requests == 5 and counting.connections == 5
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 (in subjectAltName, as TLS clients check)."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    try:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    except FileNotFoundError:
-        pytest.fail("openssl is needed for the TLS tests: apt-get install openssl")
-    return cert, key
 
 
 async def test_tls_is_verified_and_an_untrusted_provider_never_gets_the_call(certificate):

@@ -14,7 +14,7 @@ import pytest
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config
 from provider_fakes import closed_port
 from structlog.testing import capture_logs
-from test_smtp_tls_auth import certificate, client_context  # noqa: F401 - the fixture
+from test_smtp_tls_auth import client_context
 
 from bridge.daemon import Bridge
 from bridge.smtp import ListenError

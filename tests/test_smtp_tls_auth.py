@@ -6,7 +6,6 @@ import asyncio
 import json
 import smtplib
 import ssl
-import subprocess
 
 import pytest
 import structlog
@@ -14,22 +13,6 @@ from conftest import ACCOUNT_KEY, base_settings, compose, make_config, smtp_send
 from provider_fakes import closed_port
 
 from bridge import log as bridge_log
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1, made with openssl."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    try:
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
-        )
-    except FileNotFoundError:
-        pytest.fail("openssl is needed for the TLS tests: apt-get install openssl")
-    return cert, key
 
 
 def client_context() -> ssl.SSLContext:
