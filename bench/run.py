@@ -185,7 +185,10 @@ def _e2e(mails: int, sms: int, began: float, intake: float, stats: dict, before:
 
 
 def latency(port: int, gateway: Gateway, first: int, n: int, c: int, rate: float) -> dict:
-    """End of DATA (the client's ``250``) -> the call at the gateway, at ``rate`` mails/s."""
+    """End of DATA -> the call at the gateway, at ``rate`` mails/s: from the moment the client
+    sent ``DATA`` (its body and final dot follow the ``354`` at once; so this holds the
+    intake commit and a round trip more than the end of DATA itself), and from the moment it
+    read the ``250`` (the mail committed)."""
     before = gateway.get("/stats")["sms"]
     result = st.load(port, range(first, first + n), c, f"l{uuid.uuid4().hex[:8]}", rate=rate)
     gateway.wait_sms(before + n)
@@ -193,10 +196,12 @@ def latency(port: int, gateway: Gateway, first: int, n: int, c: int, rate: float
     for at, index in gateway.get("/log"):
         if index in result.done_at:
             called.setdefault(index, at)
-    delays = sorted((called[i] - result.done_at[i]) * 1000 for i in called)
+    delays = sorted((called[i] - result.data_at[i]) * 1000 for i in called)
+    after_250 = sorted((called[i] - result.done_at[i]) * 1000 for i in called)
     return {"rate": rate, "achieved": result.rate, "matched": len(delays),
             "p50_ms": st.percentile(delays, 50), "p99_ms": st.percentile(delays, 99),
-            "max_ms": delays[-1] if delays else float("nan")}
+            "max_ms": delays[-1] if delays else float("nan"),
+            "after_250_p50_ms": st.percentile(after_250, 50), "after_250_p99_ms": st.percentile(after_250, 99)}
 
 
 def measure_baseline(workdir: Path, n: int, c: int, source: bool) -> dict:
@@ -266,10 +271,12 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
                         "(Debian package postfix), or --no-smtp-source", *["-"] * len(bridges), "-", ""))
             continue
         b, mine = base[key], last[key]
+        goal = f">= {GOALS['intake_ratio']}x: {met(mine['mails_per_s'] >= GOALS['intake_ratio'] * b['mails_per_s'])}"
+        if key == "persistent":  # the issue sets this row a CPU goal; the intake goal is smtp-source's
+            goal = f"({goal}; the issue's intake goal is smtp-source's)"
         out.append((f"intake mails/s, {label} (bridge: file provider)", f"{b['mails_per_s']:.0f}",
                     *[f"{r[key]['mails_per_s']:.0f}" for r in bridges.values()],
-                    ratio(mine["mails_per_s"], b["mails_per_s"]),
-                    f">= {GOALS['intake_ratio']}x: {met(mine['mails_per_s'] >= GOALS['intake_ratio'] * b['mails_per_s'])}"))
+                    ratio(mine["mails_per_s"], b["mails_per_s"]), goal))
         out.append((f"server CPU ms/mail, {label}", f"{b['cpu_per_mail_ms']:.3f}",
                     *[f"{r[key]['cpu_per_mail_ms']:.3f}" for r in bridges.values()],
                     ratio(mine["cpu_per_mail_ms"], b["cpu_per_mail_ms"]),
@@ -282,8 +289,11 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
         out.append((f"end-to-end SMS/s, {label}, loopback gateway", "-", *cells, "-", goal))
     cells = [f"{r['latency']['p50_ms']:.1f} / {r['latency']['p99_ms']:.1f} (at {r['latency']['rate']:.0f}/s)"
              for r in bridges.values()]
-    out.append(("end of DATA -> provider p50 / p99 ms, half load", "-", *cells, "-",
+    out.append(("end of DATA -> provider p50 / p99 ms, half load (from the client's DATA)", "-", *cells, "-",
                 f"p99 < {GOALS['p99_ms']:.0f}: {met(last['latency']['p99_ms'] < GOALS['p99_ms'])}"))
+    cells = [f"{r['latency']['after_250_p50_ms']:.1f} / {r['latency']['after_250_p99_ms']:.1f}"
+             for r in bridges.values()]
+    out.append(("the same from the client's 250 (the commit left out)", "-", *cells, "-", ""))
     out.append(("peak RSS MB (bridge, rows above)", "-", *[f"{r['peak_rss_mb']:.0f}" for r in bridges.values()],
                 "-", ""))
     if backlog is not None:
