@@ -13,10 +13,11 @@ Under load the writer waits ``LINGER`` (1 ms) before it takes a batch: when the 
 commit ended less than ``BUSY_WITHIN`` (5 ms) before the next write came. Writes then come
 in a steady stream; without the pause each commit carried one or two of them, and the
 writer took the GIL back from the event loop for every statement of each. With it, one
-commit carries the writes of the next millisecond too, the event loop runs that
-millisecond undisturbed, and the bridge spent 10-20 % less CPU per mail at full load, with
-the end of DATA -> provider time at half load no worse (``bench/README.md``, tenth round).
-A write that comes after a quiet spell is committed at once.
+commit carries the writes of the next millisecond too and the event loop runs that
+millisecond undisturbed: at full load with persistent connections, a third fewer context
+switches, 11 % fewer WAL bytes and about 6 % less CPU per mail; the end of DATA ->
+provider time at half load no worse (``bench/README.md``, tenth round). A write that comes
+after a quiet spell is committed at once.
 """
 
 from __future__ import annotations
