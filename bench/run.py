@@ -293,7 +293,8 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
                 f"p99 < {GOALS['p99_ms']:.0f}: {met(last['latency']['p99_ms'] < GOALS['p99_ms'])}"))
     cells = [f"{r['latency']['after_250_p50_ms']:.1f} / {r['latency']['after_250_p99_ms']:.1f}"
              for r in bridges.values()]
-    out.append(("the same from the client's 250 (the commit left out)", "-", *cells, "-", ""))
+    out.append(("the same from the client's 250 (the commit left out, as the issue's figures)", "-", *cells, "-",
+                f"p99 < {GOALS['p99_ms']:.0f}: {met(last['latency']['after_250_p99_ms'] < GOALS['p99_ms'])}"))
     out.append(("peak RSS MB (bridge, rows above)", "-", *[f"{r['peak_rss_mb']:.0f}" for r in bridges.values()],
                 "-", ""))
     if backlog is not None:
