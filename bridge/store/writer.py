@@ -16,7 +16,7 @@ at once and committed whatever had come, often one or two writes. With the pause
 commit carries the writes of the next millisecond too and the event loop runs that
 millisecond undisturbed: at full load with persistent connections, 18 writes per commit
 instead of 11, a third fewer thread switches, 11 % fewer WAL bytes and 6-22 % less CPU per
-mail; the price is 1-2 ms more at the median from end of DATA to the provider while the
+mail; the price is 1-3 ms more at the median from end of DATA to the provider while the
 writer is busy (``bench/README.md``, tenth round). A write that comes after a quiet spell
 is committed at once.
 """
