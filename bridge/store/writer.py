@@ -8,18 +8,6 @@ write that raises rolls back alone (the batch is then run again with a savepoint
 each write, so a write must act on the database only); a failed ``COMMIT`` (or
 ``ROLLBACK``) fails the whole batch, and the connection is reopened so the next batch
 starts clean.
-
-Under full load the writer waits ``LINGER`` (1 ms) before it takes a batch: when the
-previous commit ended less than ``BUSY_WITHIN`` (5 ms) before the next write came, and the
-recent commits carried ``LINGER_FROM`` (4) writes or more on average. Writes then come in
-a steady stream, and while the event loop waits for its clients the writer got the GIL at
-once and committed whatever had come, often one or two writes. With the pause, one commit
-carries the writes of the next millisecond too and the event loop runs that millisecond
-undisturbed: with persistent connections at full load, 18 writes per commit instead of 11,
-a third fewer thread switches, 11 % fewer WAL bytes and 6-22 % less CPU per mail. At a
-moderate rate the commits carry a write or two and the pause would only delay them (1.2 ms
-more at the median from end of DATA to the provider at 300 mails/s): it is not taken there,
-nor after a quiet spell (``bench/README.md``, tenth round).
 """
 
 from __future__ import annotations
@@ -28,7 +16,6 @@ import asyncio
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,12 +25,6 @@ from bridge.errors import StoreError
 
 log = structlog.get_logger("bridge.store")
 MAX_GROUP = 256
-#: How long the writer lets writes gather before a batch, when they keep coming (seconds).
-LINGER = 0.001
-#: Writes keep coming: the next one came within this time of the previous commit's end.
-BUSY_WITHIN = 0.005
-#: ... and the writer is loaded: the recent commits carried this many writes on average.
-LINGER_FROM = 4.0
 
 Write = Callable[[sqlite3.Connection], Any]
 Item = tuple[Write, asyncio.Future]
@@ -67,16 +48,12 @@ class Writer(threading.Thread):
         self.items.put(None)
 
     def run(self) -> None:
-        ended = float("-inf")  # when the last commit ended (time.monotonic())
-        carried = 0.0          # writes per commit, a moving average over about ten commits
         while True:
             first = self.items.get()
             if first is None:
                 self.conn.close()
                 return
             batch = [first]
-            if carried >= LINGER_FROM and time.monotonic() - ended < BUSY_WITHIN:
-                time.sleep(LINGER)  # under full load: let the next writes join this commit
             while len(batch) < MAX_GROUP:
                 try:
                     item = self.items.get_nowait()
@@ -91,8 +68,6 @@ class Writer(threading.Thread):
             except BaseException as exc:  # never leave a caller waiting
                 log.error("store_batch_failed", error=str(exc))
                 results = [(future, False, StoreError(f"commit failed: {exc}")) for _, future in batch]
-            ended = time.monotonic()
-            carried += (len(batch) - carried) * 0.1
             _deliver(results)
 
     def _commit(self, batch: list[Item]) -> list[tuple[asyncio.Future, bool, Any]]:
