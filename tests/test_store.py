@@ -8,6 +8,7 @@ The few tests of SQLite's own machinery (WAL, group commit) use ``sqlite_store``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 import threading
@@ -325,6 +326,23 @@ class TestClaimSeesOptOuts:
         assert jobs["+33612121516"].suppressed == "opted out (STOP)"
 
 
+    async def test_an_opt_out_of_one_sender_holds_back_only_that_senders_jobs(self, store):
+        """A STOP to one sender since intake holds back that sender's job (whatever its case),
+        not another sender's to the same number; a global STOP holds back every sender's."""
+        async def commit(key, number, sender, at):
+            jobs = (NewJob(number=number, text="hi", sender=sender, parts=1, cost=1),)
+            return (await store.commit(dataclasses.replace(plan(key), jobs=jobs), at)).job_ids[0]
+
+        shop = await commit("k1", "+33612121515", "Shop", 1)
+        bank = await commit("k2", "+33612121515", "BANK", 1)
+        other = await commit("k3", "+33612121516", "Shop", 1)
+        await store.optout_add("+33612121515", "shop", "sms", 2)
+        await store.optout_add("+33612121516", "BANK", "sms", 2)
+        await store.optout_add("+33612121516", None, "sms", 2)
+        jobs = {j.id: j.suppressed for j in await store.claim("me", 3, 10, 60)}
+        assert jobs == {shop: "opted out of sender Shop", bank: None, other: "opted out (STOP)"}
+
+
     async def test_a_claimed_job_carries_what_was_committed(self, store):
         """Every field of a claimed job, as read from the claim's row (by position), is what
         intake committed; the mail's subject is not read by a claim."""
@@ -363,6 +381,24 @@ class TestClaimRecordsCalls:
         assert all(stored[j.id].attempts == 1 and stored[j.id].client_ref == "m2s-ref-1" for j in called)
         refused = await store.settle_call("m2s-ref-1", [Settlement(j.id, S.SENT, None, "id") for j in called], 3)
         assert refused == [] and sorted(j.state.value for j in await store.jobs()) == ["claimed", "sent", "sent"]
+
+    async def test_several_calls_of_one_claim_each_keep_their_provider_and_reference(self, store):
+        """A claim whose plan names several calls (to two providers) records each job with its
+        own call's provider and reference; each call then settles its own jobs only."""
+        numbers = tuple(f"+3361212151{i}" for i in range(5))
+        ids = (await store.commit(plan("k", numbers=numbers), 1)).job_ids
+        calls = [([ids[0], ids[3]], "p", "m2s-a"), ([ids[1]], "q", "m2s-b"), ([ids[4]], "p", "m2s-c")]
+        jobs = {j.id: j for j in await store.claim("me", 2, 10, 60, plan=lambda jobs: calls)}
+        expected = {ids[0]: ("p", "m2s-a"), ids[3]: ("p", "m2s-a"), ids[1]: ("q", "m2s-b"), ids[4]: ("p", "m2s-c")}
+        assert {i: (j.provider, j.client_ref) for i, j in jobs.items() if j.state is S.CALLING} == expected
+        stored = {j.id: j for j in await store.jobs()}
+        assert ids[2] in jobs and stored[ids[2]].state is S.CLAIMED
+        assert {i: (stored[i].provider, stored[i].client_ref, stored[i].attempts) for i in expected} == {
+            i: (*call, 1) for i, call in expected.items()}
+        # a settle names its call: the jobs of another call are refused, not moved
+        assert await store.settle_call("m2s-b", [Settlement(ids[1], S.SENT, None, "x"),
+                                                  Settlement(ids[4], S.SENT, None, "y")], 3) == [ids[4]]
+        assert (await store.job(ids[1])).state is S.SENT and (await store.job(ids[4])).state is S.CALLING
 
     async def test_a_call_recorded_in_the_claim_holds_the_claims_lease(self, store):
         """The jobs a claim calls and the ones it only claims carry the owner and the lease's
@@ -575,6 +611,86 @@ class TestStateMachine:
         await store.start_call("me", [job.id], "p", "new", 3, 60)
         assert await store.settle_call("old", [Settlement(job.id, S.SENT)], 4) == [job.id]
         assert (await store.job(job.id)).state is S.CALLING
+
+
+class TestConcurrentSettles:
+    """Calls settled at once (a claim starts its calls together): each keeps its own answer."""
+
+    async def calls(self, store, count: int) -> list[tuple[int, str]]:
+        """``count`` one-job calls in flight, as (job id, reference)."""
+        numbers = tuple(f"+3361212150{i}" for i in range(count))
+        ids = (await store.commit(plan("k", numbers=numbers), 1)).job_ids
+        await store.claim("me", 2, 10, 60, plan=lambda jobs: [([i], "p", f"m2s-{i}-1") for i in ids])
+        return [(i, f"m2s-{i}-1") for i in ids]
+
+    async def test_each_call_gets_its_own_refused_ids(self, store):
+        """Four sent answers at once, one naming a reference that is not its job's: that job
+        is refused to that call alone and stays calling; the others are sent with their ids."""
+        (a, ra), (b, rb), (c, rc), (d, _) = await self.calls(store, 4)
+        answers = await asyncio.gather(
+            store.settle_call(ra, [Settlement(a, S.SENT, provider_message_id="A")], 3),
+            store.settle_call(rb, [Settlement(b, S.SENT, provider_message_id="B")], 3),
+            store.settle_call(ra, [Settlement(d, S.SENT, provider_message_id="D")], 3),  # not d's call
+            store.settle_call(rc, [Settlement(c, S.SENT)], 3),
+        )
+        assert answers == [[], [], [d], []]
+        jobs = {j.id: j for j in await store.jobs()}
+        assert {i: (jobs[i].state, jobs[i].provider_message_id) for i in (a, b, c, d)} == {
+            a: (S.SENT, "A"), b: (S.SENT, "B"), c: (S.SENT, None), d: (S.CALLING, None)}
+
+    async def test_a_sent_answer_beside_a_failure_each_write_their_own(self, store):
+        """A plain sent beside a refusal in the same turn: the refusal is refunded and its status
+        mail queued; the sent job is not."""
+        (a, ra), (b, rb) = await self.calls(store, 2)
+        reply = NewReply(to="alice@example.org", code=105, message=b"refused")
+        answers = await asyncio.gather(
+            store.settle_call(ra, [Settlement(a, S.SENT, provider_message_id="A")], 3),
+            store.settle_call(rb, [Settlement(b, S.FAILED, "invalid number", reply=reply)], 3))
+        assert answers == [[], []]
+        assert {j.id: j.state for j in await store.jobs()} == {a: S.SENT, b: S.FAILED}
+        assert (await store.balances())["a"] == 10 - 1
+        assert await store.count_replies("queued") == 1
+
+    async def test_the_same_answer_twice_at_once_is_written_once(self, store):
+        """One call's answer given twice in the same turn (a retried callback): the first
+        settles the job, the second is refused, as if they had come one after the other."""
+        ((a, ra),) = await self.calls(store, 1)
+        answers = await asyncio.gather(
+            store.settle_call(ra, [Settlement(a, S.SENT, provider_message_id="A")], 3),
+            store.settle_call(ra, [Settlement(a, S.SENT, provider_message_id="A2")], 3))
+        assert answers == [[], [a]]
+        assert ((await store.job(a)).state, (await store.job(a)).provider_message_id) == (S.SENT, "A")
+
+    async def test_a_cancelled_caller_still_has_its_answer_written(self, store):
+        """The caller gave up waiting (shutdown): the outcome it handed over is committed."""
+        ((a, ra),) = await self.calls(store, 1)
+        task = asyncio.create_task(store.settle_call(ra, [Settlement(a, S.SENT, provider_message_id="A")], 3))
+        await asyncio.sleep(0)  # the answer is handed over
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if (await store.job(a)).state is S.SENT:
+                break
+            await asyncio.sleep(0.01)
+        assert (await store.job(a)).state is S.SENT
+
+    async def test_answers_handed_over_before_close_are_on_disk(self, tmp_path):
+        """Closing the store in the same turn as the answers: they are committed first, and a
+        store opened again on the file has every job sent, each at its own call's time."""
+        store = await SqliteStore.open(tmp_path / "s.db")
+        await store.open_accounts({"a": 10}, now=0)
+        calls = await self.calls(store, 3)
+        waits = [asyncio.ensure_future(store.settle_call(ref, [Settlement(i, S.SENT, provider_message_id=ref)], 3 + n))
+                 for n, (i, ref) in enumerate(calls)]
+        await asyncio.sleep(0)
+        await store.close()
+        assert await asyncio.gather(*waits) == [[], [], []]
+        with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+            rows = conn.execute("SELECT id, state, provider_message_id, updated_at FROM jobs ORDER BY id").fetchall()
+        assert rows == [(i, "sent", ref, 3.0 + n) for n, (i, ref) in enumerate(calls)]
+        with pytest.raises(StoreError):
+            await store.settle_call("x", [Settlement(1, S.SENT)], 9)
 
 
 class TestLeases:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -63,6 +64,9 @@ def transition(
     sets: str = "",
     set_args: Sequence[Any] = (),
     via: JobState | None = None,
+    each: Mapping[int, Sequence[Any]] | None = None,
+    each_sets: Sequence[str] = (),
+    each_where: Sequence[str] = (),
 ) -> set[int]:
     """Compare-and-set: the ids of ``ids`` that were in ``sources`` (and matched ``where``).
 
@@ -76,6 +80,12 @@ def transition(
     With ``via``, two moves of the table in one write, source -> ``via`` -> target (a
     claim that records its call): both are checked, the compare is on ``sources``, and the
     state in between is never committed.
+
+    With ``each``, every job has values of its own (``each[id]``): first one for each
+    assignment of ``each_sets``, then one for each condition of ``each_where`` (``{}``
+    stands for the job's value; an ``updated_at`` of its own replaces ``now``). Jobs of
+    several calls, each with its provider and reference, are still one ``UPDATE`` (joined
+    to the values), not one per call.
     """
     ids = list(ids)
     try:
@@ -90,12 +100,54 @@ def transition(
     if not ids:
         return set()
     states = [s.value for s in sources]
-    update = (f"UPDATE jobs SET state=?, updated_at=?{sets} WHERE id IN ({marks(ids)}) "
+    stamp = "" if each_sets and any(s.startswith("updated_at=") for s in each_sets) else ", updated_at=?"
+    stamped = (now,) if stamp else ()
+    if each is not None and len(ids) > 1:
+        return _transition_each(conn, ids, target, states, (*stamped, *set_args), where, where_args,
+                                stamp + sets, each, each_sets, each_where)
+    if each is not None:  # one job: its values are plain parameters
+        values = each[ids[0]]
+        sets += "".join(", " + s.format("?") for s in each_sets)
+        set_args = (*set_args, *values[:len(each_sets)])
+        where += "".join(" AND " + w.format("?") for w in each_where)
+        where_args = (*where_args, *values[len(each_sets):])
+    update = (f"UPDATE jobs SET state=?{stamp}{sets} WHERE id IN ({marks(ids)}) "
               f"AND state IN ({marks(states)}){where}")
-    args = (target.value, now, *set_args, *ids, *states, *where_args)
+    args = (target.value, *stamped, *set_args, *ids, *states, *where_args)
     if len(ids) == 1:
         return set(ids) if conn.execute(update, args).rowcount else set()
     return {row[0] for row in conn.execute(update + " RETURNING id", args)}
+
+
+#: Jobs per statement of ``_transition_each``.
+_EACH_PER_STATEMENT = 500
+
+
+def _transition_each(conn: sqlite3.Connection, ids: list[int], target: JobState, states: list[str],
+                     set_args: Sequence[Any], where: str, where_args: Sequence[Any], sets: str,
+                     each: Mapping[int, Sequence[Any]], each_sets: Sequence[str], each_where: Sequence[str]) -> set[int]:
+    """``transition`` of several jobs with values of their own: ``UPDATE ... FROM (VALUES ...)``."""
+    matched: set[int] = set()
+    for at in range(0, len(ids), _EACH_PER_STATEMENT):
+        chunk = ids[at:at + _EACH_PER_STATEMENT]
+        update = _each_sql(len(chunk), len(states), sets, where, tuple(each_sets), tuple(each_where))
+        values = [x for i in chunk for x in (i, *each[i])]
+        matched.update([row[0] for row in conn.execute(update, (target.value, *set_args, *values, *states,
+                                                                *where_args))])
+    return matched
+
+
+@lru_cache(maxsize=256)
+def _each_sql(rows: int, states: int, sets: str, where: str, each_sets: tuple[str, ...],
+              each_where: tuple[str, ...]) -> str:
+    """The statement of ``_transition_each`` for ``rows`` jobs."""
+    width = 1 + len(each_sets) + len(each_where)
+    value = iter(f"v.column{n}" for n in range(2, width + 1))
+    assign = "".join(", " + s.format(next(value)) for s in each_sets)
+    match = "".join(" AND jobs." + w.format(next(value)) for w in each_where)
+    values = ",".join([f"({marks(range(width))})"] * rows)
+    return (f"UPDATE jobs SET state=?{sets}{assign} FROM (VALUES {values}) AS v "
+            f"WHERE jobs.id=v.column1{match} AND state IN ({marks(range(states))}){where} RETURNING jobs.id")
 
 
 def charges(conn: sqlite3.Connection, ids: Collection[int]) -> dict[int, tuple[str, int]]:

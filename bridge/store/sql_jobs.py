@@ -26,17 +26,18 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     A job the plan calls makes both moves in one compare-and-set on ``queued`` (``transition``
     with ``via``): the ``claimed`` it passes through would never be committed, and a second
     ``UPDATE`` of the same rows only rewrote their index entries again. The plan sees the jobs
-    as read, with the opt-outs recorded since intake (``Job.suppressed``).
+    as read, with the opt-outs recorded since intake (``Job.suppressed``), which the same
+    statement reads.
     """
     among = f" AND j.id IN ({marks(only)})" if only else ""
     rows = conn.execute(
-        f"{JOB_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
+        f"{_CLAIM_SELECT} WHERE j.state='queued' AND j.next_attempt_at<=?{among} "
         "ORDER BY j.next_attempt_at, j.id LIMIT ?",
         (now, *only, limit),
     ).fetchall()
     if not rows:
         return []
-    jobs = _with_optouts(conn, [job_of(row) for row in rows])
+    jobs = [_suppressed(job_of(row), row[_OPTOUTS]) for row in rows]
     calls = plan(jobs) if plan else []
     planned = {i for ids, _, _ in calls for i in ids}
     taken = transition(conn, [j.id for j in jobs if j.id not in planned], S.CLAIMED, S.QUEUED, now,
@@ -47,16 +48,31 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     return [j.calling(*called[j.id]) if j.id in called else j for j in jobs if j.id in taken]
 
 
+#: A claim reads each job with the senders its number opted out of since ("" for a global
+#: STOP), joined by ``_SEPARATOR``, as column ``_OPTOUTS`` (after an empty subject): one
+#: statement, not a second one for the opt-outs of the numbers claimed.
+_SEPARATOR = "\x1f"
+_CLAIM_SELECT = JOB_SELECT.replace(
+    " FROM jobs", ", NULL, (SELECT group_concat(o.sender, char(31)) FROM optouts o WHERE o.number=j.number) FROM jobs", 1)
+_OPTOUTS = 24
+
+
+def _suppressed(job: Job, senders: str | None) -> Job:
+    """``job`` with the opt-out that now holds it back, if any (``senders`` as claimed)."""
+    if senders is None:
+        return job
+    reason = rules.optout_reason(frozenset((job.number, s) for s in senders.split(_SEPARATOR)), job.number, job.sender)
+    return dataclasses.replace(job, suppressed=reason) if reason else job
+
+
 def record_calls(conn, calls: list[tuple[list[int], str, str]], owner: str, now: float,
                  lease_until: float) -> dict[int, tuple[str, str]]:
-    """Record planned calls of queued jobs (``queued -> claimed -> calling`` in one
-    compare-and-set each, leased to ``owner``): (provider, reference) by job id recorded."""
-    called: dict[int, tuple[str, str]] = {}
-    for ids, name, ref in calls:
-        got = transition(conn, ids, S.CALLING, S.QUEUED, now, sets=", lease_owner=?" + _CALL_SETS,
-                         set_args=(owner, name, ref, now, lease_until), via=S.CLAIMED)
-        called.update((i, (name, ref)) for i in got)
-    return called
+    """Record planned calls of queued jobs (``queued -> claimed -> calling``, leased to
+    ``owner``), all in one compare-and-set: (provider, reference) by job id recorded."""
+    each = {i: (name, ref) for ids, name, ref in calls for i in ids}
+    got = transition(conn, each, S.CALLING, S.QUEUED, now, sets=", lease_owner=?" + _CALL_SETS,
+                     set_args=(owner, now, lease_until), via=S.CLAIMED, each=each, each_sets=_EACH_CALL)
+    return {i: each[i] for i in got}
 
 
 def hand_off(conn, jobs: list[Job], handoff: Handoff, now: float) -> tuple[Job, ...]:
@@ -66,27 +82,17 @@ def hand_off(conn, jobs: list[Job], handoff: Handoff, now: float) -> tuple[Job, 
     return tuple(j.calling(*called[j.id]) for j in jobs if j.id in called)
 
 
-def _with_optouts(conn, jobs: list[Job]) -> list[Job]:
-    """``jobs`` with the opt-outs recorded since intake (read here rather than with one more
-    round trip per call)."""
-    numbers = sorted({job.number for job in jobs})
-    optouts = frozenset((n, s) for n, s in conn.execute(
-        f"SELECT number, sender FROM optouts WHERE number IN ({marks(numbers)})", numbers))
-    if not optouts:
-        return jobs
-    reasons = [rules.optout_reason(optouts, job.number, job.sender) for job in jobs]
-    return [dataclasses.replace(job, suppressed=reason) if reason else job for job, reason in zip(jobs, reasons)]
-
-
-#: What recording a call writes (provider, reference, time, lease end).
-_CALL_SETS = ", provider=?, client_ref=?, called_at=?, attempts=attempts+1, lease_until=?"
+#: What recording a call writes (time, lease end; with ``transition``'s ``each``, the
+#: provider and reference of each job's call).
+_CALL_SETS = ", called_at=?, attempts=attempts+1, lease_until=?"
+_EACH_CALL = ("provider={}", "client_ref={}")
 
 
 def start_call(conn, owner: str, ids: Sequence[int], provider: str, ref: str, now: float,
                lease_until: float) -> list[int]:
     """Record the call before it is made (``claimed -> calling``); the ids still ours."""
     taken = transition(conn, ids, S.CALLING, S.CLAIMED, now, " AND lease_owner=?", (owner,),
-                       _CALL_SETS, (provider, ref, now, lease_until))
+                       ", provider=?, client_ref=?" + _CALL_SETS, (provider, ref, now, lease_until))
     return sorted(taken)
 
 
@@ -98,6 +104,44 @@ def settle_call(conn, ref: str, items: Sequence[Settlement], now: float, lease_u
     return [job_id for state, group in by_state.items()
             for job_id in _settle(conn, group, CALL_OUTCOME_SOURCES[state], now, lease_until,
                                   " AND client_ref=?", (ref,))]
+
+
+def plain_sent(items: Sequence[Settlement]) -> bool:
+    """Whether every outcome of a call is a plain ``sent`` (no error): what ``settle_sent``
+    writes. Nothing else goes with those: no refund, no status mail, no history line."""
+    return all(item.state is S.SENT and item.error is None for item in items)
+
+
+#: What a plain ``sent`` writes of each job's own: the time, the provider's message id.
+_EACH_SENT = ("updated_at={}", "provider_message_id=COALESCE({}, provider_message_id)")
+
+
+def settle_sent(conn, calls: Sequence[tuple[str, Sequence[Settlement], float]]) -> list[list[int]]:
+    """The plain ``sent`` outcomes (``plain_sent``) of several calls, each ``(reference,
+    outcomes, now)``, in one compare-and-set: each job matched by its own call's reference,
+    as ``settle_call`` matches it. Returns the ids refused, call by call.
+
+    A job named by two of the calls (a late answer beside a new call) is settled by the
+    first; the later call is then written alone, after it, as ``settle_call`` would.
+    """
+    rows = [(item.job_id, (now, item.provider_message_id, ref)) for ref, items, now in calls for item in items]
+    each = dict(rows)
+    later: list[int] = []
+    if len(each) < len(rows):  # a job named twice: the first call that names it takes it
+        each, later = {}, []
+        for index, (ref, items, now) in enumerate(calls):
+            if any(item.job_id in each for item in items):
+                later.append(index)
+            else:
+                each.update((item.job_id, (now, item.provider_message_id, ref)) for item in items)
+    matched = transition(conn, each, S.SENT, CALL_OUTCOME_SOURCES[S.SENT], calls[0][2],
+                         sets=", last_error=NULL, lease_owner=NULL, lease_until=NULL",
+                         each=each, each_sets=_EACH_SENT, each_where=("client_ref={}",))
+    refused = [[item.job_id for item in items if item.job_id not in matched] for _, items, _ in calls]
+    for index in later:
+        ref, items, now = calls[index]
+        refused[index] = settle_call(conn, ref, items, now, now)
+    return refused
 
 
 def settle_claimed(conn, owner: str, items: Sequence[Settlement], now: float) -> list[int]:

@@ -40,6 +40,7 @@ class SqliteStore:
         self._reader = reader
         self._read_lock = threading.Lock()
         self._closed = False
+        self._sent: list[tuple[str, list[Settlement], float, asyncio.Future]] = []  # see settle_call
 
     @classmethod
     async def open(cls, path: str | Path) -> "SqliteStore":
@@ -66,6 +67,7 @@ class SqliteStore:
         """Finish queued writes and close both connections (a second call does nothing)."""
         if self._closed:
             return
+        self._write_sent()  # settles queued this turn go before the writer stops
         self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
@@ -167,12 +169,50 @@ class SqliteStore:
         return await self.write(lambda c: sql_jobs.start_call(c, owner, list(ids), provider, ref, now, now + lease))
 
     async def settle_call(self, ref: str, items: Sequence[Settlement], now: float, lease: float = 0.0) -> list[int]:
-        """Write the outcomes of the call ``ref`` in one transaction; return the ids refused."""
+        """Write the outcomes of the call ``ref`` in one transaction; return the ids refused.
+
+        Plain ``sent`` outcomes (``sql_jobs.plain_sent``: the usual answer) of every call
+        settled in the same turn of the event loop share one write and one statement
+        (``sql_jobs.settle_sent``); each call still gets its own refused ids. A claim
+        starts its calls together, and a bulk of them end together.
+        """
+        items = list(items)
+        if sql_jobs.plain_sent(items):
+            return await self._settle_sent(ref, items, now)
+
         def settle(c: sqlite3.Connection) -> list[int]:
-            refused = sql_jobs.settle_call(c, ref, list(items), now, now + lease)
+            refused = sql_jobs.settle_call(c, ref, items, now, now + lease)
             sql_twoway.record_calls(c, ref, sql_twoway.call_events(items, refused, now))
             return refused
         return await self.write(settle)
+
+    async def _settle_sent(self, ref: str, items: list[Settlement], now: float) -> list[int]:
+        """``settle_call`` of plain ``sent`` outcomes: queued for ``_write_sent`` at the end
+        of this turn of the loop. A cancelled caller cancels only its wait, as with ``write``."""
+        if self._closed or not self._writer.is_alive():
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._sent:
+            loop.call_soon(self._write_sent)
+        self._sent.append((ref, items, now, future))
+        try:
+            return await future
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from None
+
+    def _write_sent(self) -> None:
+        """One write for the plain ``sent`` outcomes queued so far."""
+        calls, self._sent = self._sent, []
+        if not calls:
+            return
+        futures = [future for *_, future in calls]
+        if self._closed or not self._writer.is_alive():  # a write queued now would never run
+            _spread(futures, error=StoreError("store is closed"))
+            return
+        done = futures[0].get_loop().create_future()
+        done.add_done_callback(lambda d: _spread(futures, d.exception(), None if d.exception() else d.result()))
+        self._writer.submit(lambda c: sql_jobs.settle_sent(c, [(r, i, n) for r, i, n, _ in calls]), done)
 
     async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
         """Outcomes decided before any call (deferred, refused); return the ids refused."""
@@ -390,3 +430,14 @@ class SqliteStore:
     async def mailbox_lock(self, name: str) -> AsyncIterator[MailboxLock]:
         """Always granted: one SQLite file serves one bridge."""
         yield MailboxLock(True)
+
+
+def _spread(futures: Sequence[asyncio.Future], error: BaseException | None = None, results: Sequence | None = None) -> None:
+    """Each caller's share of one write: its result, or the write's error."""
+    for index, future in enumerate(futures):
+        if future.done():
+            continue  # cancelled: the data is committed all the same
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(results[index])
