@@ -40,7 +40,8 @@ class SqliteStore:
         self._reader = reader
         self._read_lock = threading.Lock()
         self._closed = False
-        self._sent: list[tuple[str, list[Settlement], float, asyncio.Future]] = []  # see settle_call
+        # plain sent outcomes waiting for the end of their loop's turn (see settle_call)
+        self._sent: dict[asyncio.AbstractEventLoop, list[tuple[str, list[Settlement], float, asyncio.Future]]] = {}
 
     @classmethod
     async def open(cls, path: str | Path) -> "SqliteStore":
@@ -67,7 +68,7 @@ class SqliteStore:
         """Finish queued writes and close both connections (a second call does nothing)."""
         if self._closed:
             return
-        self._write_sent()  # settles queued this turn go before the writer stops
+        self._write_sent(asyncio.get_running_loop())  # settles queued this turn go before the writer stops
         self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
@@ -193,24 +194,26 @@ class SqliteStore:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if not self._sent:
-            loop.call_soon(self._write_sent)
-        self._sent.append((ref, items, now, future))
+        queued = self._sent.get(loop)
+        if queued is None:
+            queued = self._sent[loop] = []
+            loop.call_soon(self._write_sent, loop)
+        queued.append((ref, items, now, future))
         try:
             return await future
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from None
 
-    def _write_sent(self) -> None:
-        """One write for the plain ``sent`` outcomes queued so far."""
-        calls, self._sent = self._sent, []
+    def _write_sent(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One write for the plain ``sent`` outcomes queued so far in ``loop``."""
+        calls = self._sent.pop(loop, None)
         if not calls:
             return
         futures = [future for *_, future in calls]
         if self._closed or not self._writer.is_alive():  # a write queued now would never run
             _spread(futures, error=StoreError("store is closed"))
             return
-        done = futures[0].get_loop().create_future()
+        done = loop.create_future()
         done.add_done_callback(lambda d: _spread(futures, d.exception(), None if d.exception() else d.result()))
         self._writer.submit(lambda c: sql_jobs.settle_sent(c, [(r, i, n) for r, i, n, _ in calls]), done)
 
