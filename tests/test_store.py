@@ -473,6 +473,15 @@ class TestJobs:
         assert sorted([first.outcome, second.outcome]) == ["accepted", "duplicate"]
         assert len(await store.jobs()) == 1
 
+    async def test_each_mail_gets_the_ids_of_its_own_jobs(self, store):
+        """Mails committed together (one group commit) each get their own jobs' ids, in the
+        order of their numbers, and the ledger debits each of those jobs once."""
+        numbers = [tuple(f"+336121215{m}{n}" for n in range(count)) for m, count in enumerate((1, 3, 2))]
+        results = await asyncio.gather(*(store.commit(plan(f"k{m}", numbers=nums), 1) for m, nums in enumerate(numbers)))
+        stored = {j.id: j.number for j in await store.jobs()}
+        assert [[stored[i] for i in r.job_ids] for r in results] == [list(nums) for nums in numbers]
+        assert len(stored) == 6 and (await store.balances())["a"] == 10 - 6
+
     async def test_no_key_is_never_deduplicated(self, store):
         """Mails without an idempotency key are all accepted."""
         for _ in range(3):

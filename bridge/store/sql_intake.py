@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from bridge import rules, status_mail
-from bridge.model import Acceptance, Counts, Job, NewJob, Plan
+from bridge.model import Acceptance, Counts, Job, JobState, NewJob, Plan, check_transition
 from bridge.store.protocol import Handoff
 from bridge.store.sql import ADD_TO_BALANCE, SPENT_SO_FAR, due_jobs, queue_reply
-from bridge.store.sql_jobs import hand_off
 
 
 #: The columns of a new job, in the order ``_insert_jobs`` gives them. A job takes the next
@@ -29,9 +28,10 @@ from bridge.store.sql_jobs import hand_off
 #: the caps count by, see ``reads_sql``); the ranks come from the commit's reads, so the
 #: jobs of a mail are one multi-row ``INSERT`` (a statement per row ran SQLite's program,
 #: its twelve cursors and two rank lookups again for each), and so are their debits.
-_JOB_COLUMNS = ("message, login, number, text, sender, parts, cost, unicode, low_cost, state, created_at, "
-                "next_attempt_at, updated_at, category, nseq, lseq")
-_JOB_VALUES = "(?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?)"
+_JOB_COLUMNS = ("id, message, login, number, text, sender, parts, cost, unicode, low_cost, state, created_at, "
+                "next_attempt_at, updated_at, category, nseq, lseq, attempts, provider, client_ref, called_at, "
+                "lease_owner, lease_until")
+_JOB_VALUES = "(" + ",".join("?" * 23) + ")"
 _LEDGER_VALUES = "(?,?,'debit',?,?,?)"
 #: Rows per multi-row ``INSERT`` (fewer when SQLite's limit on parameters is lower).
 _ROWS_PER_INSERT = 500
@@ -62,7 +62,10 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float, handoff: Handoff | 
     ids: tuple[int, ...] = ()
     calling: tuple[Job, ...] = ()
     if kept:
-        ids = _insert_jobs(conn, message, plan.login, kept, ranks, now)
+        ids = tuple(range(ranks.next_id, ranks.next_id + len(kept)))
+        due = due_jobs(plan, kept, ids, now) if handoff is not None else []
+        calls = _handed_off(due, handoff) if due else {}
+        _insert_jobs(conn, message, plan.login, kept, ids, ranks, calls, handoff, now)
         spent, debits = ranks.spent, []
         for job, job_id in zip(kept, ids):
             spent += job.cost
@@ -70,8 +73,7 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float, handoff: Handoff | 
         _insert_rows(conn, "INSERT INTO ledger (login, amount, reason, job, created_at, spent) VALUES ",
                      _LEDGER_VALUES, 5, debits)
         conn.execute(ADD_TO_BALANCE, (plan.login, -used, -used))
-        if handoff is not None:
-            calling = hand_off(conn, due_jobs(plan, kept, ids, now), handoff, now)
+        calling = tuple(job.calling(*calls[job.id]) for job in due if job.id in calls)
     acceptance = Acceptance(outcome, ids, used, available, tuple(refused), status, note, calling)
     for reply in status_mail.after_commit(plan, acceptance, evaluated):
         queue_reply(conn, reply, now)
@@ -82,26 +84,45 @@ def commit(conn: sqlite3.Connection, plan: Plan, now: float, handoff: Handoff | 
 class Ranks:
     """What a commit's new jobs and debits continue from, read with the rest (``reads_sql``):
     the newest rank of each number (of the account) that has jobs, the account's newest
-    rank, and its running spend."""
+    rank, its running spend, and the id the first new job takes."""
 
     number: dict[str, int]
     login: int
     spent: int
+    next_id: int = 1
 
 
-def _insert_jobs(conn: sqlite3.Connection, message: int, login: str, kept: Sequence[NewJob], ranks: Ranks,
-                 now: float) -> tuple[int, ...]:
-    """Insert ``kept`` with the next ranks; their ids, in order."""
+def _handed_off(due: list[Job], handoff: Handoff) -> dict[int, tuple[str, str]]:
+    """The calls ``handoff`` plans for the new ``due`` jobs, as (provider, reference) by job id.
+
+    Those jobs are written ``calling`` (``queued -> claimed -> calling``, the moves a claim
+    that records its call makes, checked against the table here): the jobs are new to this
+    transaction, so there is no state to compare, and an ``UPDATE`` after the ``INSERT``
+    only rewrote the rows and their index entries again.
+    """
+    check_transition(JobState.QUEUED, JobState.CLAIMED)
+    check_transition(JobState.CLAIMED, JobState.CALLING)
+    return {i: (name, ref) for job_ids, name, ref in handoff.plan(due) for i in job_ids}
+
+
+def _insert_jobs(conn: sqlite3.Connection, message: int, login: str, kept: Sequence[NewJob], ids: Sequence[int],
+                 ranks: Ranks, calls: dict[int, tuple[str, str]], handoff: Handoff | None, now: float) -> None:
+    """Insert ``kept`` as ``ids``, with the next ranks; those ``calls`` names as ``calling``,
+    leased to the handoff's owner, their call counted as an attempt."""
     seq, lseq, rows = dict(ranks.number), ranks.login, []
-    for j in kept:
+    for j, job_id in zip(kept, ids):
         seq[j.number] = nseq = seq.get(j.number, 0) + 1
         lseq += 1
-        rows += (message, login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
-                 now, j.send_at if j.send_at is not None else now, now, j.category, nseq, lseq)
-    last = _insert_rows(conn, f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ", _JOB_VALUES, 15, rows)
-    if len(kept) == 1:  # the usual mail: its id comes with the insert
-        return (last,)
-    return tuple(r[0] for r in conn.execute("SELECT id FROM jobs WHERE message=? ORDER BY id", (message,)))
+        call = calls.get(job_id)
+        rows += (job_id, message, login, j.number, j.text, j.sender, j.parts, j.cost, j.unicode, j.low_cost,
+                 JobState.CALLING.value if call else JobState.QUEUED.value, now,
+                 j.send_at if j.send_at is not None else now, now, j.category, nseq, lseq,
+                 *((1, *call, now, handoff.owner, now + handoff.lease) if call else _NOT_CALLED))
+    _insert_rows(conn, f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ", _JOB_VALUES, 23, rows)
+
+
+#: A new job's attempts, provider, reference, call time, lease owner and end, when no call is made.
+_NOT_CALLED = (0, None, None, None, None, None)
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, values: str, width: int, flat: list) -> int:
@@ -177,6 +198,7 @@ def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spen
     parts.append(f"({DAY_SPEND_SQL})" if spend_per_day else "0")
     parts.append("COALESCE((SELECT MAX(lseq) FROM jobs WHERE login=?1), 0)" if numbers else "0")
     parts.append(SPENT_SO_FAR if numbers else "0")
+    parts.append("COALESCE((SELECT MAX(id) FROM jobs), 0) + 1" if numbers else "1")
     return "SELECT " + ", ".join(parts)
 
 
@@ -191,8 +213,8 @@ def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> 
                     bool(numbers and limits.sms_per_day), bool(numbers and limits.spend_per_day))
     # SQLite counts the parameters up to the highest one used: without numbers nor keys, ?1
     args = (login, now - 86400, now - 3600, sender, *numbers, *keys) if numbers or keys else (login,)
-    duplicate, available, opted_out, opted_out_sender, seen, sms_today, spent_today, lseq, spent = conn.execute(
-        sql, args).fetchone()
+    duplicate, available, opted_out, opted_out_sender, seen, sms_today, spent_today, lseq, spent, next_id = (
+        conn.execute(sql, args).fetchone())
     optouts = frozenset(
         [(number, "") for number in (opted_out.split(",") if opted_out else ())]
         + [(number, sender) for number in (opted_out_sender.split(",") if opted_out_sender else ())])
@@ -205,4 +227,4 @@ def _read(conn: sqlite3.Connection, plan: Plan, keys: list[str], now: float) -> 
             if count:
                 per_number[number] = count
     counts = Counts(optouts=optouts, per_number_hour=per_number, sms_today=sms_today, spent_today=spent_today)
-    return bool(duplicate), available, counts, Ranks(tops, lseq, spent)
+    return bool(duplicate), available, counts, Ranks(tops, lseq, spent, next_id)

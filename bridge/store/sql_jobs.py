@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from bridge import rules
 from bridge.model import CALL_OUTCOME_SOURCES, Job, JobState as S, Settlement
-from bridge.store.protocol import CallPlan, Handoff
+from bridge.store.protocol import CallPlan
 from bridge.store.sql import JOB_SELECT, charges, job_of, marks, move, queue_reply, transition
 
 
@@ -73,13 +73,6 @@ def record_calls(conn, calls: list[tuple[list[int], str, str]], owner: str, now:
     got = transition(conn, each, S.CALLING, S.QUEUED, now, sets=", lease_owner=?" + _CALL_SETS,
                      set_args=(owner, now, lease_until), via=S.CLAIMED, each=each, each_sets=_EACH_CALL)
     return {i: each[i] for i in got}
-
-
-def hand_off(conn, jobs: list[Job], handoff: Handoff, now: float) -> tuple[Job, ...]:
-    """Record the calls ``handoff`` plans for ``jobs``, just written by an intake commit, in
-    its transaction; the jobs called, as ``calling``."""
-    called = record_calls(conn, handoff.plan(jobs), handoff.owner, now, now + handoff.lease)
-    return tuple(j.calling(*called[j.id]) for j in jobs if j.id in called)
 
 
 #: What recording a call writes (time, lease end; with ``transition``'s ``each``, the
