@@ -535,6 +535,18 @@ class TestPrune:
         assert len(await store.ledger("a")) == 4  # opening, debit, refund, debit
 
 
+    async def test_a_job_id_is_never_given_twice_even_after_every_job_was_pruned(self, store):
+        """Once every job is pruned, the next mail's jobs still get new ids: an id is a job's
+        client reference (``m2s-<id>-<attempt>``) at the providers and its key in the kept
+        ledger, so giving it again would tie the new SMS to the old one's answer."""
+        old = [await one_job(store) for _ in range(3)]
+        await store.settle_claimed("me", [Settlement(j.id, S.FAILED, "x") for j in old], 3)
+        assert (await store.prune(before=10))["jobs"] == 3 and await store.jobs() == []
+        new = await store.commit(plan("k-new", numbers=("+33612121515", "+33612121516")), 20)
+        assert min(new.job_ids) > max(j.id for j in old)
+        ledger_jobs = [row["job"] for row in await store.ledger("a") if row["job"] is not None]
+        assert len(ledger_jobs) == len(set(ledger_jobs)) + 3  # each old job: its debit and its refund
+
 class TestStateMachine:
     async def test_record_before_call(self, store):
         """start_call writes the provider and the reference before the request leaves."""

@@ -106,6 +106,39 @@ class TestCopy:
         finally:
             await target.close()
 
+    async def test_a_copy_never_gives_a_pruned_jobs_id_again(self, tmp_path, pg_url):
+        """SQLite -> PostgreSQL -> SQLite, every job pruned before each copy: a new mail in
+        each copy still gets a job id above every id given before (an id is the job's client
+        reference at the providers)."""
+        source = await SqliteStore.open(tmp_path / "first.db")
+        await source.open_accounts({"a": 50}, 0)
+        for key in ("one", "two", "three"):
+            await source.commit(plan(key, "+33612121501"), 1)
+        jobs = await source.claim("me", 2, 10, 60)
+        await source.settle_claimed("me", [Settlement(j.id, S.FAILED, "x") for j in jobs], 3)
+        assert (await source.prune(before=10))["jobs"] == 3
+        await source.close()
+        given = max(j.id for j in jobs)
+        copied = mail2sms("store", "copy", "--from", f"sqlite://{tmp_path / 'first.db'}", "--to", pg_url)
+        assert copied.returncode == 0, copied.stderr
+        target = await open_url(pg_url)
+        try:
+            (new,) = (await target.commit(plan("four", "+33612121501"), 20)).job_ids
+            assert new > given
+            claimed = await target.claim("me", 21, 10, 60)
+            await target.settle_claimed("me", [Settlement(j.id, S.FAILED, "x") for j in claimed], 22)
+            assert (await target.prune(before=30))["jobs"] == 1
+        finally:
+            await target.close()
+        copied = mail2sms("store", "copy", "--from", pg_url, "--to", f"sqlite://{tmp_path / 'back.db'}")
+        assert copied.returncode == 0, copied.stderr
+        back = await open_url(f"sqlite://{tmp_path / 'back.db'}")
+        try:
+            (newer,) = (await back.commit(plan("five", "+33612121501"), 40)).job_ids
+            assert newer > new
+        finally:
+            await back.close()
+
     async def test_a_copy_into_sqlite_keeps_the_caps(self, tmp_path, pg_url):
         """PostgreSQL -> SQLite: the SMS a number had this hour and an account's SMS and
         credits of the day still count against the caps (SQLite counts by ranks and running

@@ -24,6 +24,7 @@ from bridge.errors import ConfigError, StoreError
 from bridge.store import is_postgres, open_url
 from bridge.store.pg_schema import RANK_FILLS as PG_RANK_FILLS
 from bridge.store.schema import RANK_FILLS
+from bridge.store.sql_intake import NEXT_JOB_ID
 
 #: table -> columns, in an order that satisfies the foreign keys.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -124,6 +125,11 @@ class _Side:
     def rows(self, table: str, columns: tuple[str, ...]) -> AsyncIterator[list[tuple]]: ...
     async def load(self, source: "_Side") -> dict[str, int]: ...
 
+    async def job_id_floor(self) -> int:
+        """The highest job id this store ever gave (pruned jobs included): the copy's new jobs
+        start above it, as an id is a job's client reference at the providers."""
+        ...
+
 
 class _Sqlite(_Side):
     def __init__(self, path: Path) -> None:
@@ -145,6 +151,9 @@ class _Sqlite(_Side):
         while batch := cursor.fetchmany(BATCH):
             yield batch
 
+    async def job_id_floor(self) -> int:
+        return self.conn.execute(f"SELECT {NEXT_JOB_ID} - 1").fetchone()[0]
+
     async def load(self, source: _Side) -> dict[str, int]:
         counts: dict[str, int] = {}
         self.conn.execute("BEGIN IMMEDIATE")
@@ -157,6 +166,8 @@ class _Sqlite(_Side):
                     counts[table] += len(batch)
             for fill in RANK_FILLS:  # what the caps count by
                 self.conn.execute(fill)
+            self.conn.execute("INSERT INTO meta VALUES ('job_id_floor', ?) ON CONFLICT(key) DO UPDATE "
+                              "SET value=excluded.value", (await source.job_id_floor(),))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
@@ -201,11 +212,18 @@ class _Postgres(_Side):
                     counts[table] += len(batch)
             for fill in PG_RANK_FILLS:  # what the caps count by
                 await self.conn.execute(fill)
-            for table in _SERIALS:  # new rows continue after the copied ids
+            floor = await source.job_id_floor()
+            for table in _SERIALS:  # new rows continue after the copied ids (jobs: after every id given)
                 await self.conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)")
+                    f"GREATEST(COALESCE((SELECT MAX(id) FROM {table}), 0), $1::bigint) + 1, false)",
+                    floor if table == "jobs" else 0)
         return counts
+
+    async def job_id_floor(self) -> int:
+        return await self.conn.fetchval(
+            "SELECT GREATEST(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+            "COALESCE(pg_sequence_last_value(pg_get_serial_sequence('jobs', 'id')), 0))")
 
 
 def _to_pg(column: str, value: Any) -> Any:

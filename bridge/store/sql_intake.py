@@ -152,6 +152,13 @@ DAY_SPEND_SQL = (
 )
 
 
+#: The id the next new job takes: above every job there is, and above every job ever pruned
+#: (``sql_jobs.prune`` keeps the highest in ``meta``): an id is the job's client reference at
+#: the providers (``m2s-<id>-<attempt>``) and its key in the ledger, which is kept whole.
+NEXT_JOB_ID = ("(MAX(COALESCE((SELECT MAX(id) FROM jobs), 0), "
+               "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key='job_id_floor'), 0)) + 1)")
+
+
 @lru_cache(maxsize=256)
 def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spend_per_day: bool) -> str:
     """Everything an intake commit reads, as one row: duplicate (0/1), balance, the numbers
@@ -198,7 +205,7 @@ def reads_sql(numbers: int, keys: int, per_number: bool, sms_per_day: bool, spen
     parts.append(f"({DAY_SPEND_SQL})" if spend_per_day else "0")
     parts.append("COALESCE((SELECT MAX(lseq) FROM jobs WHERE login=?1), 0)" if numbers else "0")
     parts.append(SPENT_SO_FAR if numbers else "0")
-    parts.append("COALESCE((SELECT MAX(id) FROM jobs), 0) + 1" if numbers else "1")
+    parts.append(f"{NEXT_JOB_ID}" if numbers else "1")
     return "SELECT " + ", ".join(parts)
 
 

@@ -257,10 +257,15 @@ _FINISHED = ("sent", "delivered", "undelivered", "failed", "cancelled")
 def prune(conn, before: float) -> dict[str, int]:
     """Delete what finished before ``before``: jobs, replies, and mails left without jobs.
 
-    The ledger is kept whole (balances are its sum). A mail's dedupe keys go with it, so a
+    The ledger is kept whole (balances are its sum), and the highest job id is remembered so
+    that no id is given again. A mail's dedupe keys go with it, so a
     copy delivered again after this point would be taken as new.
     """
     done = ",".join("?" * len(_FINISHED))
+    top = conn.execute("SELECT MAX(id) FROM jobs").fetchone()[0]
+    if top is not None:  # no id is given again, even once every job is gone (``sql_intake.NEXT_JOB_ID``)
+        conn.execute("INSERT INTO meta VALUES ('job_id_floor', ?) ON CONFLICT(key) DO UPDATE "
+                     "SET value=MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))", (top,))
     jobs = conn.execute(f"DELETE FROM jobs WHERE state IN ({done}) AND updated_at<?", (*_FINISHED, before)).rowcount
     replies = conn.execute("DELETE FROM replies WHERE state IN ('sent', 'failed') AND created_at<?", (before,)).rowcount
     old = "SELECT id FROM messages m WHERE received_at<? AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.message=m.id)"
