@@ -400,6 +400,22 @@ class TestClaimRecordsCalls:
                                                   Settlement(ids[4], S.SENT, None, "y")], 3) == [ids[4]]
         assert (await store.job(ids[1])).state is S.SENT and (await store.job(ids[4])).state is S.CALLING
 
+    async def test_a_claim_of_more_calls_than_one_statement_takes(self, store):
+        """600 one-job calls in one claim (over the 500 rows a statement carries), then their
+        600 answers at once: every job is called and then sent under its own reference."""
+        numbers = tuple(f"+33612{i:06d}" for i in range(600))
+        jobs = tuple(NewJob(number=n, text="hi", sender=None, parts=1, cost=1) for n in numbers)
+        await store.credit("a", 1000, "manual", 0)
+        ids = (await store.commit(dataclasses.replace(plan("k"), jobs=jobs), 1)).job_ids
+        assert len(ids) == 600
+        claimed = await store.claim("me", 2, 1000, 60, plan=lambda jobs: [([j.id], "p", f"m2s-{j.id}-1") for j in jobs])
+        assert sorted((j.id, j.client_ref) for j in claimed if j.state is S.CALLING) == [(i, f"m2s-{i}-1") for i in ids]
+        answers = await asyncio.gather(*(
+            store.settle_call(f"m2s-{i}-1", [Settlement(i, S.SENT, provider_message_id=f"P{i}")], 3) for i in ids))
+        assert answers == [[]] * 600
+        stored = await store.jobs(limit=1000)
+        assert sorted((j.id, j.state, j.provider_message_id) for j in stored) == [(i, S.SENT, f"P{i}") for i in ids]
+
     async def test_a_call_recorded_in_the_claim_holds_the_claims_lease(self, store):
         """The jobs a claim calls and the ones it only claims carry the owner and the lease's
         end: a sweep when the lease ends, or when the owner is dead, marks the first unknown
