@@ -42,7 +42,7 @@ def claim(conn, owner: str, now: float, limit: int, lease_until: float, only: Se
     planned = {i for ids, _, _ in calls for i in ids}
     taken = transition(conn, [j.id for j in jobs if j.id not in planned], S.CLAIMED, S.QUEUED, now,
                        sets=", lease_owner=?, lease_until=?", set_args=(owner, lease_until))
-    called = record_calls(conn, calls, owner, now, lease_until)
+    called = _record_calls(conn, calls, owner, now, lease_until)
     taken |= called.keys()
     # attempts as claimed, as for any claimed job (the row counts the call)
     return [j.calling(*called[j.id]) if j.id in called else j for j in jobs if j.id in taken]
@@ -65,7 +65,7 @@ def _suppressed(job: Job, senders: str | None) -> Job:
     return dataclasses.replace(job, suppressed=reason) if reason else job
 
 
-def record_calls(conn, calls: list[tuple[list[int], str, str]], owner: str, now: float,
+def _record_calls(conn, calls: list[tuple[list[int], str, str]], owner: str, now: float,
                  lease_until: float) -> dict[int, tuple[str, str]]:
     """Record planned calls of queued jobs (``queued -> claimed -> calling``, leased to
     ``owner``), all in one compare-and-set: (provider, reference) by job id recorded."""
