@@ -112,14 +112,16 @@ class Gateway:
         st.stop_process(self.proc)
 
 
-def bridge(workdir: Path, root: Path, gateway: Gateway | None) -> tuple[subprocess.Popen, int]:
+def bridge(workdir: Path, root: Path, gateway: Gateway | None, processes: int = 1) -> tuple[subprocess.Popen, int]:
     """The bridge of checkout ``root`` sending to ``gateway`` (None: to the ``file`` provider,
-    as ``smtp_throughput.py`` does); (process, SMTP port)."""
+    as ``smtp_throughput.py`` does), with ``smtp.processes``; (process, SMTP port)."""
     port = st.free_port()
     config = json.loads(json.dumps(BRIDGE_CONFIG).replace("{port}", str(port))
                         .replace("{gateway}", str(gateway.port if gateway else 0)))
     if gateway is None:
         config["providers"]["gateway"] = {"type": "file", "path": "outbox.jsonl"}
+    if processes > 1:
+        config["smtp"]["processes"] = processes
     (workdir / "bridge.yaml").write_text(json.dumps(config, indent=2))  # YAML reads JSON
     command = [sys.executable, "-m", "bridge", "run", "--config", str(workdir / "bridge.yaml")]
     return spawn(command, port, "bridge", workdir, root), port
@@ -145,12 +147,26 @@ def smtp_source(port: int, pid: int, n: int) -> dict | None:
                "-S", f"{st.LOGIN_KEY}|{st.number_for(999_999)}"]
     target = f"127.0.0.1:{port}"  # last: its option parser stops at the first operand
     for count in (st.WARMUP, n):
-        cpu, began = st.process_cpu(pid), time.monotonic()
+        cpu, began = tree_cpu(pid), time.monotonic()
         done = subprocess.run(command + ["-m", str(count), target], capture_output=True, text=True)
-        elapsed, cpu = time.monotonic() - began, st.process_cpu(pid) - cpu
+        elapsed, cpu = time.monotonic() - began, tree_cpu(pid) - cpu
         if done.returncode != 0:
             raise RuntimeError(f"smtp-source failed: {(done.stdout + done.stderr).strip()[-500:]}")
     return {"mails": n, "mails_per_s": n / elapsed, "cpu_per_mail_ms": cpu / n * 1000}
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and of the processes it runs (a bridge's SMTP fronts)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return st.process_cpu(pid) + sum(st.process_cpu(child) for child in children)
 
 
 def persistent(port: int, pid: int, n: int, c: int) -> dict:
@@ -227,6 +243,18 @@ def measure_bridge(workdir: Path, root: Path, args: argparse.Namespace) -> dict:
         out["peak_rss_mb"] = ib.peak_rss_mb(proc.pid)
     finally:
         st.stop_process(proc)
+    out["smtp_source_fronts"] = None
+    if args.smtp_source and args.processes > 1:  # the same bridge, smtp.processes above 1
+        (workdir / "fronts").mkdir()
+        try:
+            proc, port = bridge(workdir / "fronts", root, None, args.processes)
+        except RuntimeError:  # a checkout from before smtp.processes
+            pass
+        else:
+            try:
+                out["smtp_source_fronts"] = smtp_source(port, proc.pid, n)
+            finally:
+                st.stop_process(proc)
     gateway = Gateway(workdir)
     proc, port = bridge(workdir, root, gateway)
     try:
@@ -253,7 +281,7 @@ def measure_backlog(args: argparse.Namespace) -> dict:
 # --- the table --------------------------------------------------------------------------------
 
 
-def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tuple[str, ...]]:
+def rows(base: dict, bridges: dict[str, dict], backlog: dict | None, processes: int = 2) -> list[tuple[str, ...]]:
     """(measure, baseline, one column per bridge, ratio of the last one, goal)."""
     last = list(bridges.values())[-1]
     out = []
@@ -281,6 +309,19 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None) -> list[tup
                     *[f"{r[key]['cpu_per_mail_ms']:.3f}" for r in bridges.values()],
                     ratio(mine["cpu_per_mail_ms"], b["cpu_per_mail_ms"]),
                     f"<= {GOALS['cpu_ratio']}x: {met(mine['cpu_per_mail_ms'] <= GOALS['cpu_ratio'] * b['cpu_per_mail_ms'])}"))
+    fronts = last.get("smtp_source_fronts")
+    if base["smtp_source"] is not None and fronts is not None:
+        b = base["smtp_source"]
+        label = f"smtp-source, {SMTP_SOURCE_SESSIONS} sessions, bridge with smtp.processes: {processes}"
+        cells = [f"{r['smtp_source_fronts']['mails_per_s']:.0f}" if r.get("smtp_source_fronts") else "-"
+                 for r in bridges.values()]
+        ok = fronts["mails_per_s"] >= GOALS["intake_ratio"] * b["mails_per_s"]
+        out.append((f"intake mails/s, {label}", f"{b['mails_per_s']:.0f}", *cells,
+                    ratio(fronts["mails_per_s"], b["mails_per_s"]), f">= {GOALS['intake_ratio']}x: {met(ok)}"))
+        cells = [f"{r['smtp_source_fronts']['cpu_per_mail_ms']:.3f}" if r.get("smtp_source_fronts") else "-"
+                 for r in bridges.values()]
+        out.append((f"server CPU ms/mail (all its processes), {label}", f"{b['cpu_per_mail_ms']:.3f}", *cells,
+                    ratio(fronts["cpu_per_mail_ms"], b["cpu_per_mail_ms"]), ""))
     for key, label in (("single", "1 recipient"), ("bulk", "100 recipients")):
         cells = [f"{r[key]['sms_per_s']:.0f} ({r[key]['intake_mails_per_s']:.0f} mails/s in)"
                  + ("" if r[key]["complete"] else " INCOMPLETE") for r in bridges.values()]
@@ -335,6 +376,14 @@ def round_ratios(bases: list[dict], runs: dict[str, list[dict]]) -> list[str]:
             cpu = " ".join(f"{r['cpu_per_mail_ms'] / b['cpu_per_mail_ms']:.2f}" for r, b in pairs
                            if r["cpu_per_mail_ms"] and b["cpu_per_mail_ms"])
             out.append(f"{name}, {label}, round by round: intake {intake}; CPU per mail {cpu}")
+    if bases[0]["smtp_source"] is not None:
+        for name, results in runs.items():
+            pairs = [(r["smtp_source_fronts"], b["smtp_source"]) for r, b in zip(results, bases)
+                     if r.get("smtp_source_fronts")]
+            if pairs:
+                intake = " ".join(f"{r['mails_per_s'] / b['mails_per_s']:.2f}" for r, b in pairs)
+                cpu = " ".join(f"{r['cpu_per_mail_ms'] / b['cpu_per_mail_ms']:.2f}" for r, b in pairs)
+                out.append(f"{name}, smtp-source with SMTP fronts, round by round: intake {intake}; CPU per mail {cpu}")
     return out
 
 
@@ -357,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the smtp-source rows even when it is installed")
     parser.add_argument("--before", type=Path, action="append", default=[], metavar="CHECKOUT",
                         help="also measure the bridge of this checkout (repeatable), same baseline")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="smtp.processes of the extra smtp-source row (2; 1: no such row)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds (baseline, then each bridge); every figure is the median (1)")
     parser.add_argument("--quick", action="store_true", help="500 mails, 30 bulk mails, 10,000-job backlog")
@@ -394,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intake with {args.backlog_jobs} jobs queued, provider down (intake_backlog.py)...", flush=True)
         backlog = measure_backlog(args)
 
-    table = rows(base, bridges, backlog)
+    table = rows(base, bridges, backlog, args.processes)
     print()
     print(markdown(table, list(bridges)))
     if args.repeat > 1:

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
     run = verbs.add_parser("run", help="run the daemon")
     run.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    front = verbs.add_parser("smtp-front", help="(started by `run` for smtp.processes above 1)")
+    front.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
+    front.add_argument("--fd", type=int, required=True, help="the socket to the daemon (inherited)")
     check = verbs.add_parser("check-config", help="check the config file and exit")
     check.add_argument("--config", dest="sub_config", help=argparse.SUPPRESS)
     count = verbs.add_parser("count", help="count SMS parts for TEXT (or stdin)")
@@ -148,6 +151,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check_config(config)
     # The store, its WAL and the outbox hold phone numbers and texts: 0600, 0700 folders.
     os.umask(0o077)
+    if args.verb == "smtp-front":  # the daemon checked the config and listens already
+        from bridge.admin import _run_loop
+        from bridge.front import serve_front
+
+        return _run_loop(serve_front(config.path or _config_path(args.config), args.fd))
     if args.verb == "run":
         if not _preflight_ok(config):
             return EXIT_USAGE

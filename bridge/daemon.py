@@ -37,6 +37,7 @@ from bridge.providers.pool import provider_client
 from bridge.providers.registry import build_provider
 from bridge.recovery import Recovery
 from bridge.replies import ReplySender
+from bridge.front import Fronts
 from bridge.smtp import start_smtp
 from bridge.store import Store, is_postgres, open_store
 from bridge.store.outage import riding_out
@@ -59,6 +60,7 @@ class Bridge:
         self.dispatcher: Dispatcher | None = None
         self.intake: Intake | None = None
         self.servers: list[asyncio.AbstractServer] = []
+        self.fronts: Fronts | None = None               # smtp.processes above 1
         self.metrics = Metrics(config.providers, config.accounts,
                                mailboxes=[name for name, box in config.imap.items() if box.push_secret])
         self.web: HttpListener | None = None
@@ -103,7 +105,15 @@ class Bridge:
             poller = self.pollers[name] = MailboxPoller(name, mailbox, self.intake, self.store, self.clock)
             run.start(f"imap:{name}", lambda poller=poller: poller.run(self.stopping))
         self._watch = asyncio.create_task(self._refuse_when_failed(), name="watch")
-        self.servers = await start_smtp(config.smtp, self.intake)
+        shared = config.smtp.processes > 1
+        self.servers = await start_smtp(config.smtp, self.intake, shared=shared, serving=not shared)
+        if shared:  # bound here (a busy address is named here), listening once every front does
+            if config.path is None:
+                raise OSError("smtp.processes above 1 needs the daemon started from a config file")
+            self.fronts = Fronts(config.smtp.processes - 1, config.path, self.intake)
+            await self.fronts.start()
+            for server in self.servers:
+                await server.start_serving()
         if config.http.listen is not None:
             self.web = HttpListener(config.http, self)
             await self.web.start()
@@ -124,6 +134,8 @@ class Bridge:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.fronts is not None:
+            await self.fronts.stop()
         if self.web is not None:
             await self.web.stop()
         self.stopping.set()

@@ -148,6 +148,8 @@ class SmtpConfig:
     auth_users: Mapping[str, SmtpUser] = setting(
         MappingProxyType({}), "SMTP AUTH logins: {login: {password, account}}", SECTION, key="auth.users")
     auth_required: bool = setting(False, "refuse mail from clients that did not log in", BOOL, key="auth.required")
+    processes: int = setting(1, "processes serving SMTP sessions on the same address (more cores for a "
+                                "connection per mail; see the README)", integer(1, 64))
     max_connections: int = setting(200, "open connections in all; 421 4.7.0 beyond", integer(1))
     max_connections_per_client: int = setting(20, "open connections from one client address", integer(1))
     max_recipients: int = setting(10, "RCPT commands per transaction, refused ones included; 452 4.5.3 beyond",

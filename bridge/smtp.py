@@ -359,9 +359,16 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.AbstractServer]:
-    """Start the listener(s) in the running loop; return the servers to close on shutdown."""
-    guard = ClientGuard(config.max_connections, config.max_connections_per_client, config.auth_failure_delay)
+async def start_smtp(config: SmtpConfig, intake: Intake, shared: bool = False,
+                     serving: bool = True) -> list[asyncio.AbstractServer]:
+    """Start the listener(s) in the running loop; return the servers to close on shutdown.
+
+    ``shared``: one of ``smtp.processes`` processes on the same addresses (``SO_REUSEPORT``,
+    see ``bridge.front``), each with its share of the connection limits. Without
+    ``serving`` the addresses are bound but take no connection before ``start_serving()``."""
+    share = config.processes if shared else 1
+    guard = ClientGuard(-(-config.max_connections // share), -(-config.max_connections_per_client // share),
+                        config.auth_failure_delay)
     gate = Gate(Handler(config, GuardedIntake(intake)))  # type: ignore[arg-type]
     context = tls_context(config)
     authenticator = Authenticator(config) if config.auth_users else None
@@ -386,20 +393,23 @@ async def start_smtp(config: SmtpConfig, intake: Intake) -> list[asyncio.Abstrac
             timeout=config.idle_timeout,
         )
 
-    servers = [await _listen("smtp.listen", config.listen, factory)]
+    servers = [await _listen("smtp.listen", config.listen, factory, None, shared, serving)]
     if config.tls_listen is not None:
-        servers.append(await _listen("smtp.tls_listen", config.tls_listen, lambda: factory(True), context))
+        servers.append(await _listen("smtp.tls_listen", config.tls_listen, lambda: factory(True), context, shared,
+                                     serving))
     for server in servers:
         for sock in server.sockets:
             log.info("smtp_listening", address=sock.getsockname()[:2])
     return servers
 
 
-async def _listen(key: str, address: Address, factory: Any, context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+async def _listen(key: str, address: Address, factory: Any, context: ssl.SSLContext | None = None,
+                  shared: bool = False, serving: bool = True) -> asyncio.AbstractServer:
     """Bind ``address``; a failure names the setting (``smtp.listen 127.0.0.1:25: ...``)."""
     from bridge.preflight import describe_bind_error
 
     try:
-        return await asyncio.get_running_loop().create_server(factory, address.host, address.port, ssl=context)
+        return await asyncio.get_running_loop().create_server(factory, address.host, address.port, ssl=context,
+                                                              reuse_port=shared or None, start_serving=serving)
     except OSError as exc:
         raise ListenError(f"{key} {address}: {describe_bind_error(exc)}") from None
