@@ -45,12 +45,12 @@ def children(pid: int) -> list[int]:
 class Daemon:
     """``python -m bridge run`` with ``smtp.processes: 3`` and the ``file`` provider."""
 
-    def __init__(self, tmp_path: Path, processes: int = 3) -> None:
+    def __init__(self, tmp_path: Path, processes: int = 3, smtp: dict | None = None) -> None:
         self.port = free_port()
         settings = {
             "store": "sqlite://bridge.db",
             "smtp": {"listen": f"127.0.0.1:{self.port}", "recipients": ["mail2sms@example.com"],
-                     "processes": processes},
+                     "processes": processes, **(smtp or {})},
             "replies": {"relay": "127.0.0.1:1", "from": "mail2sms@example.com", "enabled": False},
             "dispatcher": {"poll_interval": 0.05},
             "providers": {"outbox": {"type": "file", "path": "outbox.jsonl"}},
@@ -171,6 +171,46 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_starttls_and_auth_work_in_every_process(tmp_path, certificate):
+    """30 sessions with STARTTLS and AUTH, spread over the daemon and its fronts: each is
+    offered AUTH only after STARTTLS, logs in, and sends for its own account; a wrong
+    password is refused."""
+    import smtplib
+
+    from test_smtp_tls_auth import client_context
+
+    cert, key = certificate
+    daemon = Daemon(tmp_path, smtp={"tls": {"cert": str(cert), "key": str(key)},
+                                    "auth": {"users": {"zabbix": {"password": "s3cret", "account": "arthur45"}}}})
+    try:
+        fronts = children(daemon.proc.pid)
+        writes = sum(_writes(pid) for pid in fronts)
+        for i in range(30):
+            with smtplib.SMTP("127.0.0.1", daemon.port, timeout=20) as client:
+                client.ehlo()
+                assert not client.has_extn("auth")
+                client.starttls(context=client_context())
+                client.ehlo()
+                client.login("zabbix", "s3cret")
+                client.mail("alice@example.org")
+                client.rcpt("mail2sms@example.com")
+                raw = compose(f"arthur45@{ACCOUNT_KEY}|+336121217{i:02d}", f"tls {i}", message_id=f"<tls-{i}@x>")
+                code, text = client.data(raw)
+                assert code == 250 and b"1 SMS queued" in text, (code, text)
+        assert sum(_writes(pid) for pid in fronts) - writes >= 12
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=20) as client:
+            client.starttls(context=client_context())
+            client.ehlo()
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("zabbix", "wrong")
+        wait(lambda: len(daemon.outbox()) >= 30, "the SMS to go out")
+    finally:
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+        for pid in children(daemon.proc.pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("value", [0, 65, "two", 1.5, True])
