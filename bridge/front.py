@@ -132,7 +132,7 @@ class Fronts:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         finally:
-            for task in pending:  # the front is gone: nobody waits for these answers, but
+            for task in list(pending):  # the front is gone: nobody waits for these answers, but
                 await asyncio.shield(task)  # a commit under way finishes (and its calls go out)
 
     async def _submit(self, writer: asyncio.StreamWriter, request_id: int, raw: bytes, mail_from: str | None,
