@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bridge.admin import _run_loop
         from bridge.front import serve_front
 
-        return _run_loop(serve_front(config.path or _config_path(args.config), args.fd))
+        return _run_loop(serve_front(config.path, args.fd))
     if args.verb == "run":
         if not _preflight_ok(config):
             return EXIT_USAGE

@@ -15,16 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ACCOUNT_KEY, base_settings, compose, make_config
+from provider_fakes import closed_port
 
 from bridge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
@@ -46,7 +41,7 @@ class Daemon:
     """``python -m bridge run`` with ``smtp.processes: 3`` and the ``file`` provider."""
 
     def __init__(self, tmp_path: Path, processes: int = 3, smtp: dict | None = None) -> None:
-        self.port = free_port()
+        self.port = closed_port()
         settings = {
             "store": "sqlite://bridge.db",
             "smtp": {"listen": f"127.0.0.1:{self.port}", "recipients": ["mail2sms@example.com"],

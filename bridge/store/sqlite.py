@@ -26,7 +26,7 @@ from bridge.store import sql_history, sql_intake, sql_jobs, sql_twoway
 from bridge.store.protocol import CallPlan, Handoff, MailboxLock
 from bridge.store.schema import connect, migrate
 from bridge.store.sql import JOB_SELECT, balance, job_of, move, queue_reply
-from bridge.store.writer import Writer
+from bridge.store.writer import Writer, resolve
 
 T = TypeVar("T")
 
@@ -211,10 +211,16 @@ class SqliteStore:
             return
         futures = [future for *_, future in calls]
         if self._closed or not self._writer.is_alive():  # a write queued now would never run
-            _spread(futures, error=StoreError("store is closed"))
+            resolve([(future, False, StoreError("store is closed")) for future in futures])
             return
+
+        def spread(done: asyncio.Future) -> None:  # each caller's share of the one write
+            error = done.exception()
+            shares = done.result() if error is None else [error] * len(futures)
+            resolve([(future, error is None, share) for future, share in zip(futures, shares)])
+
         done = loop.create_future()
-        done.add_done_callback(lambda d: _spread(futures, d.exception(), None if d.exception() else d.result()))
+        done.add_done_callback(spread)
         self._writer.submit(lambda c: sql_jobs.settle_sent(c, [(r, i, n) for r, i, n, _ in calls]), done)
 
     async def settle_claimed(self, owner: str, items: Sequence[Settlement], now: float) -> list[int]:
@@ -434,13 +440,3 @@ class SqliteStore:
         """Always granted: one SQLite file serves one bridge."""
         yield MailboxLock(True)
 
-
-def _spread(futures: Sequence[asyncio.Future], error: BaseException | None = None, results: Sequence | None = None) -> None:
-    """Each caller's share of one write: its result, or the write's error."""
-    for index, future in enumerate(futures):
-        if future.done():
-            continue  # cancelled: the data is committed all the same
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(results[index])

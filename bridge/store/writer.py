@@ -132,12 +132,13 @@ def _deliver(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
         by_loop.setdefault(item[0].get_loop(), []).append(item)
     for loop, items in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_resolve, items)
+            loop.call_soon_threadsafe(resolve, items)
         except RuntimeError:
             pass  # that loop is closed: nobody is waiting any more
 
 
-def _resolve(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+def resolve(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    """Each ``(future, ok, value)``: its result or its error; a cancelled one is skipped."""
     for future, ok, value in items:
         if future.done():
             continue  # cancelled: the data is committed all the same
