@@ -281,6 +281,13 @@ def measure_backlog(args: argparse.Namespace) -> dict:
 # --- the table --------------------------------------------------------------------------------
 
 
+def _intake_rows(processes: int) -> tuple[tuple[str, str, str], ...]:
+    """(a bridge's figures, the bare server's they are set against, label) of the intake rows."""
+    source = f"smtp-source, {SMTP_SOURCE_SESSIONS} sessions"
+    return (("smtp_source", "smtp_source", source), ("persistent", "persistent", "persistent client"),
+            ("smtp_source_fronts", "smtp_source", f"{source}, smtp.processes: {processes}"))
+
+
 def rows(base: dict, bridges: dict[str, dict], backlog: dict | None, processes: int = 2) -> list[tuple[str, ...]]:
     """(measure, baseline, one column per bridge, ratio of the last one, goal)."""
     last = list(bridges.values())[-1]
@@ -292,36 +299,25 @@ def rows(base: dict, bridges: dict[str, dict], backlog: dict | None, processes: 
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    for key, label in (("smtp_source", f"smtp-source, {SMTP_SOURCE_SESSIONS} sessions"),
-                       ("persistent", "persistent client")):
-        if base[key] is None:
-            out.append((f"intake mails/s, {label}", "skipped: smtp-source not installed "
-                        "(Debian package postfix), or --no-smtp-source", *["-"] * len(bridges), "-", ""))
+    for key, against, label in _intake_rows(processes):
+        if base[against] is None:
+            if key == against:
+                out.append((f"intake mails/s, {label}", "skipped: smtp-source not installed "
+                            "(Debian package postfix), or --no-smtp-source", *["-"] * len(bridges), "-", ""))
             continue
-        b, mine = base[key], last[key]
+        b, mine = base[against], last.get(key)
+        if mine is None:  # no smtp.processes row (--processes 1, or a checkout without it)
+            continue
         goal = f">= {GOALS['intake_ratio']}x: {met(mine['mails_per_s'] >= GOALS['intake_ratio'] * b['mails_per_s'])}"
         if key == "persistent":  # the issue sets this row a CPU goal; the intake goal is smtp-source's
             goal = f"({goal}; the issue's intake goal is smtp-source's)"
         out.append((f"intake mails/s, {label} (bridge: file provider)", f"{b['mails_per_s']:.0f}",
-                    *[f"{r[key]['mails_per_s']:.0f}" for r in bridges.values()],
+                    *[f"{r[key]['mails_per_s']:.0f}" if r.get(key) else "-" for r in bridges.values()],
                     ratio(mine["mails_per_s"], b["mails_per_s"]), goal))
-        out.append((f"server CPU ms/mail, {label}", f"{b['cpu_per_mail_ms']:.3f}",
-                    *[f"{r[key]['cpu_per_mail_ms']:.3f}" for r in bridges.values()],
+        out.append((f"server CPU ms/mail (all its processes), {label}", f"{b['cpu_per_mail_ms']:.3f}",
+                    *[f"{r[key]['cpu_per_mail_ms']:.3f}" if r.get(key) else "-" for r in bridges.values()],
                     ratio(mine["cpu_per_mail_ms"], b["cpu_per_mail_ms"]),
                     f"<= {GOALS['cpu_ratio']}x: {met(mine['cpu_per_mail_ms'] <= GOALS['cpu_ratio'] * b['cpu_per_mail_ms'])}"))
-    fronts = last.get("smtp_source_fronts")
-    if base["smtp_source"] is not None and fronts is not None:
-        b = base["smtp_source"]
-        label = f"smtp-source, {SMTP_SOURCE_SESSIONS} sessions, bridge with smtp.processes: {processes}"
-        cells = [f"{r['smtp_source_fronts']['mails_per_s']:.0f}" if r.get("smtp_source_fronts") else "-"
-                 for r in bridges.values()]
-        ok = fronts["mails_per_s"] >= GOALS["intake_ratio"] * b["mails_per_s"]
-        out.append((f"intake mails/s, {label}", f"{b['mails_per_s']:.0f}", *cells,
-                    ratio(fronts["mails_per_s"], b["mails_per_s"]), f">= {GOALS['intake_ratio']}x: {met(ok)}"))
-        cells = [f"{r['smtp_source_fronts']['cpu_per_mail_ms']:.3f}" if r.get("smtp_source_fronts") else "-"
-                 for r in bridges.values()]
-        out.append((f"server CPU ms/mail (all its processes), {label}", f"{b['cpu_per_mail_ms']:.3f}", *cells,
-                    ratio(fronts["cpu_per_mail_ms"], b["cpu_per_mail_ms"]), ""))
     for key, label in (("single", "1 recipient"), ("bulk", "100 recipients")):
         cells = [f"{r[key]['sms_per_s']:.0f} ({r[key]['intake_mails_per_s']:.0f} mails/s in)"
                  + ("" if r[key]["complete"] else " INCOMPLETE") for r in bridges.values()]
@@ -363,27 +359,21 @@ def median_of(results: list):
     return first
 
 
-def round_ratios(bases: list[dict], runs: dict[str, list[dict]]) -> list[str]:
+def round_ratios(bases: list[dict], runs: dict[str, list[dict]], processes: int = 2) -> list[str]:
     """Each bridge's intake and CPU ratios round by round, against the bare server of the
     same round: the spread of the table's ratios when the machine's speed drifts."""
     out = []
-    for key, label in (("smtp_source", "smtp-source"), ("persistent", "persistent client")):
-        if bases[0][key] is None:
+    for key, against, label in _intake_rows(processes):
+        if bases[0][against] is None:
             continue
         for name, results in runs.items():
-            pairs = [(r[key], b[key]) for r, b in zip(results, bases)]
+            pairs = [(r[key], b[against]) for r, b in zip(results, bases) if r.get(key)]
+            if not pairs:
+                continue
             intake = " ".join(f"{r['mails_per_s'] / b['mails_per_s']:.2f}" for r, b in pairs)
             cpu = " ".join(f"{r['cpu_per_mail_ms'] / b['cpu_per_mail_ms']:.2f}" for r, b in pairs
                            if r["cpu_per_mail_ms"] and b["cpu_per_mail_ms"])
             out.append(f"{name}, {label}, round by round: intake {intake}; CPU per mail {cpu}")
-    if bases[0]["smtp_source"] is not None:
-        for name, results in runs.items():
-            pairs = [(r["smtp_source_fronts"], b["smtp_source"]) for r, b in zip(results, bases)
-                     if r.get("smtp_source_fronts")]
-            if pairs:
-                intake = " ".join(f"{r['mails_per_s'] / b['mails_per_s']:.2f}" for r, b in pairs)
-                cpu = " ".join(f"{r['cpu_per_mail_ms'] / b['cpu_per_mail_ms']:.2f}" for r, b in pairs)
-                out.append(f"{name}, smtp-source with SMTP fronts, round by round: intake {intake}; CPU per mail {cpu}")
     return out
 
 
@@ -450,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(table, list(bridges)))
     if args.repeat > 1:
         print("\nratios to the bare server of the same round:")
-        print("\n".join(round_ratios(bases, runs)))
+        print("\n".join(round_ratios(bases, runs, args.processes)))
     machine = {"nproc": os.cpu_count(), "cpu": ib.cpu_model(), "python": sys.version.split()[0],
                "load_before": [round(x, 2) for x in load_before]}
     print(f"\nmachine: nproc {machine['nproc']}, {machine['cpu']}, Python {machine['python']}, "
